@@ -1,0 +1,497 @@
+//! The sections of the configuration and their fields.
+//!
+//! Each section is declared once with [`section!`], which writes the struct, extracts
+//! every field on its own (so one bad field does not hide the next) and lists the
+//! fields with their documentation. Checks that look at values, not just shapes, live
+//! in [`Settings::validate`].
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::value::{Dict, Value};
+use serde::Deserialize;
+
+use crate::problems::{ConfigError, Problems};
+use crate::secret::Secret;
+
+/// One documented configuration field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDoc {
+    /// The section, e.g. `kafka`.
+    pub section: &'static str,
+    /// The field, e.g. `brokers`.
+    pub name: &'static str,
+    /// What the field means (its doc comment).
+    pub doc: &'static str,
+}
+
+impl FieldDoc {
+    /// The dotted key used in files: `kafka.brokers`.
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.section, self.name)
+    }
+
+    /// The environment variable that overrides it: `FRAUD_KAFKA__BROKERS`.
+    pub fn env_var(&self) -> String {
+        format!(
+            "{}{}__{}",
+            crate::ENV_PREFIX,
+            self.section.to_ascii_uppercase(),
+            self.name.to_ascii_uppercase()
+        )
+    }
+}
+
+macro_rules! section {
+    (
+        $(#[doc = $section_doc:literal])*
+        pub struct $name:ident in $key:literal {
+            $( $(#[doc = $doc:literal])+ pub $field:ident : $ty:ty, )+
+        }
+    ) => {
+        $(#[doc = $section_doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name {
+            $( $(#[doc = $doc])+ pub $field: $ty, )+
+        }
+
+        impl $name {
+            /// The section's name in files and environment variables.
+            pub const SECTION: &'static str = $key;
+
+            /// The section's fields with their documentation.
+            pub const FIELDS: &'static [FieldDoc] = &[
+                $( FieldDoc {
+                    section: $key,
+                    name: stringify!($field),
+                    doc: concat!($($doc),+),
+                }, )+
+            ];
+
+            fn extract(problems: &mut Problems<'_>) -> Option<Self> {
+                // Every field is extracted before any `?`, so all problems are recorded.
+                $( let $field = problems.field::<$ty>($key, stringify!($field)); )+
+                let section = Self { $( $field: $field?, )+ };
+                section.check(problems);
+                Some(section)
+            }
+        }
+    };
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, coloured when the output is a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Post transactions.
+    Ingest,
+    /// Read risk, daily figures and alerts.
+    Read,
+    /// Change rules and other administration.
+    Admin,
+}
+
+/// One API key, stored as the SHA-256 of the key (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for logs and metrics, e.g. the client's name.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the key's bytes.
+    pub sha256: String,
+    /// What the key may do.
+    pub scopes: Vec<Scope>,
+}
+
+section! {
+    /// Logs, traces and metrics. Traces are exported over OTLP when the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set.
+    pub struct TelemetryConfig in "telemetry" {
+        /// Log format: `pretty` or `json`.
+        pub log_format: LogFormat,
+        /// Log filter in `RUST_LOG` syntax (`RUST_LOG` itself wins when set).
+        pub log_filter: String,
+    }
+}
+
+section! {
+    /// Behaviour shared by every service process.
+    pub struct ServiceConfig in "service" {
+        /// How long shutdown waits for in-flight work before giving up, in milliseconds.
+        pub shutdown_grace_ms: u64,
+        /// How long one readiness probe of a server may take, in milliseconds.
+        pub probe_timeout_ms: u64,
+    }
+}
+
+section! {
+    /// The Kafka cluster.
+    pub struct KafkaConfig in "kafka" {
+        /// Bootstrap brokers, comma-separated `host:port`.
+        pub brokers: String,
+        /// The topic of accepted transactions, keyed by customer.
+        pub transactions_topic: String,
+    }
+}
+
+section! {
+    /// PostgreSQL, home of the batch views, baselines, run log and alerts.
+    pub struct PostgresConfig in "postgres" {
+        /// Connection URL, `postgres://user:password@host:port/database`.
+        pub url: Secret<String>,
+        /// Most connections one service process opens.
+        pub max_connections: u32,
+    }
+}
+
+section! {
+    /// Redis, home of the speed layer's windows and ingest's idempotency keys.
+    pub struct RedisConfig in "redis" {
+        /// Connection URL, `redis://host:port` (or `rediss://` for TLS).
+        pub url: Secret<String>,
+        /// Prefix of every key the platform writes, to share one Redis safely.
+        pub key_prefix: String,
+    }
+}
+
+section! {
+    /// RabbitMQ, where alerts are published.
+    pub struct RabbitMqConfig in "rabbitmq" {
+        /// Connection URL, `amqp://user:password@host:port/vhost` (or `amqps://`).
+        pub url: Secret<String>,
+        /// The durable topic exchange alerts are published to.
+        pub alerts_exchange: String,
+    }
+}
+
+section! {
+    /// API keys.
+    pub struct AuthConfig in "auth" {
+        /// Keys as `{ name, sha256, scopes }`; scopes are `ingest`, `read`, `admin`.
+        pub keys: Vec<ApiKeyConfig>,
+    }
+}
+
+section! {
+    /// The Parquet lake.
+    pub struct LakeConfig in "lake" {
+        /// Root directory of the lake; tables live below it (`transactions/…`).
+        pub root: PathBuf,
+    }
+}
+
+section! {
+    /// The ingest service.
+    pub struct IngestConfig in "ingest" {
+        /// Address the HTTP API (and health, readiness, metrics) listens on.
+        pub listen: SocketAddr,
+    }
+}
+
+section! {
+    /// The serving API.
+    pub struct ServingConfig in "serving" {
+        /// Address the HTTP API (and health, readiness, metrics) listens on.
+        pub listen: SocketAddr,
+    }
+}
+
+section! {
+    /// The speed layer.
+    pub struct SpeedConfig in "speed" {
+        /// Address of the health, readiness and metrics endpoints.
+        pub listen: SocketAddr,
+    }
+}
+
+section! {
+    /// The batch layer.
+    pub struct BatchConfig in "batch" {
+        /// Address of the health, readiness and metrics endpoints (in `schedule` mode).
+        pub listen: SocketAddr,
+        /// When `schedule` runs the job: a cron expression with seconds, in UTC.
+        pub schedule: String,
+    }
+}
+
+/// The whole platform's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub telemetry: TelemetryConfig,
+    pub service: ServiceConfig,
+    pub kafka: KafkaConfig,
+    pub postgres: PostgresConfig,
+    pub redis: RedisConfig,
+    pub rabbitmq: RabbitMqConfig,
+    pub auth: AuthConfig,
+    pub lake: LakeConfig,
+    pub ingest: IngestConfig,
+    pub serving: ServingConfig,
+    pub speed: SpeedConfig,
+    pub batch: BatchConfig,
+}
+
+impl Settings {
+    /// Every field of every section, in order, with its documentation.
+    pub fn documentation() -> Vec<FieldDoc> {
+        [
+            TelemetryConfig::FIELDS,
+            ServiceConfig::FIELDS,
+            KafkaConfig::FIELDS,
+            PostgresConfig::FIELDS,
+            RedisConfig::FIELDS,
+            RabbitMqConfig::FIELDS,
+            AuthConfig::FIELDS,
+            LakeConfig::FIELDS,
+            IngestConfig::FIELDS,
+            ServingConfig::FIELDS,
+            SpeedConfig::FIELDS,
+            BatchConfig::FIELDS,
+        ]
+        .concat()
+    }
+
+    pub(crate) fn extract(figment: &Figment) -> Result<Settings, ConfigError> {
+        let mut problems = Problems::new(figment);
+        report_unknown_keys(figment, &mut problems);
+        let telemetry = TelemetryConfig::extract(&mut problems);
+        let service = ServiceConfig::extract(&mut problems);
+        let kafka = KafkaConfig::extract(&mut problems);
+        let postgres = PostgresConfig::extract(&mut problems);
+        let redis = RedisConfig::extract(&mut problems);
+        let rabbitmq = RabbitMqConfig::extract(&mut problems);
+        let auth = AuthConfig::extract(&mut problems);
+        let lake = LakeConfig::extract(&mut problems);
+        let ingest = IngestConfig::extract(&mut problems);
+        let serving = ServingConfig::extract(&mut problems);
+        let speed = SpeedConfig::extract(&mut problems);
+        let batch = BatchConfig::extract(&mut problems);
+        let settings = match (
+            telemetry, service, kafka, postgres, redis, rabbitmq, auth, lake, ingest, serving,
+            speed, batch,
+        ) {
+            (
+                Some(telemetry),
+                Some(service),
+                Some(kafka),
+                Some(postgres),
+                Some(redis),
+                Some(rabbitmq),
+                Some(auth),
+                Some(lake),
+                Some(ingest),
+                Some(serving),
+                Some(speed),
+                Some(batch),
+            ) => Some(Settings {
+                telemetry,
+                service,
+                kafka,
+                postgres,
+                redis,
+                rabbitmq,
+                auth,
+                lake,
+                ingest,
+                serving,
+                speed,
+                batch,
+            }),
+            _ => None,
+        };
+        problems.into_result(settings)
+    }
+}
+
+// Checks on values (ranges, URL schemes, key formats), run on each section whose
+// fields all have the right shape.
+
+impl TelemetryConfig {
+    fn check(&self, problems: &mut Problems<'_>) {
+        if self.log_filter.trim().is_empty() {
+            problems.add("telemetry.log_filter", "must not be empty");
+        }
+    }
+}
+
+impl ServiceConfig {
+    fn check(&self, problems: &mut Problems<'_>) {
+        if self.shutdown_grace_ms == 0 {
+            problems.add("service.shutdown_grace_ms", "must be at least 1");
+        }
+        if self.probe_timeout_ms == 0 {
+            problems.add("service.probe_timeout_ms", "must be at least 1");
+        }
+    }
+}
+
+impl KafkaConfig {
+    fn check(&self, problems: &mut Problems<'_>) {
+        let malformed = self.brokers.split(',').any(|broker| {
+            let broker = broker.trim();
+            broker.is_empty() || !broker.contains(':')
+        });
+        if malformed {
+            problems.add(
+                "kafka.brokers",
+                format!(
+                    "`{}` is not a comma-separated list of host:port",
+                    self.brokers
+                ),
+            );
+        }
+        if self.transactions_topic.trim().is_empty() {
+            problems.add("kafka.transactions_topic", "must not be empty");
+        }
+    }
+}
+
+impl PostgresConfig {
+    fn check(&self, problems: &mut Problems<'_>) {
+        check_url_scheme(
+            problems,
+            "postgres.url",
+            self.url.expose(),
+            &["postgres", "postgresql"],
+        );
+        if self.max_connections == 0 {
+            problems.add("postgres.max_connections", "must be at least 1");
+        }
+    }
+}
+
+impl RedisConfig {
+    fn check(&self, problems: &mut Problems<'_>) {
+        check_url_scheme(
+            problems,
+            "redis.url",
+            self.url.expose(),
+            &["redis", "rediss"],
+        );
+    }
+}
+
+impl RabbitMqConfig {
+    fn check(&self, problems: &mut Problems<'_>) {
+        check_url_scheme(
+            problems,
+            "rabbitmq.url",
+            self.url.expose(),
+            &["amqp", "amqps"],
+        );
+        if self.alerts_exchange.trim().is_empty() {
+            problems.add("rabbitmq.alerts_exchange", "must not be empty");
+        }
+    }
+}
+
+impl AuthConfig {
+    fn check(&self, problems: &mut Problems<'_>) {
+        let mut names = BTreeSet::new();
+        for (index, key) in self.keys.iter().enumerate() {
+            let at = format!("auth.keys[{index}]");
+            if key.name.trim().is_empty() {
+                problems.add(&at, "name must not be empty");
+            } else if !names.insert(key.name.as_str()) {
+                problems.add(&at, format!("name `{}` is used twice", key.name));
+            }
+            let is_sha256 = key.sha256.len() == 64
+                && key
+                    .sha256
+                    .bytes()
+                    .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
+            if !is_sha256 {
+                problems.add(&at, "sha256 must be 64 lowercase hex digits");
+            }
+            if key.scopes.is_empty() {
+                problems.add(&at, "scopes must name at least one of ingest, read, admin");
+            }
+        }
+    }
+}
+
+impl LakeConfig {
+    fn check(&self, problems: &mut Problems<'_>) {
+        if self.root.as_os_str().is_empty() {
+            problems.add("lake.root", "must not be empty");
+        }
+    }
+}
+
+impl IngestConfig {
+    fn check(&self, _problems: &mut Problems<'_>) {}
+}
+
+impl ServingConfig {
+    fn check(&self, _problems: &mut Problems<'_>) {}
+}
+
+impl SpeedConfig {
+    fn check(&self, _problems: &mut Problems<'_>) {}
+}
+
+impl BatchConfig {
+    fn check(&self, problems: &mut Problems<'_>) {
+        if self.schedule.split_whitespace().count() != 6 {
+            problems.add(
+                "batch.schedule",
+                format!(
+                    "`{}` is not a cron expression with six fields (sec min hour day month weekday)",
+                    self.schedule
+                ),
+            );
+        }
+    }
+}
+
+fn check_url_scheme(problems: &mut Problems<'_>, key: &str, url: &str, schemes: &[&str]) {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    if !scheme.is_some_and(|scheme| schemes.contains(&scheme)) {
+        // The URL may hold a password: name the expected schemes, never echo the value.
+        problems.add(
+            key,
+            format!("must be a URL starting with {}://", schemes.join("://, ")),
+        );
+    }
+}
+
+/// Keys nobody reads are mistakes (a typo in a variable name silently does nothing
+/// otherwise), so they are problems too.
+fn report_unknown_keys(figment: &Figment, problems: &mut Problems<'_>) {
+    let Ok(root) = figment.extract::<Dict>() else {
+        return;
+    };
+    let known = Settings::documentation();
+    for (section, value) in &root {
+        let fields: Vec<&FieldDoc> = known.iter().filter(|f| f.section == section).collect();
+        if fields.is_empty() {
+            problems.add(section, "unknown section");
+            continue;
+        }
+        let Value::Dict(_, entries) = value else {
+            problems.add(section, "must be a table of keys");
+            continue;
+        };
+        for key in entries.keys() {
+            if !fields.iter().any(|field| field.name == key) {
+                let names: Vec<&str> = fields.iter().map(|field| field.name).collect();
+                problems.add(
+                    &format!("{section}.{key}"),
+                    format!("unknown key; `{section}` has {}", names.join(", ")),
+                );
+            }
+        }
+    }
+}
