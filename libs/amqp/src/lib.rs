@@ -1,0 +1,221 @@
+//! RabbitMQ for the platform: a self-healing connection, the alerts exchange, and a
+//! publisher that treats a message as sent only once the broker has confirmed it.
+//!
+//! Alerts go to a durable topic exchange; subscribers bind their own queues to it.
+//! [`ConfirmedPublisher::publish`] sends persistent, `mandatory` messages on a channel in
+//! confirm mode and returns only after the broker's ack, so a caller (the alert outbox
+//! relay) marks a message sent only when RabbitMQ really has it.
+
+use std::sync::Arc;
+
+use fraud_config::RabbitMqConfig;
+use fraud_service::{Probe, ProbeFuture};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::Mutex;
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+
+/// RabbitMQ failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to connect to RabbitMQ: {0}")]
+    Connect(lapin::Error),
+    #[error("RabbitMQ {operation} failed: {source}")]
+    Operation {
+        operation: &'static str,
+        source: lapin::Error,
+    },
+    #[error(
+        "the broker returned message `{message_id}`: no queue is bound for routing key `{routing_key}`"
+    )]
+    Unroutable {
+        message_id: String,
+        routing_key: String,
+    },
+    #[error("the broker refused (nacked) message `{message_id}`")]
+    Nacked { message_id: String },
+}
+
+fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) -> Error {
+    move |source| Error::Operation { operation, source }
+}
+
+/// A lazily opened connection that is reopened when it has dropped.
+pub struct AmqpHandle {
+    url: String,
+    connection_name: String,
+    connection: Mutex<Option<Arc<Connection>>>,
+}
+
+impl AmqpHandle {
+    /// A handle for `config`; `connection_name` shows in RabbitMQ's management UI.
+    pub fn new(config: &RabbitMqConfig, connection_name: &str) -> Self {
+        Self {
+            url: config.url.expose().clone(),
+            connection_name: connection_name.to_owned(),
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// The open connection, (re)connecting when there is none or it has dropped.
+    pub async fn connection(&self) -> Result<Arc<Connection>, Error> {
+        let mut current = self.connection.lock().await;
+        if let Some(connection) = current.as_ref()
+            && connection.status().connected()
+        {
+            return Ok(Arc::clone(connection));
+        }
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.clone().into());
+        let connection = Arc::new(
+            Connection::connect(&self.url, properties)
+                .await
+                .map_err(Error::Connect)?,
+        );
+        *current = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    /// A new channel on the connection.
+    pub async fn channel(&self) -> Result<Channel, Error> {
+        self.connection()
+            .await?
+            .create_channel()
+            .await
+            .map_err(operation("channel open"))
+    }
+}
+
+/// Declares `exchange` as a durable topic exchange (idempotent).
+pub async fn declare_topic_exchange(channel: &Channel, exchange: &str) -> Result<(), Error> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(operation("exchange declare"))
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    /// Becomes the AMQP `message_id`; consumers deduplicate on it.
+    pub message_id: &'a str,
+    pub content_type: &'a str,
+    pub payload: &'a [u8],
+    /// Extra headers, e.g. the W3C `traceparent`.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Publishes on a channel in confirm mode.
+pub struct ConfirmedPublisher {
+    channel: Channel,
+}
+
+impl ConfirmedPublisher {
+    /// Opens a channel on `handle` and switches it to publisher confirms.
+    pub async fn open(handle: &AmqpHandle) -> Result<Self, Error> {
+        let channel = handle.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(operation("confirm select"))?;
+        Ok(Self { channel })
+    }
+
+    /// The channel, e.g. to declare topology on it.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Whether the channel can still publish (it closes with its connection).
+    pub fn is_usable(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Publishes a persistent, mandatory message and waits for the broker's confirm.
+    /// Succeeds only on an ack for a message that was routed to at least one queue.
+    pub async fn publish(&self, message: &OutgoingMessage<'_>) -> Result<(), Error> {
+        let headers: std::collections::BTreeMap<ShortString, AMQPValue> = message
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    ShortString::from(name.as_str()),
+                    AMQPValue::LongString(LongString::from(value.as_bytes())),
+                )
+            })
+            .collect();
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(message.message_id.into())
+            .with_content_type(message.content_type.into())
+            .with_headers(FieldTable::from(headers));
+        let confirmation = self
+            .channel
+            .basic_publish(
+                message.exchange.into(),
+                message.routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                message.payload,
+                properties,
+            )
+            .await
+            .map_err(operation("publish"))?
+            .await
+            .map_err(operation("publisher confirm"))?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
+                message_id: message.message_id.to_owned(),
+                routing_key: message.routing_key.to_owned(),
+            }),
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Nacked {
+                message_id: message.message_id.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Ready when a connection to RabbitMQ is open (opening one if needed).
+pub struct AmqpProbe {
+    handle: Arc<AmqpHandle>,
+}
+
+impl AmqpProbe {
+    pub fn new(handle: Arc<AmqpHandle>) -> Self {
+        Self { handle }
+    }
+}
+
+impl Probe for AmqpProbe {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn check(&self) -> ProbeFuture<'_> {
+        Box::pin(async move {
+            self.handle
+                .connection()
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! Kafka for the platform: client settings, topic administration and the readiness probe.
+//!
+//! Every service builds its clients here, so the settings that carry the platform's
+//! guarantees live in one place: producers are idempotent with `acks=all` (a record is
+//! acknowledged only once every in-sync replica has it), consumers never auto-commit
+//! (a consumer commits only what it has finished).
+
+use std::time::Duration;
+
+use fraud_config::KafkaConfig;
+use fraud_service::{Probe, ProbeFuture};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+
+/// Kafka failures, with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to create a Kafka {what}: {source}")]
+    Client {
+        what: &'static str,
+        source: KafkaError,
+    },
+    #[error("failed to {operation} topic `{topic}`: {reason}")]
+    Topic {
+        operation: &'static str,
+        topic: String,
+        reason: String,
+    },
+}
+
+/// Settings every client shares.
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("socket.keepalive.enable", "true");
+    client
+}
+
+/// A producer whose acknowledgements mean durable: idempotent, `acks=all`, ordered per
+/// partition even across retries, compressed.
+pub fn durable_producer(config: &KafkaConfig) -> Result<FutureProducer, Error> {
+    client_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("compression.type", "zstd")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(|source| Error::Client {
+            what: "producer",
+            source,
+        })
+}
+
+/// A consumer in `group_id` that starts from the earliest offset when the group has
+/// none and never commits on its own.
+///
+/// It is a polling consumer, meant for a dedicated thread (or `spawn_blocking`):
+/// librdkafka's calls block, and a group consumer's close must poll its own queue until
+/// it has left the group, which a runtime thread must not wait for.
+pub fn manual_commit_consumer(config: &KafkaConfig, group_id: &str) -> Result<BaseConsumer, Error> {
+    client_config(config)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(|source| Error::Client {
+            what: "consumer",
+            source,
+        })
+}
+
+/// Creates `topic` with `partitions` partitions (replication factor 1 is for a
+/// single-broker cluster; real clusters provision topics themselves). An existing topic
+/// is left as it is.
+pub async fn ensure_topic(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<(), Error> {
+    let admin = admin_client(config)?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let results = admin
+        .create_topics([&new_topic], &AdminOptions::new())
+        .await
+        .map_err(|error| topic_error("create", topic, error.to_string()))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(topic_error("create", topic, code.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `topic` (tests clean up after themselves with it).
+pub async fn delete_topic(config: &KafkaConfig, topic: &str) -> Result<(), Error> {
+    let admin = admin_client(config)?;
+    let results = admin
+        .delete_topics(&[topic], &AdminOptions::new())
+        .await
+        .map_err(|error| topic_error("delete", topic, error.to_string()))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((_, code)) => return Err(topic_error("delete", topic, code.to_string())),
+        }
+    }
+    Ok(())
+}
+
+fn admin_client(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, Error> {
+    client_config(config)
+        .create()
+        .map_err(|source| Error::Client {
+            what: "admin client",
+            source,
+        })
+}
+
+fn topic_error(operation: &'static str, topic: &str, reason: String) -> Error {
+    Error::Topic {
+        operation,
+        topic: topic.to_owned(),
+        reason,
+    }
+}
+
+/// Ready when the brokers answer a metadata request and, when the service needs a topic,
+/// that topic exists with partitions.
+pub struct KafkaProbe {
+    consumer: std::sync::Arc<BaseConsumer>,
+    topic: Option<String>,
+    timeout: Duration,
+}
+
+impl KafkaProbe {
+    /// A probe of the cluster in `config`, and of `topic` when given.
+    pub fn new(
+        config: &KafkaConfig,
+        topic: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let consumer = client_config(config)
+            .create()
+            .map_err(|source| Error::Client {
+                what: "metadata client",
+                source,
+            })?;
+        Ok(Self {
+            consumer: std::sync::Arc::new(consumer),
+            topic: topic.map(str::to_owned),
+            timeout,
+        })
+    }
+}
+
+impl Probe for KafkaProbe {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn check(&self) -> ProbeFuture<'_> {
+        let consumer = std::sync::Arc::clone(&self.consumer);
+        let topic = self.topic.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            // librdkafka's metadata call blocks; keep it off the runtime threads.
+            tokio::task::spawn_blocking(move || {
+                let metadata = consumer
+                    .fetch_metadata(topic.as_deref(), timeout)
+                    .map_err(|error| format!("metadata request failed: {error}"))?;
+                if metadata.brokers().is_empty() {
+                    return Err("the cluster reported no brokers".to_owned());
+                }
+                let Some(topic) = topic else {
+                    return Ok(());
+                };
+                let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                    return Err(format!("topic `{topic}` is missing"));
+                };
+                if let Some(error) = found.error() {
+                    return Err(format!(
+                        "topic `{topic}`: {:?}",
+                        RDKafkaErrorCode::from(error)
+                    ));
+                }
+                if found.partitions().is_empty() {
+                    return Err(format!("topic `{topic}` has no partitions"));
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|error| format!("probe task failed: {error}"))?
+        })
+    }
+}
