@@ -1,0 +1,79 @@
+//! Test support shared by every crate's tests. Never a dependency of production code.
+//!
+//! Tests talk to the real servers that `deploy/dev` starts and isolate themselves by
+//! name ([`unique_name`]: their own topic, group, key prefix, database, queue). They poll
+//! with a deadline ([`wait_until`]) instead of sleeping. [`process`] runs real programs
+//! (a service binary, a private `redis-server`) and stops them with real signals.
+
+pub mod process;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use process::{ChildProcess, PrivateRedis};
+
+/// A name no other test (or earlier run) uses: `prefix-` and 12 random hex digits.
+pub fn unique_name(prefix: &str) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &random[..12])
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Polls `condition` every 50 ms until it holds; panics naming `what` after `deadline`.
+pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    poll_for(deadline, what, || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `attempt` every 50 ms until it yields a value; panics naming `what` after
+/// `deadline`.
+pub async fn poll_for<T, F, Fut>(deadline: Duration, what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The platform's default configuration: the local servers `deploy/dev` starts.
+pub fn local_settings() -> fraud_config::Settings {
+    fraud_config::Settings::load(None).expect("the default configuration is valid")
+}
+
+/// `GET url`: the status and the body parsed as JSON (`Null` when it is not JSON), or
+/// `None` when nothing answers.
+pub async fn get_json(url: &str) -> Option<(u16, serde_json::Value)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    Some((status, body))
+}
+
+/// `GET url`: the status and the body as text, or `None` when nothing answers.
+pub async fn get_text(url: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.unwrap_or_default()))
+}
