@@ -3,9 +3,11 @@
 //! Tests talk to the real servers that `deploy/dev` starts and isolate themselves by
 //! name ([`unique_name`]: their own topic, group, key prefix, database, queue). They poll
 //! with a deadline ([`wait_until`]) instead of sleeping. [`process`] runs real programs
-//! (a service binary, a private `redis-server`) and stops them with real signals.
+//! (a service binary, a private `redis-server`) and stops them with real signals;
+//! [`service`] holds the checks every service binary must pass.
 
 pub mod process;
+pub mod service;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
