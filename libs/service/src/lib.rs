@@ -7,9 +7,11 @@
 //!   RabbitMQ), each bounded by a timeout.
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` routes, merged into each service's
 //!   own router, and [`ops::serve`] to run a router until shutdown.
+//! - [`observe`]: a span and request metrics for every HTTP route.
 //! - [`startup`]: what every `main` shares ([`startup::run`]) and [`HttpService`], a
 //!   bound listener that exposes its real port before it runs.
 
+pub mod observe;
 pub mod ops;
 pub mod readiness;
 pub mod shutdown;

@@ -91,7 +91,7 @@ impl HttpService {
             .map_err(|error| anyhow::anyhow!("failed to listen on {address}: {error}"))?;
         Ok(Self {
             listener,
-            router,
+            router: crate::observe::instrument(router),
             shutdown,
         })
     }

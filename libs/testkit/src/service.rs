@@ -69,6 +69,10 @@ pub async fn check_serves_and_stops_cleanly(binary: Binary<'_>) {
         .await
         .expect("/metrics answers");
     assert_eq!(status, 200, "/metrics: {metrics}");
+    assert!(
+        metrics.contains(r#"http_requests_total{method="GET",route="/healthz",status="200"}"#),
+        "the requests so far are not counted:\n{metrics}"
+    );
 
     process.signal(libc::SIGTERM);
     let status = process.wait_for_exit(Duration::from_secs(15));
@@ -138,4 +142,40 @@ pub fn check_invalid_configuration_is_listed(binary: Binary<'_>) {
         !stderr.contains("panicked"),
         "a bad configuration must not panic:\n{stderr}"
     );
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, request spans reach an OTLP collector under
+/// the service's name; with `log_format = "json"`, every log line is a JSON object.
+pub async fn check_exports_traces_and_json_logs(binary: Binary<'_>, service_name: &str) {
+    let collector = crate::otlp::OtlpCollector::start().await;
+    let (mut process, base) = binary.start(
+        "[telemetry]\nlog_format = \"json\"\n",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    wait_until(STARTUP, "/healthz to answer 200", || {
+        let url = format!("{base}/healthz");
+        async move { matches!(get_json(&url).await, Some((200, _))) }
+    })
+    .await;
+    wait_until(STARTUP, "the request span at the collector", || {
+        let seen = collector.saw("http request") && collector.saw(service_name);
+        async move { seen }
+    })
+    .await;
+    process.signal(libc::SIGTERM);
+    assert!(process.wait_for_exit(Duration::from_secs(15)).success());
+    let output = process.output();
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in lines {
+        let parsed: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("not a JSON log line ({error}): {line}"));
+        assert!(parsed["level"].is_string(), "no level: {line}");
+    }
 }

@@ -30,3 +30,8 @@ async fn is_not_ready_while_redis_is_unreachable() {
 fn an_invalid_configuration_exits_2_listing_every_problem() {
     service::check_invalid_configuration_is_listed(binary());
 }
+
+#[tokio::test]
+async fn exports_request_spans_over_otlp_and_logs_json() {
+    service::check_exports_traces_and_json_logs(binary(), "ingest").await;
+}
