@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use figment::Figment;
 use figment::value::{Dict, Value};
@@ -185,10 +184,18 @@ section! {
 }
 
 section! {
-    /// The Parquet lake.
+    /// The Parquet lake and its writer (which runs inside ingest).
     pub struct LakeConfig in "lake" {
-        /// Root directory of the lake; tables live below it (`transactions/…`).
-        pub root: PathBuf,
+        /// Root of the lake: a directory, or `s3://bucket/prefix` for an object store.
+        pub root: String,
+        /// Consumer group of the lake writer.
+        pub writer_group: String,
+        /// A file is closed after this many records of one partition.
+        pub max_rows_per_file: u32,
+        /// Rows per Parquet row group.
+        pub row_group_rows: u32,
+        /// A partition with no new records flushes what it holds after this long, in ms.
+        pub idle_flush_ms: u64,
     }
 }
 
@@ -197,6 +204,26 @@ section! {
     pub struct IngestConfig in "ingest" {
         /// Address the HTTP API (and health, readiness, metrics) listens on.
         pub listen: SocketAddr,
+        /// Largest request body accepted, in bytes (larger: 413).
+        pub max_body_bytes: u32,
+        /// Most transactions in one request (more: 413).
+        pub max_batch_items: u32,
+        /// How far in the future an event's `ts` may be, in ms (further: 422).
+        pub max_future_skew_ms: u64,
+        /// Largest `transactionSum` accepted, in minor units (larger: 422).
+        pub max_amount_minor: i64,
+        /// The platform's currency; a `currency` field must equal it.
+        pub currency: String,
+        /// How long a `transactionId` is remembered for idempotent replays, in ms.
+        pub idempotency_horizon_ms: u64,
+        /// Requests per second each API key may make (more: 429).
+        pub rate_limit_per_second: u32,
+        /// Requests an API key may make at once before the rate applies.
+        pub rate_limit_burst: u32,
+        /// Records the producer may hold unacknowledged before answering 503.
+        pub producer_queue_max: u32,
+        /// How long to wait for the brokers' acknowledgement before answering 503, in ms.
+        pub produce_timeout_ms: u64,
     }
 }
 
@@ -328,12 +355,12 @@ impl TelemetryConfig {
 
 impl ServiceConfig {
     fn check(&self, problems: &mut Problems<'_>) {
-        if self.shutdown_grace_ms == 0 {
-            problems.add("service.shutdown_grace_ms", "must be at least 1");
-        }
-        if self.probe_timeout_ms == 0 {
-            problems.add("service.probe_timeout_ms", "must be at least 1");
-        }
+        at_least_one(
+            problems,
+            "service.shutdown_grace_ms",
+            self.shutdown_grace_ms,
+        );
+        at_least_one(problems, "service.probe_timeout_ms", self.probe_timeout_ms);
     }
 }
 
@@ -366,9 +393,11 @@ impl PostgresConfig {
             self.url.expose(),
             &["postgres", "postgresql"],
         );
-        if self.max_connections == 0 {
-            problems.add("postgres.max_connections", "must be at least 1");
-        }
+        at_least_one(
+            problems,
+            "postgres.max_connections",
+            self.max_connections.into(),
+        );
     }
 }
 
@@ -424,14 +453,80 @@ impl AuthConfig {
 
 impl LakeConfig {
     fn check(&self, problems: &mut Problems<'_>) {
-        if self.root.as_os_str().is_empty() {
+        if self.root.trim().is_empty() {
             problems.add("lake.root", "must not be empty");
         }
+        if self.writer_group.trim().is_empty() {
+            problems.add("lake.writer_group", "must not be empty");
+        }
+        at_least_one(
+            problems,
+            "lake.max_rows_per_file",
+            self.max_rows_per_file.into(),
+        );
+        at_least_one(problems, "lake.row_group_rows", self.row_group_rows.into());
+        at_least_one(problems, "lake.idle_flush_ms", self.idle_flush_ms);
     }
 }
 
 impl IngestConfig {
-    fn check(&self, _problems: &mut Problems<'_>) {}
+    fn check(&self, problems: &mut Problems<'_>) {
+        at_least_one(
+            problems,
+            "ingest.max_body_bytes",
+            self.max_body_bytes.into(),
+        );
+        at_least_one(
+            problems,
+            "ingest.max_batch_items",
+            self.max_batch_items.into(),
+        );
+        if self.max_amount_minor < 1 {
+            problems.add("ingest.max_amount_minor", "must be at least 1");
+        }
+        let is_currency_code =
+            self.currency.len() == 3 && self.currency.bytes().all(|b| b.is_ascii_uppercase());
+        if !is_currency_code {
+            problems.add(
+                "ingest.currency",
+                format!(
+                    "`{}` is not a three-letter ISO 4217 code like EUR",
+                    self.currency
+                ),
+            );
+        }
+        at_least_one(
+            problems,
+            "ingest.idempotency_horizon_ms",
+            self.idempotency_horizon_ms,
+        );
+        at_least_one(
+            problems,
+            "ingest.rate_limit_per_second",
+            self.rate_limit_per_second.into(),
+        );
+        at_least_one(
+            problems,
+            "ingest.rate_limit_burst",
+            self.rate_limit_burst.into(),
+        );
+        at_least_one(
+            problems,
+            "ingest.producer_queue_max",
+            self.producer_queue_max.into(),
+        );
+        at_least_one(
+            problems,
+            "ingest.produce_timeout_ms",
+            self.produce_timeout_ms,
+        );
+    }
+}
+
+fn at_least_one(problems: &mut Problems<'_>, key: &str, value: u64) {
+    if value == 0 {
+        problems.add(key, "must be at least 1");
+    }
 }
 
 impl ServingConfig {
