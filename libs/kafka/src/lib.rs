@@ -12,7 +12,7 @@ use fraud_service::{Probe, ProbeFuture};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 
@@ -44,12 +44,24 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 /// A producer whose acknowledgements mean durable: idempotent, `acks=all`, ordered per
 /// partition even across retries, compressed.
 pub fn durable_producer(config: &KafkaConfig) -> Result<FutureProducer, Error> {
-    client_config(config)
+    durable_producer_with(config, |_| {})
+}
+
+/// [`durable_producer`] with extra settings (queue bounds, timeouts) applied by `tune`;
+/// the durability settings cannot be overridden.
+pub fn durable_producer_with(
+    config: &KafkaConfig,
+    tune: impl FnOnce(&mut ClientConfig),
+) -> Result<FutureProducer, Error> {
+    let mut client = client_config(config);
+    // A 1 ms linger keeps a lone record's acknowledgement fast (single-event POSTs) while
+    // batches still fill: a request enqueues its records at once.
+    client.set("compression.type", "zstd").set("linger.ms", "1");
+    tune(&mut client);
+    client
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("max.in.flight.requests.per.connection", "5")
-        .set("compression.type", "zstd")
-        .set("linger.ms", "5")
         .create()
         .map_err(|source| Error::Client {
             what: "producer",
@@ -64,13 +76,28 @@ pub fn durable_producer(config: &KafkaConfig) -> Result<FutureProducer, Error> {
 /// librdkafka's calls block, and a group consumer's close must poll its own queue until
 /// it has left the group, which a runtime thread must not wait for.
 pub fn manual_commit_consumer(config: &KafkaConfig, group_id: &str) -> Result<BaseConsumer, Error> {
-    client_config(config)
+    manual_commit_consumer_with(config, group_id, DefaultConsumerContext, |_| {})
+}
+
+/// [`manual_commit_consumer`] with a consumer context (e.g. one that reacts to
+/// rebalances) and extra settings applied by `tune` (assignment strategy, timeouts); the
+/// commit settings cannot be overridden.
+pub fn manual_commit_consumer_with<C: ConsumerContext>(
+    config: &KafkaConfig,
+    group_id: &str,
+    context: C,
+    tune: impl FnOnce(&mut ClientConfig),
+) -> Result<BaseConsumer<C>, Error> {
+    let mut client = client_config(config);
+    client
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed");
+    tune(&mut client);
+    client
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .create()
+        .create_with_context(context)
         .map_err(|source| Error::Client {
             what: "consumer",
             source,

@@ -3,7 +3,8 @@
 //! [`run`] loads the configuration (printing every problem and exiting with status 2 when
 //! it is invalid), installs telemetry, creates the shutdown coordinator, listens for
 //! signals and runs the service; an error is logged with its whole cause chain and exits
-//! with status 1.
+//! with status 1. A long-running service implements [`Service`], and its whole `main` is
+//! [`main`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +27,43 @@ pub struct ConfigArgs {
 
 /// Exit status for an invalid configuration or telemetry setup.
 pub const EXIT_CONFIG: u8 = 2;
+
+/// A long-running service: built from the configuration (binding its listener), then
+/// run until shutdown.
+pub trait Service: Sized {
+    /// The program's name, in logs and traces.
+    const NAME: &'static str;
+
+    /// Connects (lazily) to its servers and binds its port.
+    fn build(settings: &Settings, shutdown: Shutdown)
+    -> impl Future<Output = anyhow::Result<Self>>;
+
+    /// Runs until shutdown, then drains.
+    fn run_until_stopped(self) -> impl Future<Output = anyhow::Result<()>>;
+}
+
+#[derive(clap::Parser)]
+#[command(version)]
+struct ServiceCli {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// The whole `main` of a [`Service`]: parses `--config`, then [`run`]s it.
+pub async fn main<S: Service>() -> ExitCode {
+    let cli = <ServiceCli as clap::Parser>::parse();
+    run(
+        S::NAME,
+        cli.config.config.as_deref(),
+        |settings, shutdown| async move {
+            S::build(&settings, shutdown)
+                .await?
+                .run_until_stopped()
+                .await
+        },
+    )
+    .await
+}
 
 /// Runs `service` named `name` with the configuration from `config_file` (if any) and the
 /// environment, until it stops.

@@ -6,6 +6,7 @@
 //! (a service binary, a private `redis-server`) and stops them with real signals;
 //! [`service`] holds the checks every service binary must pass.
 
+pub mod kafka;
 pub mod otlp;
 pub mod process;
 pub mod service;

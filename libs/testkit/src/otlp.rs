@@ -44,11 +44,15 @@ impl OtlpCollector {
     /// Whether any export so far contains `needle` (span names and attribute values are
     /// plain UTF-8 inside the protobuf).
     pub fn saw(&self, needle: &str) -> bool {
+        self.saw_bytes(needle.as_bytes())
+    }
+
+    /// Whether any export so far contains `needle` (e.g. a 16-byte trace id).
+    pub fn saw_bytes(&self, needle: &[u8]) -> bool {
         let received = self.received.lock().expect("lock");
-        received.iter().any(|body| {
-            body.windows(needle.len())
-                .any(|window| window == needle.as_bytes())
-        })
+        received
+            .iter()
+            .any(|body| body.windows(needle.len()).any(|window| window == needle))
     }
 }
 

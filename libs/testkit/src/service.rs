@@ -39,8 +39,20 @@ impl Binary<'_> {
     pub fn start(&self, extra_toml: &str, env: &[(&str, &str)]) -> (ChildProcess, String) {
         let port = free_port();
         let config = std::env::temp_dir().join(format!("{}.toml", unique_name(self.section)));
+        // Its own lake and lake-writer group (ingest runs the writer; others ignore them),
+        // so a test never writes into the checkout or joins the dev stack's group.
+        let own = unique_name(self.section);
+        let lake = std::env::temp_dir().join(&own);
+        let lake_toml = if extra_toml.contains("[lake]") {
+            String::new()
+        } else {
+            format!(
+                "[lake]\nroot = \"{}\"\nwriter_group = \"{own}\"\n",
+                lake.display()
+            )
+        };
         let toml = format!(
-            "[{}]\nlisten = \"127.0.0.1:{port}\"\n{extra_toml}\n",
+            "[{}]\nlisten = \"127.0.0.1:{port}\"\n{lake_toml}{extra_toml}\n",
             self.section
         );
         std::fs::write(&config, toml).expect("write the config file");

@@ -7,6 +7,7 @@
 
 use fraud_config::Settings;
 use fraud_postgres::PostgresProbe;
+use fraud_service::startup::Service;
 use fraud_service::{HttpService, Readiness, Shutdown};
 
 /// Applies every pending schema migration to the configured database.
@@ -25,8 +26,17 @@ pub struct App {
 }
 
 impl App {
+    /// The port of the operational endpoints.
+    pub fn port(&self) -> u16 {
+        self.http.port()
+    }
+}
+
+impl Service for App {
+    const NAME: &'static str = "batch-layer";
+
     /// Connects lazily to Postgres and binds `settings.batch.listen`.
-    pub async fn build(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<Self> {
+    async fn build(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<Self> {
         let timeout = settings.service.probe_timeout();
         let pool = fraud_postgres::lazy_pool(&settings.postgres, timeout)?;
         let readiness = Readiness::new(timeout)
@@ -37,13 +47,8 @@ impl App {
         Ok(Self { http })
     }
 
-    /// The port of the operational endpoints.
-    pub fn port(&self) -> u16 {
-        self.http.port()
-    }
-
     /// Serves until shutdown, then drains.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.http.run_until_stopped().await
     }
 }

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fraud_service::startup::{self, ConfigArgs};
+use fraud_service::startup::{self, ConfigArgs, Service};
 
 /// The batch layer: exact aggregates and baselines from the lake into Postgres.
 #[derive(Parser)]

@@ -13,6 +13,7 @@ use fraud_config::Settings;
 use fraud_kafka::KafkaProbe;
 use fraud_postgres::PostgresProbe;
 use fraud_redis::{RedisHandle, RedisProbe};
+use fraud_service::startup::Service;
 use fraud_service::{HttpService, Readiness, Shutdown};
 
 /// The serving API, bound and ready to run.
@@ -21,8 +22,17 @@ pub struct App {
 }
 
 impl App {
+    /// The port the API listens on.
+    pub fn port(&self) -> u16 {
+        self.http.port()
+    }
+}
+
+impl Service for App {
+    const NAME: &'static str = "serving-api";
+
     /// Connects lazily to its servers and binds `settings.serving.listen`.
-    pub async fn build(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<Self> {
+    async fn build(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<Self> {
         let timeout = settings.service.probe_timeout();
         let pool = fraud_postgres::lazy_pool(&settings.postgres, timeout)?;
         let redis = Arc::new(RedisHandle::new(&settings.redis, timeout)?);
@@ -38,13 +48,8 @@ impl App {
         Ok(Self { http })
     }
 
-    /// The port the API listens on.
-    pub fn port(&self) -> u16 {
-        self.http.port()
-    }
-
     /// Serves until shutdown, then drains.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.http.run_until_stopped().await
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use fraud_config::Settings;
 use fraud_kafka::KafkaProbe;
 use fraud_redis::{RedisHandle, RedisProbe};
+use fraud_service::startup::Service;
 use fraud_service::{HttpService, Readiness, Shutdown};
 
 /// The speed layer, bound and ready to run.
@@ -19,8 +20,17 @@ pub struct App {
 }
 
 impl App {
+    /// The port of the operational endpoints.
+    pub fn port(&self) -> u16 {
+        self.http.port()
+    }
+}
+
+impl Service for App {
+    const NAME: &'static str = "speed-layer";
+
     /// Connects lazily to its servers and binds `settings.speed.listen`.
-    pub async fn build(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<Self> {
+    async fn build(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<Self> {
         let timeout = settings.service.probe_timeout();
         let redis = Arc::new(RedisHandle::new(&settings.redis, timeout)?);
         let readiness = Readiness::new(timeout)
@@ -36,13 +46,8 @@ impl App {
         Ok(Self { http })
     }
 
-    /// The port of the operational endpoints.
-    pub fn port(&self) -> u16 {
-        self.http.port()
-    }
-
     /// Serves until shutdown, then drains.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.http.run_until_stopped().await
     }
 }

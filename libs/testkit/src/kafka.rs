@@ -1,0 +1,107 @@
+//! Reading a whole topic back, to check exactly what was produced.
+
+use std::time::{Duration, Instant};
+
+use fraud_config::KafkaConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// One record as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The value of header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_slice())
+    }
+}
+
+/// Every record of `topic` up to its current end, in partition and offset order.
+/// Blocking: call it from `spawn_blocking` in async tests.
+pub fn read_all(config: &KafkaConfig, topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("enable.auto.commit", "false")
+        .set("group.id", crate::unique_name("read-all"))
+        .create()
+        .expect("a consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("topic metadata");
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|partition| partition.id())
+        .collect();
+    let mut ends = Vec::new();
+    let mut assignment = TopicPartitionList::new();
+    for &partition in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .expect("watermarks");
+        if high > low {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(low))
+                .expect("assign");
+            ends.push((partition, high));
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return records;
+    }
+    consumer.assign(&assignment).expect("assign");
+    let started = Instant::now();
+    let done = |records: &Vec<Record>| {
+        ends.iter().all(|(partition, high)| {
+            records
+                .iter()
+                .any(|r| r.partition == *partition && r.offset == high - 1)
+        })
+    };
+    while !done(&records) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "could not read {topic} to its end"
+        );
+        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = polled.expect("a record");
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| {
+                        (
+                            header.key.to_owned(),
+                            header.value.unwrap_or_default().to_vec(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.push(Record {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    records.sort_by_key(|record| (record.partition, record.offset));
+    records
+}
