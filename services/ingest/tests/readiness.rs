@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use fraud_service::Shutdown;
+use fraud_service::startup::Service;
 use fraud_testkit::{PrivateRedis, get_json, local_settings, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -24,6 +25,9 @@ async fn readyz_is_503_while_redis_is_down_and_200_once_it_is_back() {
     settings.redis.url = fraud_config::Secret::new(redis.url());
     settings.ingest.listen = "127.0.0.1:0".parse().unwrap();
     settings.service.probe_timeout_ms = 500;
+    let own = fraud_testkit::unique_name("ingest-readiness");
+    settings.lake.root = std::env::temp_dir().join(&own).display().to_string();
+    settings.lake.writer_group = own;
 
     let shutdown = Shutdown::new(Duration::from_secs(5));
     let app = ingest::App::build(&settings, shutdown.clone())

@@ -1,0 +1,101 @@
+//! Producing accepted transactions to Kafka, durably and with back-pressure.
+//!
+//! Records are keyed by `customerId`, carry the schema version and the W3C trace
+//! context in their headers, and go through the durable producer (idempotent,
+//! `acks=all`). A record counts as accepted only once the brokers acknowledged it. When
+//! the producer's bounded queue is full the request is refused (503) at once instead of
+//! buffering without limit.
+
+use std::time::Duration;
+
+use fraud_config::KafkaConfig;
+use fraud_events::TransactionEvent;
+use fraud_events::{CONTENT_TYPE, CONTENT_TYPE_HEADER, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// Why an event was not produced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("the producer queue is full")]
+    QueueFull,
+    #[error("the brokers did not acknowledge the record: {0}")]
+    NotAcknowledged(String),
+}
+
+/// Produces transactions to the transactions topic.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Publisher {
+    /// A publisher whose queue holds at most `queue_max` records and which gives up on
+    /// an acknowledgement after `timeout`.
+    pub fn new(
+        config: &KafkaConfig,
+        queue_max: u32,
+        timeout: Duration,
+    ) -> Result<Self, fraud_kafka::Error> {
+        let producer = fraud_kafka::durable_producer_with(config, |client| {
+            client
+                .set("queue.buffering.max.messages", queue_max.to_string())
+                .set("message.timeout.ms", timeout.as_millis().to_string());
+        })?;
+        Ok(Self {
+            producer,
+            topic: config.transactions_topic.clone(),
+        })
+    }
+
+    /// Produces every event and waits for the brokers; one result per event, in order.
+    pub async fn publish_all(&self, events: &[&TransactionEvent]) -> Vec<Result<(), PublishError>> {
+        let trace_headers = fraud_telemetry::propagation::current_context_headers();
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let payload = fraud_events::encode(event);
+            let mut headers = OwnedHeaders::new_with_capacity(2 + trace_headers.len())
+                .insert(Header {
+                    key: SCHEMA_VERSION_HEADER,
+                    value: Some(SCHEMA_VERSION),
+                })
+                .insert(Header {
+                    key: CONTENT_TYPE_HEADER,
+                    value: Some(CONTENT_TYPE),
+                });
+            for (name, value) in &trace_headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            let record = FutureRecord::to(&self.topic)
+                .key(event.customer_id.as_str())
+                .payload(&payload)
+                .headers(headers);
+            pending.push(match self.producer.send_result(record) {
+                Ok(delivery) => Some(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => None,
+                Err((error, _)) => {
+                    tracing::warn!(%error, "failed to enqueue a record");
+                    None
+                }
+            });
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for delivery in pending {
+            results.push(match delivery {
+                None => Err(PublishError::QueueFull),
+                Some(future) => match future.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(PublishError::NotAcknowledged(error.to_string())),
+                    Err(_canceled) => Err(PublishError::NotAcknowledged(
+                        "the producer shut down".to_owned(),
+                    )),
+                },
+            });
+        }
+        results
+    }
+}
