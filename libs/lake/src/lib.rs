@@ -1,0 +1,83 @@
+//! The Parquet lake of transactions: the one format the lake writer (in `ingest`) writes
+//! and the batch layer reads.
+//!
+//! ```text
+//! <root>/transactions/event_date=YYYY-MM-DD/<partition>-<firstOffset>-<lastOffset>.parquet
+//! ```
+//!
+//! - [`mod@schema`]: the table's columns (money as `int64` minor units, times as UTC
+//!   millisecond timestamps, the Kafka partition and offset of every row) and how files
+//!   are encoded (zstd, bounded row groups, the chunk's row count in the metadata).
+//! - [`layout`]: directory and file names. Hive-style `event_date=` directories, so
+//!   DuckDB, Spark and DataFusion read the lake as it is.
+//! - [`chunk`]: a *chunk* is a run of consecutive records of one partition. It is split
+//!   by event date into one file per date, every file named by the chunk's first and
+//!   last offset and carrying the chunk's total row count ([`CHUNK_ROWS_KEY`]).
+//! - [`store`]: [`Lake`], the lake on an object store: a local directory
+//!   (`LocalFileSystem`, fsynced) or `s3://bucket/prefix` (`AmazonS3`, configured from the
+//!   standard `AWS_*` environment variables). A file appears under its final name only
+//!   once complete: a local file is staged under a temporary name in its directory and
+//!   renamed; an object store's single PUT is atomic.
+//! - [`recovery`]: the lake's position per partition, read from the lake itself. Chunks
+//!   are written in offset order, so only a partition's newest chunk can be incomplete
+//!   (fewer rows in its files than it records); [`Lake::partition_states`] reports it
+//!   (the batch layer's view), [`Lake::recover`] deletes it and any staged leftovers
+//!   and tells the writer where to resume (the writer's view).
+
+pub mod chunk;
+pub mod layout;
+pub mod recovery;
+pub mod schema;
+pub mod store;
+
+pub use chunk::{Chunk, ChunkBuilder, ChunkFile, LakeRow, rows_of};
+pub use layout::{ChunkId, LakeFile, LayoutError};
+pub use recovery::{ChunkFiles, FileFooter, IncompleteChunk, PartitionState, Recovery, ResumeAt};
+pub use schema::{CHUNK_ROWS_KEY, schema};
+pub use store::{Lake, LakeRoot, ListedFile};
+
+/// What can go wrong with the lake.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid lake root `{root}`: {reason}")]
+    InvalidRoot { root: String, reason: String },
+    #[error("failed to open the lake at {root}: {reason}")]
+    Open { root: String, reason: String },
+    #[error("failed to {operation} {path}: {source}")]
+    Store {
+        operation: &'static str,
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("failed to {operation} {path}: {source}")]
+    Io {
+        operation: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("failed to read or write Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("failed to build Arrow data: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("partition {partition}: offset {offset} does not follow offset {previous}")]
+    OffsetOutOfOrder {
+        partition: i32,
+        previous: i64,
+        offset: i64,
+    },
+    #[error("the data does not have the lake's schema: {0}")]
+    UnexpectedSchema(String),
+    #[error(
+        "partition {partition}: chunks {earlier} and {later} overlap; the lake would hold \
+         some offsets twice (two writers owned the partition at once?)"
+    )]
+    OverlappingChunks {
+        partition: i32,
+        earlier: ChunkId,
+        later: ChunkId,
+    },
+    #[error("chunk {chunk} is inconsistent: {reason}")]
+    InconsistentChunk { chunk: ChunkId, reason: String },
+}

@@ -1,0 +1,247 @@
+//! The writer's Kafka consumer, and the rebalance callback that positions it from the
+//! lake.
+//!
+//! librdkafka calls [`RecoveringContext::rebalance`] from inside `poll`, on the
+//! writer's own thread, before the new assignment takes effect. For every newly assigned
+//! partition the callback recovers the lake ([`fraud_lake::Lake::recover`]: deletes an
+//! incomplete newest chunk and staged leftovers) and writes the resume offset into the
+//! assignment itself, so the consumer's very first fetch is at the lake's position.
+//! The group's committed offsets are never used. A failure in the callback is kept for
+//! the worker to raise and the partitions are left unassigned, so nothing is consumed
+//! from a position that did not come from the lake.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use fraud_config::KafkaConfig;
+use fraud_lake::{Lake, ResumeAt};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::runtime::Runtime;
+
+/// How long a Kafka member may go without a heartbeat before the group gives its
+/// partitions to another writer. librdkafka heartbeats from a background thread, so a
+/// slow chunk write does not count against it; a crashed writer's partitions move after
+/// at most this long (Kafka's default, 45 s, would stall the lake that much longer).
+const SESSION_TIMEOUT_MS: &str = "10000";
+
+/// How long one watermark query may take during a rebalance.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A consumer in `group` for the lake writer: it never commits on its own (the offsets
+/// it commits are for lag monitoring only), reads only committed records, and takes
+/// its partitions cooperatively (a rebalance revokes only the partitions that move).
+pub(crate) fn create(
+    kafka: &KafkaConfig,
+    group: &str,
+    context: RecoveringContext,
+) -> anyhow::Result<BaseConsumer<RecoveringContext>> {
+    fraud_kafka::manual_commit_consumer_with(kafka, group, context, |client| {
+        client
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", SESSION_TIMEOUT_MS);
+    })
+    .context("failed to create the lake writer's Kafka consumer")
+}
+
+/// A change of assignment, for the worker to apply to its buffers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rebalance {
+    /// These partitions are now ours, each resuming at its offset.
+    Assigned(Vec<(i32, i64)>),
+    /// These partitions are no longer ours.
+    Revoked(Vec<i32>),
+}
+
+/// The consumer's context: recovers the lake when partitions are assigned.
+pub(crate) struct RecoveringContext {
+    lake: Arc<Lake>,
+    runtime: Arc<Runtime>,
+    topic: String,
+    rebalances: Mutex<Vec<Rebalance>>,
+    failure: Mutex<Option<anyhow::Error>>,
+}
+
+impl RecoveringContext {
+    pub fn new(lake: Arc<Lake>, runtime: Arc<Runtime>, topic: String) -> Self {
+        Self {
+            lake,
+            runtime,
+            topic,
+            rebalances: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// The rebalances since the last call, in order.
+    pub fn take_rebalances(&self) -> Vec<Rebalance> {
+        std::mem::take(&mut *lock(&self.rebalances))
+    }
+
+    /// The first failure of a rebalance, if any.
+    pub fn take_failure(&self) -> Option<anyhow::Error> {
+        lock(&self.failure).take()
+    }
+
+    fn fail(&self, error: anyhow::Error) {
+        tracing::error!(error = format!("{error:#}"), "lake writer rebalance failed");
+        lock(&self.failure).get_or_insert(error);
+    }
+
+    fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect()
+    }
+
+    /// Recovers the lake for `assignment`'s partitions and sets each one's offset to
+    /// the lake's position.
+    fn position_from_lake(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        assignment: &mut TopicPartitionList,
+    ) -> anyhow::Result<Vec<(i32, i64)>> {
+        let partitions = self.partitions(assignment);
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recoveries = self
+            .runtime
+            .block_on(self.lake.recover(&partitions))
+            .with_context(|| format!("failed to recover the lake for partitions {partitions:?}"))?;
+        let mut positions = Vec::with_capacity(recoveries.len());
+        for recovery in recoveries {
+            let state = &recovery.state;
+            let partition = state.partition;
+            if let Some(incomplete) = &state.incomplete {
+                metrics::counter!("lake_chunks_recovered_total").increment(1);
+                tracing::warn!(
+                    partition,
+                    chunk = %incomplete.id,
+                    rows_found = incomplete.rows_found,
+                    chunk_rows = incomplete.chunk_rows,
+                    files = recovery.removed_files.len(),
+                    "removed an incomplete chunk left by a writer that stopped mid-chunk"
+                );
+            }
+            if !recovery.removed_staged.is_empty() {
+                tracing::warn!(
+                    partition,
+                    files = ?recovery.removed_staged,
+                    "removed staged files left by a writer that stopped mid-write"
+                );
+            }
+            let (low, high) = consumer
+                .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
+                .with_context(|| format!("failed to read the offsets of partition {partition}"))?;
+            let next_offset = match state.resume_at() {
+                ResumeAt::Beginning => low,
+                ResumeAt::Offset(offset) if (low..=high).contains(&offset) => offset,
+                ResumeAt::Offset(offset) => {
+                    return Err(anyhow!(
+                        "partition {partition}: the lake continues at offset {offset}, but the \
+                         topic holds offsets {low}..{high} only (recreated topic, or records \
+                         deleted by retention before the lake had them)"
+                    ));
+                }
+            };
+            assignment
+                .set_partition_offset(&self.topic, partition, Offset::Offset(next_offset))
+                .with_context(|| format!("failed to position partition {partition}"))?;
+            tracing::info!(
+                partition,
+                next_offset,
+                complete_chunks = state.complete_chunks,
+                "partition assigned; resuming at the lake's position"
+            );
+            positions.push((partition, next_offset));
+        }
+        Ok(positions)
+    }
+}
+
+impl ClientContext for RecoveringContext {}
+
+impl ConsumerContext for RecoveringContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        error: RDKafkaRespErr,
+        list: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let positions = match self.position_from_lake(consumer, list) {
+                    Ok(positions) => positions,
+                    // Not assigned: nothing is consumed from a position the lake did not give.
+                    Err(error) => return self.fail(error),
+                };
+                let assigned = if cooperative {
+                    consumer.incremental_assign(list)
+                } else {
+                    consumer.assign(list)
+                };
+                match assigned {
+                    Ok(()) => lock(&self.rebalances).push(Rebalance::Assigned(positions)),
+                    Err(error) => self.fail(anyhow!("failed to take the assignment: {error}")),
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions = self.partitions(list);
+                tracing::info!(
+                    ?partitions,
+                    lost = consumer.assignment_lost(),
+                    "partitions revoked; their unwritten records are dropped"
+                );
+                lock(&self.rebalances).push(Rebalance::Revoked(partitions));
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(list)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = unassigned {
+                    self.fail(anyhow!("failed to give up partitions: {error}"));
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                // As librdkafka's default handler does: drop the whole assignment.
+                let partitions = consumer
+                    .assignment()
+                    .map(|assignment| self.partitions(&assignment))
+                    .unwrap_or_default();
+                lock(&self.rebalances).push(Rebalance::Revoked(partitions));
+                let unassigned = if cooperative {
+                    consumer.incremental_unassign(list)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = unassigned {
+                    self.fail(anyhow!("failed to give up partitions: {error}"));
+                }
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        // Committed offsets only feed lag monitoring; a failed commit changes nothing.
+        if let Err(error) = result {
+            tracing::debug!(%error, "lake writer offset commit failed");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,215 @@
+//! The writer's loop, on its own thread: poll, buffer, write chunks, commit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use fraud_events::{SCHEMA_VERSION_HEADER, TransactionEvent};
+use fraud_lake::Lake;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::runtime::Runtime;
+
+use super::Config;
+use super::consumer::{self, Rebalance, RecoveringContext};
+use super::partitions::{FlushPolicy, Partitions, Pushed};
+
+/// How long one poll waits for a record: the latency of noticing shutdown and idle
+/// partitions.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Runs the writer until `should_stop` says so (then writes what it holds and leaves the
+/// group) or until it fails (then it writes nothing more).
+pub(super) fn run(config: Config, should_stop: impl Fn() -> bool) -> anyhow::Result<()> {
+    // Object-store calls are async; this thread drives them on a runtime of its own, so
+    // the service's runtime threads never wait on Parquet encoding or file writes.
+    let runtime = Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("failed to start the lake writer's runtime")?,
+    );
+    let lake = Arc::new(Lake::open(&config.root).context("failed to open the lake")?);
+    let context = RecoveringContext::new(
+        Arc::clone(&lake),
+        Arc::clone(&runtime),
+        config.topic.clone(),
+    );
+    let consumer = consumer::create(&config.kafka, &config.group, context)?;
+    consumer
+        .subscribe(&[&config.topic])
+        .with_context(|| format!("failed to subscribe to `{}`", config.topic))?;
+    tracing::info!(
+        topic = %config.topic,
+        group = %config.group,
+        root = %config.root,
+        max_rows_per_file = config.max_rows_per_file,
+        "lake writer started"
+    );
+    let mut worker = Worker {
+        partitions: Partitions::new(FlushPolicy {
+            max_rows: config.max_rows_per_file,
+            idle: config.idle_flush,
+        }),
+        consumer,
+        lake,
+        runtime,
+        config,
+    };
+    let outcome = worker.run(should_stop);
+    metrics::gauge!("lake_records_buffered").set(0.0);
+    // Dropping the consumer leaves the group (librdkafka's close, polled to the end).
+    drop(worker);
+    outcome
+}
+
+struct Worker {
+    config: Config,
+    consumer: BaseConsumer<RecoveringContext>,
+    lake: Arc<Lake>,
+    runtime: Arc<Runtime>,
+    partitions: Partitions,
+}
+
+impl Worker {
+    fn run(&mut self, should_stop: impl Fn() -> bool) -> anyhow::Result<()> {
+        loop {
+            if should_stop() {
+                // Still the owner of every buffered partition: write what it holds.
+                for partition in self.partitions.non_empty() {
+                    self.write_chunk(partition)?;
+                }
+                tracing::info!("lake writer stopped");
+                return Ok(());
+            }
+            let record = match self.consumer.poll(POLL_TIMEOUT) {
+                None => None,
+                Some(Ok(message)) => Some(decode(&message)?),
+                Some(Err(error)) => {
+                    // librdkafka reports transient conditions (a broker down, a topic not
+                    // yet created) here and keeps retrying on its own.
+                    tracing::warn!(%error, "kafka consumer error");
+                    None
+                }
+            };
+            // Rebalances happen inside `poll`, before the record it returns.
+            self.apply_rebalances()?;
+            if let Some((partition, offset, event)) = record {
+                let pushed = self
+                    .partitions
+                    .push(partition, offset, &event, Instant::now())?;
+                match pushed {
+                    Pushed::Buffered { full: true } => self.write_chunk(partition)?,
+                    Pushed::Buffered { full: false } => {}
+                    Pushed::NotAssigned => {
+                        tracing::debug!(partition, offset, "record of an unassigned partition")
+                    }
+                }
+            }
+            for partition in self.partitions.due(Instant::now()) {
+                self.write_chunk(partition)?;
+            }
+            metrics::gauge!("lake_records_buffered").set(self.partitions.buffered() as f64);
+        }
+    }
+
+    fn apply_rebalances(&mut self) -> anyhow::Result<()> {
+        let context = self.consumer.context();
+        if let Some(failure) = context.take_failure() {
+            return Err(failure);
+        }
+        for rebalance in context.take_rebalances() {
+            match rebalance {
+                Rebalance::Assigned(positions) => {
+                    for (partition, next_offset) in positions {
+                        self.partitions
+                            .assign(partition, next_offset, Instant::now());
+                    }
+                }
+                Rebalance::Revoked(partitions) => {
+                    for partition in partitions {
+                        let dropped = self.partitions.revoke(partition);
+                        if dropped > 0 {
+                            tracing::info!(partition, dropped, "unwritten records dropped");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `partition`'s open chunk, then commits its end to Kafka (for lag
+    /// monitoring; the position always comes from the lake).
+    fn write_chunk(&mut self, partition: i32) -> anyhow::Result<()> {
+        let Some(builder) = self.partitions.take_chunk(partition) else {
+            return Ok(());
+        };
+        if self.consumer.assignment_lost() {
+            // The group has already given the partition away: its new owner writes it.
+            tracing::warn!(partition, "assignment lost; chunk not written");
+            return Ok(());
+        }
+        let Some(chunk) = builder.finish()? else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let files = self
+            .runtime
+            .block_on(self.lake.write_chunk(&chunk, self.config.row_group_rows))
+            .with_context(|| format!("failed to write chunk {}", chunk.id()))?;
+        metrics::counter!("lake_records_written_total").increment(chunk.rows() as u64);
+        metrics::counter!("lake_files_written_total").increment(files.len() as u64);
+        tracing::debug!(
+            chunk = %chunk.id(),
+            rows = chunk.rows(),
+            files = files.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "chunk written"
+        );
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(
+                &self.config.topic,
+                partition,
+                Offset::Offset(chunk.id().last_offset() + 1),
+            )
+            .context("failed to build the offsets to commit")?;
+        if let Err(error) = self.consumer.commit(&offsets, CommitMode::Async) {
+            tracing::debug!(%error, partition, "offset commit failed (monitoring only)");
+        }
+        Ok(())
+    }
+}
+
+/// A record's partition, offset and event. A record that does not decode is a poison
+/// record: the writer stops rather than leave a hole in the lake.
+fn decode(message: &BorrowedMessage<'_>) -> anyhow::Result<(i32, i64, TransactionEvent)> {
+    let partition = message.partition();
+    let offset = message.offset();
+    let version = message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|header| header.key == SCHEMA_VERSION_HEADER)
+            .and_then(|header| header.value)
+    });
+    match fraud_events::decode(version, message.payload().unwrap_or_default()) {
+        Ok(event) => Ok((partition, offset, event)),
+        Err(error) => {
+            tracing::error!(
+                topic = message.topic(),
+                partition,
+                offset,
+                %error,
+                "undecodable record; the lake writer stops"
+            );
+            Err(anyhow!(
+                "the record at partition {partition} offset {offset} of `{}` cannot be \
+                 decoded: {error}",
+                message.topic()
+            ))
+        }
+    }
+}
