@@ -63,7 +63,6 @@ impl Idempotency {
 
     /// Tries to reserve every `(transactionId, fingerprint)`; one answer per item.
     pub async fn reserve(&self, items: &[(&str, &str)]) -> Result<Vec<Reservation>, Unavailable> {
-        let mut connection = self.connection().await?;
         let mut pipeline = redis::pipe();
         for (id, fingerprint) in items {
             pipeline
@@ -74,10 +73,7 @@ impl Idempotency {
                 .arg("PX")
                 .arg(millis(self.reserve_for));
         }
-        let set: Vec<Option<String>> = pipeline
-            .query_async(&mut connection)
-            .await
-            .map_err(|error| Unavailable(error.to_string()))?;
+        let set: Vec<Option<String>> = self.run(&pipeline).await?;
         let taken: Vec<usize> = (0..items.len()).filter(|&i| set[i].is_none()).collect();
         let mut answers = vec![Reservation::Reserved; items.len()];
         if taken.is_empty() {
@@ -87,10 +83,7 @@ impl Idempotency {
         for &i in &taken {
             lookup.cmd("GET").arg(self.key(items[i].0));
         }
-        let existing: Vec<Option<String>> = lookup
-            .query_async(&mut connection)
-            .await
-            .map_err(|error| Unavailable(error.to_string()))?;
+        let existing: Vec<Option<String>> = self.run(&lookup).await?;
         for (&i, value) in taken.iter().zip(existing) {
             let fingerprint = items[i].1;
             answers[i] = match value.as_deref().and_then(|v| v.split_once(':')) {
@@ -109,7 +102,6 @@ impl Idempotency {
         if items.is_empty() {
             return Ok(());
         }
-        let mut connection = self.connection().await?;
         let mut pipeline = redis::pipe();
         for (id, fingerprint) in items {
             pipeline
@@ -119,11 +111,7 @@ impl Idempotency {
                 .arg("PX")
                 .arg(millis(self.remember_for));
         }
-        pipeline
-            .query_async::<Vec<String>>(&mut connection)
-            .await
-            .map(drop)
-            .map_err(|error| Unavailable(error.to_string()))
+        self.run::<Vec<String>>(&pipeline).await.map(drop)
     }
 
     /// Gives reservations back (their events were not produced).
@@ -131,7 +119,6 @@ impl Idempotency {
         if items.is_empty() {
             return Ok(());
         }
-        let mut connection = self.connection().await?;
         let mut pipeline = redis::pipe();
         for (id, fingerprint) in items {
             pipeline
@@ -141,16 +128,22 @@ impl Idempotency {
                 .arg(self.key(id))
                 .arg(format!("p:{fingerprint}"));
         }
-        pipeline
-            .query_async::<Vec<i64>>(&mut connection)
-            .await
-            .map(drop)
-            .map_err(|error| Unavailable(error.to_string()))
+        self.run::<Vec<i64>>(&pipeline).await.map(drop)
     }
 
-    async fn connection(&self) -> Result<redis::aio::ConnectionManager, Unavailable> {
-        self.redis
+    /// Sends `pipeline` on the shared connection; every command's reply is read, so an
+    /// error in any of them fails the call.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, Unavailable> {
+        let mut connection = self
+            .redis
             .connection()
+            .await
+            .map_err(|error| Unavailable(error.to_string()))?;
+        pipeline
+            .query_async(&mut connection)
             .await
             .map_err(|error| Unavailable(error.to_string()))
     }

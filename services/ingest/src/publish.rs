@@ -15,6 +15,27 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+/// The headers of a transaction record: the value's schema version and media type, then
+/// the W3C trace context pairs in `trace`.
+pub fn record_headers(trace: &[(String, String)]) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(2 + trace.len())
+        .insert(Header {
+            key: SCHEMA_VERSION_HEADER,
+            value: Some(SCHEMA_VERSION),
+        })
+        .insert(Header {
+            key: CONTENT_TYPE_HEADER,
+            value: Some(CONTENT_TYPE),
+        });
+    for (name, value) in trace {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    headers
+}
+
 /// Why an event was not produced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
@@ -55,21 +76,7 @@ impl Publisher {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let payload = fraud_events::encode(event);
-            let mut headers = OwnedHeaders::new_with_capacity(2 + trace_headers.len())
-                .insert(Header {
-                    key: SCHEMA_VERSION_HEADER,
-                    value: Some(SCHEMA_VERSION),
-                })
-                .insert(Header {
-                    key: CONTENT_TYPE_HEADER,
-                    value: Some(CONTENT_TYPE),
-                });
-            for (name, value) in &trace_headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
-            }
+            let headers = record_headers(&trace_headers);
             let record = FutureRecord::to(&self.topic)
                 .key(event.customer_id.as_str())
                 .payload(&payload)

@@ -34,7 +34,6 @@ use clap::{Args, Parser, Subcommand};
 use fraud_config::{KafkaConfig, Settings};
 use fraud_domain::{Currency, CustomerId, EventTime, Money, TransactionId, VendorId};
 use fraud_events::TransactionEvent;
-use fraud_events::{CONTENT_TYPE, CONTENT_TYPE_HEADER, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
 use fraud_testkit::{ChildProcess, free_port, unique_name};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
@@ -43,7 +42,6 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
@@ -1009,15 +1007,7 @@ async fn produce_all(
     let mut queue_full_waits = 0;
     for (key, value) in records {
         loop {
-            let headers = OwnedHeaders::new_with_capacity(2)
-                .insert(Header {
-                    key: SCHEMA_VERSION_HEADER,
-                    value: Some(SCHEMA_VERSION),
-                })
-                .insert(Header {
-                    key: CONTENT_TYPE_HEADER,
-                    value: Some(CONTENT_TYPE),
-                });
+            let headers = ingest::publish::record_headers(&[]);
             let record = FutureRecord::to(topic)
                 .key(key.as_str())
                 .payload(value.as_slice())

@@ -10,10 +10,9 @@ use std::time::Duration;
 use fraud_config::Settings;
 use fraud_domain::{Currency, CustomerId, EventTime, Money, TransactionId, VendorId};
 use fraud_events::TransactionEvent;
-use fraud_events::{CONTENT_TYPE, CONTENT_TYPE_HEADER, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
 use fraud_lake::{ChunkId, Lake, LakeRoot};
 use futures::future::join_all;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// A Kafka position.
@@ -110,15 +109,7 @@ pub fn event(run: &str, number: u64) -> TransactionEvent {
 
 /// The record headers ingest writes.
 pub fn headers() -> OwnedHeaders {
-    OwnedHeaders::new()
-        .insert(Header {
-            key: SCHEMA_VERSION_HEADER,
-            value: Some(SCHEMA_VERSION),
-        })
-        .insert(Header {
-            key: CONTENT_TYPE_HEADER,
-            value: Some(CONTENT_TYPE),
-        })
+    ingest::publish::record_headers(&[])
 }
 
 /// Produces `events` as ingest does (keyed by customer, encoded, with the version
