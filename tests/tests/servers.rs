@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use fraud_amqp::{AmqpHandle, ConfirmedPublisher, OutgoingMessage};
+use fraud_service::Probe;
 use fraud_testkit::{local_settings, unique_name};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -94,11 +95,10 @@ async fn kafka_durable_producer_to_manual_commit_consumer() {
 
 #[tokio::test]
 async fn kafka_probe_fails_for_a_missing_topic_and_passes_for_an_existing_one() {
-    use fraud_service_probe::check;
     let settings = local_settings();
     let missing = unique_name("missing-topic");
     let probe = fraud_kafka::KafkaProbe::new(&settings.kafka, Some(&missing), DEADLINE).unwrap();
-    let error = check(&probe).await.expect_err("the topic does not exist");
+    let error = probe.check().await.expect_err("the topic does not exist");
     assert!(error.contains(&missing), "{error}");
 
     let existing = unique_name("probe-topic");
@@ -106,17 +106,10 @@ async fn kafka_probe_fails_for_a_missing_topic_and_passes_for_an_existing_one() 
         .await
         .unwrap();
     let probe = fraud_kafka::KafkaProbe::new(&settings.kafka, Some(&existing), DEADLINE).unwrap();
-    check(&probe).await.expect("the topic exists");
+    probe.check().await.expect("the topic exists");
     fraud_kafka::delete_topic(&settings.kafka, &existing)
         .await
         .unwrap();
-}
-
-/// Probes are reached through the trait, as `/readyz` reaches them.
-mod fraud_service_probe {
-    pub async fn check(probe: &dyn fraud_service::Probe) -> Result<(), String> {
-        probe.check().await
-    }
 }
 
 #[tokio::test]

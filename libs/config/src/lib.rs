@@ -44,7 +44,8 @@ impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let environment = Env::prefixed(ENV_PREFIX)
             .split("__")
-            .ignore(&["config_file"]);
+            // Names the file, not a key; figment compares lowercased names without the prefix.
+            .ignore(&[&CONFIG_FILE_ENV[ENV_PREFIX.len()..].to_ascii_lowercase()]);
         let figment = Self::base_figment(file)?.merge(environment);
         Self::extract(&figment)
     }
@@ -198,6 +199,12 @@ mod tests {
             text.contains("(from environment variable FRAUD_INGEST__LISTEN)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_variable_naming_the_config_file_is_not_taken_for_a_key() {
+        let settings = load_with_env(None, [(CONFIG_FILE_ENV, "/etc/fraud.toml")]);
+        assert!(settings.is_ok(), "{settings:?}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::Shutdown;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConfigArgs {
     /// A TOML configuration file; `FRAUD_…` environment variables override it.
-    #[arg(long, value_name = "FILE", env = "FRAUD_CONFIG_FILE")]
+    #[arg(long, value_name = "FILE", env = fraud_config::CONFIG_FILE_ENV)]
     pub config: Option<std::path::PathBuf>,
 }
 
