@@ -104,6 +104,30 @@ pub fn manual_commit_consumer_with<C: ConsumerContext>(
         })
 }
 
+/// Closes a group consumer (by dropping `owner`, which holds it) and waits at most
+/// `timeout` for it to have left its group; returns whether it did.
+///
+/// librdkafka's close polls until the member has left, which, without a group coordinator
+/// (a broker down, or a fresh one still creating its offsets topic), can take
+/// indefinitely. The drop runs on a thread of its own, so a stopping service is not held
+/// past its grace period: a member that did not get to leave is noticed by the group
+/// after its session timeout instead, and its partitions move as after a crash. Call it
+/// only once everything the consumer's work produced is safe.
+pub fn close_within<T: Send + 'static>(owner: T, timeout: std::time::Duration) -> bool {
+    let (left, done) = std::sync::mpsc::channel();
+    let closing = std::thread::Builder::new()
+        .name("kafka-close".to_owned())
+        .spawn(move || {
+            drop(owner);
+            let _ = left.send(());
+        });
+    match closing {
+        Ok(_) => done.recv_timeout(timeout).is_ok(),
+        // The owner went down with the failed spawn: closed, on this thread.
+        Err(_) => true,
+    }
+}
+
 /// Creates `topic` with `partitions` partitions (replication factor 1 is for a
 /// single-broker cluster; real clusters provision topics themselves). An existing topic
 /// is left as it is.
@@ -228,5 +252,55 @@ impl Probe for KafkaProbe {
             .await
             .map_err(|error| format!("probe task failed: {error}"))?
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::close_within;
+
+    /// Stands in for a consumer whose close takes `close_for`.
+    struct SlowClose {
+        close_for: Duration,
+        closed: Arc<AtomicBool>,
+    }
+
+    impl Drop for SlowClose {
+        fn drop(&mut self) {
+            std::thread::sleep(self.close_for);
+            self.closed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn slow(close_for: Duration) -> (SlowClose, Arc<AtomicBool>) {
+        let closed = Arc::new(AtomicBool::new(false));
+        let owner = SlowClose {
+            close_for,
+            closed: Arc::clone(&closed),
+        };
+        (owner, closed)
+    }
+
+    #[test]
+    fn a_quick_close_is_waited_for() {
+        let (owner, closed) = slow(Duration::from_millis(50));
+        assert!(close_within(owner, Duration::from_secs(30)));
+        assert!(closed.load(Ordering::SeqCst), "closed before it returns");
+    }
+
+    #[test]
+    fn a_hanging_close_is_left_behind_after_the_timeout() {
+        let (owner, closed) = slow(Duration::from_secs(3600));
+        let started = Instant::now();
+        assert!(!close_within(owner, Duration::from_millis(200)));
+        assert!(started.elapsed() < Duration::from_secs(60));
+        assert!(
+            !closed.load(Ordering::SeqCst),
+            "still closing in the background"
+        );
     }
 }

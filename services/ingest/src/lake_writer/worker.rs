@@ -20,6 +20,9 @@ use super::partitions::{FlushPolicy, Partitions, Pushed};
 /// partitions.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// How long a stopping writer waits to leave its consumer group.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Runs the writer until `should_stop` says so (then writes what it holds and leaves the
 /// group) or until it fails (then it writes nothing more).
 pub(super) fn run(config: Config, should_stop: impl Fn() -> bool) -> anyhow::Result<()> {
@@ -60,9 +63,20 @@ pub(super) fn run(config: Config, should_stop: impl Fn() -> bool) -> anyhow::Res
     };
     let outcome = worker.run(should_stop);
     metrics::gauge!("lake_records_buffered").set(0.0);
-    // Dropping the consumer leaves the group (librdkafka's close, polled to the end).
-    drop(worker);
+    leave_group(worker);
     outcome
+}
+
+/// Leaves the consumer group, waiting at most [`LEAVE_TIMEOUT`] (see
+/// [`fraud_kafka::close_within`]); everything the writer held is in the lake by now.
+fn leave_group(worker: Worker) {
+    if !fraud_kafka::close_within(worker, LEAVE_TIMEOUT) {
+        tracing::warn!(
+            timeout_ms = LEAVE_TIMEOUT.as_millis() as u64,
+            "lake writer did not leave its group in time; the group will notice after the \
+             session timeout"
+        );
+    }
 }
 
 struct Worker {
