@@ -196,6 +196,9 @@ section! {
         pub row_group_rows: u32,
         /// A partition with no new records flushes what it holds after this long, in ms.
         pub idle_flush_ms: u64,
+        /// A partition's open file is closed once its first record has waited this long,
+        /// in ms, even while records keep arriving: the lake is never more than this behind.
+        pub max_chunk_age_ms: u64,
     }
 }
 
@@ -466,6 +469,7 @@ impl LakeConfig {
         );
         at_least_one(problems, "lake.row_group_rows", self.row_group_rows.into());
         at_least_one(problems, "lake.idle_flush_ms", self.idle_flush_ms);
+        at_least_one(problems, "lake.max_chunk_age_ms", self.max_chunk_age_ms);
     }
 }
 

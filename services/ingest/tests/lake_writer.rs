@@ -1,6 +1,7 @@
 //! The lake writer in process against the real Kafka: every produced event lands in the
 //! lake exactly once with every field as produced, readable by DuckDB as it is; the
-//! position comes from the lake (not from the group's committed offsets); a poison
+//! position comes from the lake (not from the group's committed offsets); a chunk
+//! closes at its maximum age; a poison
 //! record stops the writer loudly.
 
 mod lake_support;
@@ -145,6 +146,33 @@ async fn the_writer_resumes_from_the_lake_not_from_committed_offsets() {
     })
     .await;
     assert!(!staged.exists(), "the staged leftover is removed");
+    assert_lake_holds_exactly(&test.lake, &produced).await;
+    shutdown.trigger();
+    shutdown.wait().await.expect("the writer stops cleanly");
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn a_chunk_is_written_at_its_maximum_age_though_neither_full_nor_idle() {
+    let mut test = TestLake::create("lake-age", 2).await;
+    // Neither the row limit nor the idle time can close a chunk within the test.
+    test.settings.lake.max_rows_per_file = 1_000_000;
+    test.settings.lake.idle_flush_ms = 3_600_000;
+    test.settings.lake.max_chunk_age_ms = 500;
+    let run = fraud_testkit::unique_name("tx");
+    let producer = fraud_kafka::durable_producer(&test.settings.kafka).unwrap();
+    let shutdown = start_writer(&test);
+    let produced = produce(
+        &producer,
+        test.topic(),
+        (0..200).map(|number| event(&run, number)).collect(),
+    )
+    .await;
+    let last = last_offsets(&produced);
+    wait_until(DEADLINE, "the lake to hold every produced offset", || {
+        lake_is_complete(&test.lake, &last)
+    })
+    .await;
     assert_lake_holds_exactly(&test.lake, &produced).await;
     shutdown.trigger();
     shutdown.wait().await.expect("the writer stops cleanly");

@@ -4,13 +4,15 @@
 //! # Chunks
 //! Records are buffered per partition in an open *chunk*: a run of consecutive records
 //! of one partition. A chunk is closed and written when
-//! - it holds `lake.max_rows_per_file` records: by count, deterministic; or
+//! - it holds `lake.max_rows_per_file` records: by count, deterministic;
 //! - its partition has had no new record for `lake.idle_flush_ms`, so the tail of a
 //!   partition that goes quiet reaches the lake within that time (plus one poll, 100 ms).
 //!   The idle rule looks at the wall clock, but exactness never depends on where a chunk
 //!   ends: recovery rewrites an unfinished chunk from its first offset, whatever
-//!   boundaries the rewrite gets. (A partition that never pauses that long flushes by
-//!   count only.)
+//!   boundaries the rewrite gets;
+//! - its first record has waited `lake.max_chunk_age_ms`, so a partition that trickles
+//!   (never idle, never full) is in the lake within that time too (same wall-clock
+//!   caveat, same exactness);
 //! - the service shuts down cleanly (it still owns its partitions then).
 //!
 //! A chunk is split by event date into one file per UTC date, every file named
@@ -81,6 +83,7 @@ struct Config {
     max_rows_per_file: usize,
     row_group_rows: usize,
     idle_flush: Duration,
+    max_chunk_age: Duration,
 }
 
 impl LakeWriter {
@@ -96,6 +99,7 @@ impl LakeWriter {
             max_rows_per_file: usize::try_from(lake.max_rows_per_file)?.max(1),
             row_group_rows: usize::try_from(lake.row_group_rows)?.max(1),
             idle_flush: Duration::from_millis(lake.idle_flush_ms.max(1)),
+            max_chunk_age: Duration::from_millis(lake.max_chunk_age_ms.max(1)),
         };
         Ok(Self { config })
     }

@@ -17,6 +17,9 @@ pub(crate) struct FlushPolicy {
     /// A chunk is closed when its partition has had no new record for this long, so the
     /// tail of a partition that goes quiet reaches the lake within a bounded time.
     pub idle: Duration,
+    /// A chunk is closed when its first record has waited this long, so a partition that
+    /// trickles (never idle, never full) still reaches the lake within a bounded time.
+    pub max_age: Duration,
 }
 
 /// A record that does not continue its partition where the writer expects.
@@ -47,6 +50,8 @@ struct Buffer {
     /// The offset the next record must have.
     next_offset: i64,
     last_record_at: Instant,
+    /// When the open chunk's first record arrived; `None` while it is empty.
+    opened_at: Option<Instant>,
 }
 
 /// One open chunk per assigned partition.
@@ -77,6 +82,7 @@ impl Partitions {
                 chunk: ChunkBuilder::new(partition),
                 next_offset,
                 last_record_at: now,
+                opened_at: None,
             },
         );
         dropped
@@ -115,22 +121,27 @@ impl Partitions {
         buffer.chunk.push(offset, event)?;
         buffer.next_offset = offset + 1;
         buffer.last_record_at = now;
+        buffer.opened_at.get_or_insert(now);
         self.buffered += 1;
         Ok(Pushed::Buffered {
             full: buffer.chunk.rows() >= self.policy.max_rows,
         })
     }
 
-    /// The partitions whose chunk must be written now: full, or idle for the policy's
-    /// idle time.
+    /// The partitions whose chunk must be written now: full, idle for the policy's idle
+    /// time, or open for its maximum age.
     pub fn due(&self, now: Instant) -> Vec<i32> {
+        let waited =
+            |since: Instant, limit: Duration| now.saturating_duration_since(since) >= limit;
         self.buffers
             .iter()
             .filter(|(_, buffer)| {
                 let rows = buffer.chunk.rows();
                 rows >= self.policy.max_rows
-                    || (rows > 0
-                        && now.saturating_duration_since(buffer.last_record_at) >= self.policy.idle)
+                    || (rows > 0 && waited(buffer.last_record_at, self.policy.idle))
+                    || buffer
+                        .opened_at
+                        .is_some_and(|opened| waited(opened, self.policy.max_age))
             })
             .map(|(partition, _)| *partition)
             .collect()
@@ -153,6 +164,7 @@ impl Partitions {
             return None;
         }
         let chunk = std::mem::replace(&mut buffer.chunk, ChunkBuilder::new(partition));
+        buffer.opened_at = None;
         self.buffered -= chunk.rows();
         Some(chunk)
     }
@@ -184,6 +196,7 @@ mod tests {
         Partitions::new(FlushPolicy {
             max_rows,
             idle: Duration::from_secs(10),
+            max_age: Duration::from_secs(60),
         })
     }
 
@@ -241,6 +254,35 @@ mod tests {
         assert_eq!(partitions.due(start + Duration::from_secs(10)), vec![1]);
         assert_eq!(partitions.due(start + Duration::from_secs(15)), vec![1, 2]);
         assert_eq!(partitions.non_empty(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_trickling_partition_is_due_at_the_maximum_age_and_starts_a_new_clock() {
+        let start = Instant::now();
+        let mut partitions = partitions(1000);
+        partitions.assign(0, 0, start);
+        let second = Duration::from_secs(1);
+        // A record every 5 s: never idle for 10 s, never full.
+        for offset in 0..12 {
+            let at = start + 5 * second * offset as u32;
+            partitions.push(0, offset, &event(offset), at).unwrap();
+            assert!(partitions.due(at).is_empty(), "not due at {offset}");
+        }
+        assert!(partitions.due(start + 59 * second).is_empty());
+        assert_eq!(partitions.due(start + 60 * second), vec![0]);
+        let chunk = partitions.take_chunk(0).unwrap().finish().unwrap().unwrap();
+        assert_eq!(chunk.rows(), 12);
+        // The next chunk's age counts from its own first record.
+        assert!(
+            partitions.due(start + 200 * second).is_empty(),
+            "empty is never due"
+        );
+        for offset in 12..24 {
+            let at = start + 61 * second + 5 * second * (offset - 12) as u32;
+            partitions.push(0, offset, &event(offset), at).unwrap();
+        }
+        assert!(partitions.due(start + 120 * second).is_empty());
+        assert_eq!(partitions.due(start + 121 * second), vec![0]);
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub(super) fn run(config: Config, should_stop: impl Fn() -> bool) -> anyhow::Res
         partitions: Partitions::new(FlushPolicy {
             max_rows: config.max_rows_per_file,
             idle: config.idle_flush,
+            max_age: config.max_chunk_age,
         }),
         consumer,
         lake,
