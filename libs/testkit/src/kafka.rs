@@ -12,6 +12,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 pub struct Record {
     pub partition: i32,
     pub offset: i64,
+    /// The record's timestamp (ms), if it has one.
+    pub timestamp: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -97,6 +99,7 @@ pub fn read_all(config: &KafkaConfig, topic: &str) -> Vec<Record> {
         records.push(Record {
             partition: message.partition(),
             offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().unwrap_or_default().to_vec(),
             headers,

@@ -80,6 +80,9 @@ impl Publisher {
             let record = FutureRecord::to(&self.topic)
                 .key(event.customer_id.as_str())
                 .payload(&payload)
+                // The ingest time, explicitly: consumers that rebuild "everything since
+                // t" seek by it (an event's ts is at most the future skew past it).
+                .timestamp(event.ingest_time.as_millis())
                 .headers(headers);
             pending.push(match self.producer.send_result(record) {
                 Ok(delivery) => Some(delivery),

@@ -37,6 +37,11 @@ async fn an_accepted_transaction_is_in_the_topic_once_with_exactly_its_values() 
     assert_eq!(event.amount.minor(), 9990);
     assert_eq!(event.currency.as_str(), "EUR");
     assert_eq!(event.event_time.as_millis(), 1_559_200_850_100);
+    assert_eq!(
+        record.timestamp,
+        Some(event.ingest_time.as_millis()),
+        "the record's timestamp is the ingest time (rebuilds seek by it)"
+    );
     ingest.stop().await;
 }
 
