@@ -576,39 +576,43 @@ fn the_dockerfile_builds_every_binary_the_compose_file_runs() {
 }
 
 #[test]
-fn kafka_init_creates_the_transactions_topic() {
+fn kafka_init_creates_the_transactions_and_window_updates_topics() {
     let settings = default_settings();
     let compose = compose();
-    let init = service(&compose, "kafka-init");
-    // What the container runs: its entrypoint, then its command.
-    let mut words = words(init.get("entrypoint"));
-    words.extend(command(init));
-    let after = |flag: &str| {
-        words
-            .iter()
-            .position(|word| word == flag)
-            .and_then(|at| words.get(at + 1))
-            .cloned()
-    };
-    let topic = &settings.kafka.transactions_topic;
-    assert!(
-        words.iter().any(|word| word.ends_with("kafka-topics.sh"))
-            && words.iter().any(|word| word == "--create")
-            && words.iter().any(|word| word == "--if-not-exists"),
-        "`kafka-init` must run kafka-topics.sh --create --if-not-exists, but runs {words:?}"
-    );
-    assert_eq!(
-        after("--topic").as_ref(),
-        Some(topic),
-        "`kafka-init` must create the topic kafka.transactions_topic names by default \
-         (libs/config/defaults.toml); it runs {words:?}"
-    );
-    assert_eq!(
-        after("--partitions").as_deref(),
-        Some(TRANSACTIONS_PARTITIONS),
-        "`kafka-init` must create {topic} with {TRANSACTIONS_PARTITIONS} partitions \
-         (DESIGN.md section 6); it runs {words:?}"
-    );
+    for (init_name, topic) in [
+        ("kafka-init", &settings.kafka.transactions_topic),
+        ("kafka-init-updates", &settings.kafka.window_updates_topic),
+    ] {
+        let init = service(&compose, init_name);
+        // What the container runs: its entrypoint, then its command.
+        let mut words = words(init.get("entrypoint"));
+        words.extend(command(init));
+        let after = |flag: &str| {
+            words
+                .iter()
+                .position(|word| word == flag)
+                .and_then(|at| words.get(at + 1))
+                .cloned()
+        };
+        assert!(
+            words.iter().any(|word| word.ends_with("kafka-topics.sh"))
+                && words.iter().any(|word| word == "--create")
+                && words.iter().any(|word| word == "--if-not-exists"),
+            "`{init_name}` must run kafka-topics.sh --create --if-not-exists, but runs {words:?}"
+        );
+        assert_eq!(
+            after("--topic").as_ref(),
+            Some(topic),
+            "`{init_name}` must create the topic the configuration names by default \
+             (libs/config/defaults.toml); it runs {words:?}"
+        );
+        assert_eq!(
+            after("--partitions").as_deref(),
+            Some(TRANSACTIONS_PARTITIONS),
+            "`{init_name}` must create {topic} with {TRANSACTIONS_PARTITIONS} partitions \
+             (DESIGN.md section 6); it runs {words:?}"
+        );
+    }
 }
 
 #[test]

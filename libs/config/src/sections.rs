@@ -142,6 +142,8 @@ section! {
         pub brokers: String,
         /// The topic of accepted transactions, keyed by customer.
         pub transactions_topic: String,
+        /// The topic of the speed layer's window updates, keyed by customer.
+        pub window_updates_topic: String,
     }
 }
 
@@ -243,6 +245,20 @@ section! {
     pub struct SpeedConfig in "speed" {
         /// Address of the health, readiness and metrics endpoints.
         pub listen: SocketAddr,
+        /// Consumer group of the speed layer's instances.
+        pub group: String,
+        /// How far behind a customer's latest event time an event may be and still be
+        /// applied, beyond the 30-minute window, in ms; at least `ingest.max_future_skew_ms`.
+        pub allowed_lateness_ms: u64,
+        /// How long a customer's hourly increments are kept after its last event when no
+        /// batch run covers them, in ms.
+        pub increments_ttl_ms: u64,
+        /// Most records applied in one batch (one Redis pipeline).
+        pub max_batch_records: u32,
+        /// How long a batch waits for more records before it is applied, in ms.
+        pub max_batch_wait_ms: u64,
+        /// How often the batch watermark T_b is read from Postgres, in ms.
+        pub watermark_refresh_ms: u64,
     }
 }
 
@@ -384,6 +400,9 @@ impl KafkaConfig {
         }
         if self.transactions_topic.trim().is_empty() {
             problems.add("kafka.transactions_topic", "must not be empty");
+        }
+        if self.window_updates_topic.trim().is_empty() {
+            problems.add("kafka.window_updates_topic", "must not be empty");
         }
     }
 }
@@ -538,7 +557,27 @@ impl ServingConfig {
 }
 
 impl SpeedConfig {
-    fn check(&self, _problems: &mut Problems<'_>) {}
+    fn check(&self, problems: &mut Problems<'_>) {
+        if self.group.trim().is_empty() {
+            problems.add("speed.group", "must not be empty");
+        }
+        at_least_one(problems, "speed.increments_ttl_ms", self.increments_ttl_ms);
+        at_least_one(
+            problems,
+            "speed.max_batch_records",
+            self.max_batch_records.into(),
+        );
+        at_least_one(
+            problems,
+            "speed.watermark_refresh_ms",
+            self.watermark_refresh_ms,
+        );
+    }
+
+    /// The window plus the allowed lateness, in ms.
+    pub fn retention_ms(&self) -> i64 {
+        30 * 60 * 1000 + i64::try_from(self.allowed_lateness_ms).unwrap_or(i64::MAX / 2)
+    }
 }
 
 impl BatchConfig {

@@ -40,6 +40,18 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     Ok(())
 }
 
+/// The batch watermark T_b in UTC ms: the watermark of the latest successful batch run,
+/// `None` before the first one. The batch layer's results are exact for `ts <= T_b`; the
+/// speed layer keeps what comes after.
+pub async fn batch_watermark(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT (extract(epoch FROM max(watermark)) * 1000)::bigint \
+         FROM batch_runs WHERE status = 'succeeded'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Ready when `SELECT 1` succeeds.
 pub struct PostgresProbe {
     pool: PgPool,

@@ -51,8 +51,19 @@ impl Binary<'_> {
                 lake.display()
             )
         };
+        // Its own Redis key prefix and speed-layer group, for the same reason.
+        let redis_toml = if extra_toml.contains("[redis]") {
+            String::new()
+        } else {
+            format!("[redis]\nkey_prefix = \"{own}:\"\n")
+        };
+        let group = if self.section == "speed" {
+            format!("group = \"{own}\"\n")
+        } else {
+            String::new()
+        };
         let toml = format!(
-            "[{}]\nlisten = \"127.0.0.1:{port}\"\n{lake_toml}{extra_toml}\n",
+            "[{}]\nlisten = \"127.0.0.1:{port}\"\n{group}{lake_toml}{redis_toml}{extra_toml}\n",
             self.section
         );
         std::fs::write(&config, toml).expect("write the config file");
@@ -66,7 +77,13 @@ impl Binary<'_> {
 /// Started with the defaults (the local servers) and a config file: `/healthz`, `/readyz`
 /// and `/metrics` answer 200; SIGTERM stops it cleanly within the grace period.
 pub async fn check_serves_and_stops_cleanly(binary: Binary<'_>) {
-    let (mut process, base) = binary.start("", &[]);
+    check_serves_and_stops_cleanly_with(binary, &[]).await;
+}
+
+/// [`check_serves_and_stops_cleanly`] with `env` variables (e.g. a topic of the test's
+/// own).
+pub async fn check_serves_and_stops_cleanly_with(binary: Binary<'_>, env: &[(&str, &str)]) {
+    let (mut process, base) = binary.start("", env);
     wait_until(STARTUP, "/healthz to answer 200", || {
         let url = format!("{base}/healthz");
         async move { matches!(get_json(&url).await, Some((200, _))) }
@@ -102,8 +119,8 @@ pub async fn check_serves_and_stops_cleanly(binary: Binary<'_>) {
 }
 
 /// With `env` pointing a dependency at a dead address, `/readyz` answers 503 and names
-/// the failing probe `probe`, while `/healthz` still answers 200.
-pub async fn check_not_ready_without(binary: Binary<'_>, env: &[(&str, &str)], probe: &str) {
+/// exactly the failing `probes`, while `/healthz` still answers 200.
+pub async fn check_not_ready_without(binary: Binary<'_>, env: &[(&str, &str)], probes: &[&str]) {
     // The default probe timeout (2 s): a shorter one could time out a healthy probe on a
     // loaded machine and name the wrong server.
     let (_process, base) = binary.start("", env);
@@ -122,7 +139,7 @@ pub async fn check_not_ready_without(binary: Binary<'_>, env: &[(&str, &str)], p
         .filter(|check| check["ok"] == false)
         .filter_map(|check| check["name"].as_str())
         .collect();
-    assert_eq!(failing, vec![probe], "{body}");
+    assert_eq!(failing, probes, "{body}");
 }
 
 /// An invalid configuration (several problems at once) exits with status 2 and lists

@@ -24,7 +24,7 @@ async fn is_not_ready_while_postgres_is_unreachable() {
             "FRAUD_POSTGRES__URL",
             "postgres://fraud:fraud@127.0.0.1:1/fraud",
         )],
-        "postgres",
+        &["postgres"],
     )
     .await;
 }

@@ -21,7 +21,7 @@ async fn is_not_ready_while_redis_is_unreachable() {
     service::check_not_ready_without(
         binary(),
         &[("FRAUD_REDIS__URL", "redis://127.0.0.1:1")],
-        "redis",
+        &["redis"],
     )
     .await;
 }

@@ -1,0 +1,192 @@
+//! A customer's state as stored, and the aggregates read from it.
+//!
+//! Layout (little-endian, written by `apply.lua`):
+//!
+//! | part | fields |
+//! |---|---|
+//! | header (35 bytes) | magic `W1` (2), generation (8), last offset (i64), clock (i64), has clock (u8), events n (u32), hours m (u32) |
+//! | n events (32 bytes each) | event time ms (i64), amount minor (i64), vendor digest (8), transaction digest (8) |
+//! | m hours (40 bytes each, ascending) | hour start ms (i64), sum (i64), count (i64), edge sum (i64), edge count (i64) |
+
+use crate::meta::Generation;
+use crate::{HOUR_MS, WINDOW_MS};
+
+const MAGIC: &[u8; 2] = b"W1";
+const HEADER_LEN: usize = 35;
+const EVENT_LEN: usize = 32;
+const HOUR_LEN: usize = 40;
+
+/// An event inside the retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowEvent {
+    pub ts: i64,
+    pub amount: i64,
+    pub vendor: [u8; 8],
+    pub transaction: [u8; 8],
+}
+
+/// The applied events of one UTC hour `[hour, hour + 1 h)`; the edge is the part with
+/// `ts == hour` exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourIncrement {
+    pub hour: i64,
+    pub sum: i64,
+    pub count: i64,
+    pub edge_sum: i64,
+    pub edge_count: i64,
+}
+
+/// A customer's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerState {
+    pub generation: Generation,
+    /// Offset of the last record applied (or skipped) in the customer's partition.
+    pub last_offset: i64,
+    /// The largest event time applied.
+    pub clock: Option<i64>,
+    pub events: Vec<WindowEvent>,
+    pub hours: Vec<HourIncrement>,
+}
+
+/// Aggregates over the events of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowAggregates {
+    pub sum: i64,
+    pub count: i64,
+    /// The largest amount; 0 for an empty window.
+    pub max: i64,
+    pub distinct_vendors: i64,
+}
+
+/// The stored bytes are not a state this version can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("speed state is not readable: {0}")]
+pub struct DecodeError(&'static str);
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError("too long"))?;
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(DecodeError("truncated"))?;
+        self.pos = end;
+        Ok(slice)
+    }
+    fn bytes8(&mut self) -> Result<[u8; 8], DecodeError> {
+        Ok(self.take(8)?.try_into().expect("8 bytes"))
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.bytes8()?))
+    }
+    fn u32(&mut self) -> Result<usize, DecodeError> {
+        let bytes: [u8; 4] = self.take(4)?.try_into().expect("4 bytes");
+        Ok(u32::from_le_bytes(bytes) as usize)
+    }
+}
+
+impl CustomerState {
+    /// Decodes a stored state.
+    pub fn decode(bytes: &[u8]) -> Result<CustomerState, DecodeError> {
+        let mut reader = Reader { bytes, pos: 0 };
+        if reader.take(2)? != MAGIC {
+            return Err(DecodeError("unknown encoding"));
+        }
+        let generation = Generation::from_bytes(reader.bytes8()?);
+        let last_offset = reader.i64()?;
+        let clock = reader.i64()?;
+        let has_clock = reader.take(1)?[0] == 1;
+        let n_events = reader.u32()?;
+        let n_hours = reader.u32()?;
+        debug_assert_eq!(reader.pos, HEADER_LEN);
+        if bytes.len() != HEADER_LEN + n_events * EVENT_LEN + n_hours * HOUR_LEN {
+            return Err(DecodeError("length does not match the counts"));
+        }
+        let mut events = Vec::with_capacity(n_events);
+        for _ in 0..n_events {
+            events.push(WindowEvent {
+                ts: reader.i64()?,
+                amount: reader.i64()?,
+                vendor: reader.bytes8()?,
+                transaction: reader.bytes8()?,
+            });
+        }
+        let mut hours = Vec::with_capacity(n_hours);
+        for _ in 0..n_hours {
+            hours.push(HourIncrement {
+                hour: reader.i64()?,
+                sum: reader.i64()?,
+                count: reader.i64()?,
+                edge_sum: reader.i64()?,
+                edge_count: reader.i64()?,
+            });
+        }
+        Ok(CustomerState {
+            generation,
+            last_offset,
+            clock: has_clock.then_some(clock),
+            events,
+            hours,
+        })
+    }
+
+    /// The aggregates of `W(c, t)`: the events with `t - 30 min < ts <= t`.
+    pub fn window_at(&self, t: i64) -> WindowAggregates {
+        let mut aggregates = WindowAggregates::default();
+        let mut vendors: Vec<[u8; 8]> = Vec::new();
+        for event in &self.events {
+            if t - WINDOW_MS < event.ts && event.ts <= t {
+                aggregates.sum += event.amount;
+                aggregates.count += 1;
+                aggregates.max = aggregates.max.max(event.amount);
+                if !vendors.contains(&event.vendor) {
+                    vendors.push(event.vendor);
+                }
+            }
+        }
+        aggregates.distinct_vendors = vendors.len() as i64;
+        aggregates
+    }
+
+    /// Sum and count of the applied events with `after < ts` and `from <= ts <= until`,
+    /// where `after` is the batch watermark T_b (hour-aligned; `None` before any batch
+    /// run) and `from` is hour-aligned (a UTC day or hour). Whole hours come from the
+    /// increments; the hour holding `until` is corrected with the held events after
+    /// `until`, which is exact while every such event is still held (`until >= clock -
+    /// retention`, always true for `until` = now). Hours before the watermark the state
+    /// was last written with are gone: the batch has them.
+    pub fn total_between(&self, after: Option<i64>, from: i64, until: i64) -> (i64, i64) {
+        let first_hour = from - from.rem_euclid(HOUR_MS);
+        let last_hour = until - until.rem_euclid(HOUR_MS);
+        let (mut sum, mut count) = (0, 0);
+        for hour in &self.hours {
+            if hour.hour < first_hour
+                || hour.hour > last_hour
+                || after.is_some_and(|watermark| hour.hour < watermark)
+            {
+                continue;
+            }
+            sum += hour.sum;
+            count += hour.count;
+            if after == Some(hour.hour) {
+                // ts == T_b exactly belongs to the batch.
+                sum -= hour.edge_sum;
+                count -= hour.edge_count;
+            }
+            if hour.hour == last_hour {
+                for event in &self.events {
+                    if event.ts > until && event.ts < last_hour + HOUR_MS {
+                        sum -= event.amount;
+                        count -= 1;
+                    }
+                }
+            }
+        }
+        (sum, count)
+    }
+}

@@ -1,0 +1,123 @@
+//! The pipeline: poll a batch, apply it to Redis, publish window updates, commit.
+//!
+//! # Order of effects
+//! For every batch: (1) check that the meta key still names this instance's generation
+//! (else Redis lost its data: start or join a new generation and rebuild, discarding the
+//! batch); (2) apply every customer's run with one script call each, in one pipeline;
+//! (3) publish one window update per touched customer and wait for the brokers; (4)
+//! commit the batch's offsets. A crash anywhere replays from the last commit: the
+//! script's offset fence makes the replay change nothing, and the updates are published
+//! again (at least once; a consumer keeps the one with the largest source offset).
+//! A failure of Redis or Kafka retries the same batch with backoff until it succeeds or
+//! the service stops.
+//!
+//! # Positions and rebuilds
+//! When partitions are assigned, the rebalance callback (module `consumer`) looks at the
+//! meta key: a partition `ready` in the current generation continues from the group's
+//! committed offset; any other is rebuilt: it starts at the first offset whose timestamp
+//! (the ingest time) is at or after `min(now - retention, T_b) - future skew`, far enough
+//! back for every event the windows and the increments since T_b can need, and is
+//! complete once applied up to the partition's end at that moment. A partition being
+//! rebuilt is marked `rebuilding` in the meta key, so the view reads as degraded and a
+//! crash mid-rebuild rebuilds again.
+//!
+//! # Threads
+//! Polling, decoding and the Redis and producer calls run on the pipeline's own thread,
+//! with a current-thread runtime for the async clients, never on the service's runtime.
+//!
+//! # Metrics
+//! `speed_records_total{outcome}` (applied, late, duplicate, replayed, undecodable),
+//! `speed_batches_total`, `speed_batch_seconds`, `speed_window_updates_total`,
+//! `speed_rebuilds_total`, `speed_retries_total` and the gauge `speed_degraded`.
+
+mod batch;
+mod consumer;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fraud_config::{KafkaConfig, RedisConfig, Settings};
+use fraud_service::Shutdown;
+use fraud_speed_view::Tuning;
+
+use crate::{StateHealth, Watermark};
+
+/// The pipeline, configured and ready to start.
+pub struct Pipeline {
+    config: Config,
+    watermark: Arc<Watermark>,
+    health: Arc<StateHealth>,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    kafka: KafkaConfig,
+    redis: RedisConfig,
+    topic: String,
+    updates_topic: String,
+    group: String,
+    tuning: Tuning,
+    max_future_skew_ms: i64,
+    max_batch_records: usize,
+    max_batch_wait: Duration,
+    timeout: Duration,
+}
+
+impl Pipeline {
+    /// Reads its configuration; performs no I/O.
+    pub fn new(
+        settings: &Settings,
+        watermark: Arc<Watermark>,
+        health: Arc<StateHealth>,
+    ) -> anyhow::Result<Self> {
+        let speed = &settings.speed;
+        let retention_ms = speed.retention_ms();
+        let config = Config {
+            kafka: settings.kafka.clone(),
+            redis: settings.redis.clone(),
+            topic: settings.kafka.transactions_topic.clone(),
+            updates_topic: settings.kafka.window_updates_topic.clone(),
+            group: speed.group.clone(),
+            tuning: Tuning {
+                retention_ms,
+                idle_ttl_ms: retention_ms,
+                increments_ttl_ms: i64::try_from(speed.increments_ttl_ms)
+                    .context("speed.increments_ttl_ms is too large")?,
+            },
+            max_future_skew_ms: i64::try_from(settings.ingest.max_future_skew_ms)
+                .context("ingest.max_future_skew_ms is too large")?,
+            max_batch_records: usize::try_from(speed.max_batch_records)?.max(1),
+            max_batch_wait: Duration::from_millis(speed.max_batch_wait_ms),
+            timeout: settings.service.probe_timeout().max(Duration::from_secs(5)),
+        };
+        Ok(Self {
+            config,
+            watermark,
+            health,
+        })
+    }
+
+    /// Starts the pipeline on a thread of its own, as the task `pipeline` of `shutdown`:
+    /// it stops when shutdown begins (after finishing the batch in hand), and a failure
+    /// (or a panic) fails the task, which shuts the service down.
+    pub fn spawn(self, shutdown: &Shutdown) {
+        let token = shutdown.token();
+        shutdown.spawn("pipeline", async move {
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("speed-pipeline".to_owned())
+                .spawn(move || {
+                    let result = worker::run(self.config, self.watermark, self.health, || {
+                        token.is_cancelled()
+                    });
+                    let _ = done.send(result);
+                })
+                .context("failed to start the pipeline thread")?;
+            outcome
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the pipeline thread panicked")))
+        });
+    }
+}

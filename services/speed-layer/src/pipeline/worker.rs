@@ -1,0 +1,555 @@
+//! The pipeline's loop, on its own thread.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fraud_events::SCHEMA_VERSION_HEADER;
+use fraud_redis::RedisHandle;
+use fraud_speed_view::meta::{PartitionStatus, Progress, SpeedMeta};
+use fraud_speed_view::update::{LastEvent, UPDATE_SCHEMA_VERSION};
+use fraud_speed_view::{ApplyOutcome, ApplyScript, Generation, WindowUpdate, customer_key, digest};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use redis::AsyncCommands;
+use tokio::runtime::Runtime;
+
+use super::Config;
+use super::batch::Batch;
+use super::consumer::{self, Plan, Positioner, PositioningContext, Rebalance};
+use crate::{StateHealth, Watermark};
+
+/// How long one poll waits when nothing is buffered: the latency of noticing shutdown.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often the generation is checked and progress reported while idle.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a stopping pipeline waits to leave its group.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the pipeline until `should_stop` says so or it fails.
+pub(super) fn run(
+    config: Config,
+    watermark: Arc<Watermark>,
+    health: Arc<StateHealth>,
+    should_stop: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let runtime = Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("failed to start the pipeline's runtime")?,
+    );
+    let redis = Arc::new(RedisHandle::new(&config.redis, config.timeout)?);
+    let positioner = Arc::new(Positioner::new(
+        Arc::clone(&runtime),
+        Arc::clone(&redis),
+        &config.redis.key_prefix,
+        config.topic.clone(),
+        watermark,
+        config.tuning.retention_ms,
+        config.max_future_skew_ms,
+        config.timeout,
+    ));
+    let consumer = consumer::create(
+        &config.kafka,
+        &config.group,
+        PositioningContext::new(Arc::clone(&positioner)),
+    )?;
+    consumer
+        .subscribe(&[&config.topic])
+        .with_context(|| format!("failed to subscribe to `{}`", config.topic))?;
+    let producer = fraud_kafka::durable_producer(&config.kafka)?;
+    tracing::info!(
+        topic = %config.topic,
+        group = %config.group,
+        updates = %config.updates_topic,
+        "speed layer pipeline started"
+    );
+    let mut worker = Worker {
+        script: ApplyScript::new(),
+        config,
+        consumer,
+        producer,
+        runtime,
+        redis,
+        positioner,
+        health,
+        assigned: BTreeMap::new(),
+        positions: BTreeMap::new(),
+    };
+    let outcome = worker.run(&should_stop);
+    if !fraud_kafka::close_within(worker, LEAVE_TIMEOUT) {
+        tracing::warn!("the pipeline did not leave its group in time");
+    }
+    outcome
+}
+
+struct Worker {
+    config: Config,
+    script: ApplyScript,
+    consumer: BaseConsumer<PositioningContext>,
+    producer: FutureProducer,
+    runtime: Arc<Runtime>,
+    redis: Arc<RedisHandle>,
+    positioner: Arc<Positioner>,
+    health: Arc<StateHealth>,
+    /// Assigned partitions, each with the offset its rebuild completes at (if rebuilding).
+    assigned: BTreeMap<i32, Option<i64>>,
+    /// Per partition: the last offset applied and its record's timestamp.
+    positions: BTreeMap<i32, (i64, Option<i64>)>,
+}
+
+/// A record's trace-context headers, carried over to the update it causes.
+pub(super) type TraceHeaders = Vec<(String, Vec<u8>)>;
+
+/// Why a batch was not applied.
+enum NotApplied {
+    /// Redis lost its data (or another instance started a new generation).
+    GenerationLost,
+    Failed(anyhow::Error),
+}
+
+impl Worker {
+    fn run(&mut self, should_stop: &impl Fn() -> bool) -> anyhow::Result<()> {
+        let mut last_check: Option<Instant> = None;
+        loop {
+            if should_stop() {
+                tracing::info!("speed layer pipeline stopped");
+                return Ok(());
+            }
+            let batch = self.poll_batch()?;
+            if !batch.is_empty() {
+                self.process(batch, should_stop)?;
+            }
+            if last_check.is_none_or(|at| at.elapsed() >= CHECK_EVERY) {
+                last_check = Some(Instant::now());
+                if let Err(error) = self.check_generation() {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "could not check the generation"
+                    );
+                }
+                self.report_progress();
+            }
+            self.update_health();
+        }
+    }
+
+    /// Polls up to `max_batch_records` records, waiting at most `max_batch_wait` after
+    /// the first one.
+    fn poll_batch(&mut self) -> anyhow::Result<Batch> {
+        let mut batch = Batch::default();
+        let mut deadline: Option<Instant> = None;
+        while batch.records < self.config.max_batch_records {
+            let timeout = match deadline {
+                None => POLL_TIMEOUT,
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            };
+            let polled = self.consumer.poll(timeout);
+            // Rebalances happen inside `poll`, before the record it returns.
+            apply_rebalances(
+                self.consumer.context(),
+                &mut self.assigned,
+                &mut self.positions,
+            )?;
+            match polled {
+                Some(Ok(message)) => {
+                    batch.push(&message);
+                    deadline.get_or_insert_with(|| Instant::now() + self.config.max_batch_wait);
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "kafka consumer error");
+                    if deadline.is_none() {
+                        break;
+                    }
+                }
+                None => {
+                    if deadline.is_none_or(|deadline| Instant::now() >= deadline) {
+                        break;
+                    }
+                }
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                break;
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Applies, publishes and commits one batch, retrying failures until it succeeds or
+    /// the service stops (then nothing is committed and the batch is replayed later).
+    fn process(&mut self, batch: Batch, should_stop: &impl Fn() -> bool) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut backoff = RETRY_FIRST;
+        let outcomes = loop {
+            match self.runtime.block_on(self.apply(&batch)) {
+                Ok(outcomes) => break outcomes,
+                Err(NotApplied::GenerationLost) => {
+                    // The batch is dropped: the rebuild reads its records again.
+                    return self.rebuild_all();
+                }
+                Err(NotApplied::Failed(error)) => {
+                    metrics::counter!("speed_retries_total").increment(1);
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "applying a batch failed; retrying"
+                    );
+                    if !self.pause(backoff, should_stop) {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        };
+        let updates = self.updates(&batch, &outcomes);
+        let mut backoff = RETRY_FIRST;
+        while let Err(error) = self.runtime.block_on(self.publish(&updates)) {
+            metrics::counter!("speed_retries_total").increment(1);
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "publishing window updates failed; retrying"
+            );
+            if !self.pause(backoff, should_stop) {
+                return Ok(());
+            }
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+        self.commit(&batch);
+        self.complete_rebuilds(&batch)?;
+        metrics::counter!("speed_batches_total").increment(1);
+        metrics::histogram!("speed_batch_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Waits `pause` while polling nothing; `false` when the service is stopping.
+    fn pause(&self, pause: Duration, should_stop: &impl Fn() -> bool) -> bool {
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            if should_stop() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(pause));
+        }
+        !should_stop()
+    }
+
+    async fn apply(&self, batch: &Batch) -> Result<Vec<ApplyOutcome>, NotApplied> {
+        let failed = |error: anyhow::Error| NotApplied::Failed(error);
+        let generation = self
+            .positioner
+            .generation()
+            .ok_or(NotApplied::GenerationLost)?;
+        let mut connection = self
+            .redis
+            .connection()
+            .await
+            .map_err(|error| failed(error.into()))?;
+        let current: Option<String> = connection
+            .hget(&self.positioner.meta_key, "generation")
+            .await
+            .map_err(|error| failed(error.into()))?;
+        if current.as_deref() != Some(generation.to_string().as_str()) {
+            return Err(NotApplied::GenerationLost);
+        }
+        let runs: Vec<(String, Vec<fraud_speed_view::Record>)> = batch
+            .runs
+            .iter()
+            .map(|run| {
+                (
+                    customer_key(&self.config.redis.key_prefix, &run.customer),
+                    run.records.clone(),
+                )
+            })
+            .collect();
+        let outcomes = self
+            .script
+            .apply(
+                &mut connection,
+                generation,
+                self.positioner.watermark.get(),
+                self.config.tuning,
+                &runs,
+            )
+            .await
+            .map_err(|error| failed(error.into()))?;
+        let mut totals = [0_u64; 4];
+        for outcome in &outcomes {
+            totals[0] += outcome.applied;
+            totals[1] += outcome.late;
+            totals[2] += outcome.duplicates;
+            totals[3] += outcome.replayed;
+        }
+        for (outcome, total) in ["applied", "late", "duplicate", "replayed"]
+            .into_iter()
+            .zip(totals)
+        {
+            metrics::counter!("speed_records_total", "outcome" => outcome).increment(total);
+        }
+        Ok(outcomes)
+    }
+
+    /// One update per customer of the batch, with its trace headers.
+    fn updates(
+        &self,
+        batch: &Batch,
+        outcomes: &[ApplyOutcome],
+    ) -> Vec<(WindowUpdate, TraceHeaders)> {
+        let generation = self
+            .positioner
+            .generation()
+            .map(|generation| generation.to_string())
+            .unwrap_or_default();
+        batch
+            .runs
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(run, outcome)| {
+                let state = &outcome.state;
+                let as_of = state.clock?;
+                let window = state.window_at(as_of);
+                let last = &run.last;
+                let last_digest = digest(last.transaction_id.as_str());
+                let last_applied = outcome.applied > 0
+                    && state.events.iter().any(|event| {
+                        event.transaction == last_digest && event.ts == last.event_time.as_millis()
+                    });
+                let update = WindowUpdate {
+                    customer_id: run.customer.clone(),
+                    as_of,
+                    sum_minor: window.sum,
+                    count: window.count,
+                    max_minor: window.max,
+                    distinct_vendors: window.distinct_vendors,
+                    last_event: last_applied.then(|| LastEvent {
+                        transaction_id: last.transaction_id.as_str().to_owned(),
+                        vendor_id: last.vendor_id.as_str().to_owned(),
+                        amount_minor: last.amount.minor(),
+                        ts: last.event_time.as_millis(),
+                    }),
+                    source_partition: run.partition,
+                    source_offset: state.last_offset,
+                    generation: generation.clone(),
+                };
+                Some((update, run.trace.clone()))
+            })
+            .collect()
+    }
+
+    async fn publish(&self, updates: &[(WindowUpdate, TraceHeaders)]) -> anyhow::Result<()> {
+        let mut pending = Vec::with_capacity(updates.len());
+        for (update, trace) in updates {
+            let payload = serde_json::to_vec(update)?;
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: SCHEMA_VERSION_HEADER,
+                value: Some(UPDATE_SCHEMA_VERSION),
+            });
+            for (key, value) in trace {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let record = FutureRecord::to(&self.config.updates_topic)
+                .key(&update.customer_id)
+                .payload(&payload)
+                .headers(headers);
+            let delivery = self
+                .producer
+                .send_result(record)
+                .map_err(|(error, _)| anyhow::anyhow!("failed to enqueue an update: {error}"))?;
+            pending.push(delivery);
+        }
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => anyhow::bail!("an update was not acknowledged: {error}"),
+                Err(_) => anyhow::bail!("the producer shut down"),
+            }
+        }
+        metrics::counter!("speed_window_updates_total").increment(updates.len() as u64);
+        Ok(())
+    }
+
+    /// Commits the batch's offsets of the partitions still assigned.
+    fn commit(&mut self, batch: &Batch) {
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, &(offset, timestamp)) in &batch.ends {
+            if !self.assigned.contains_key(&partition) {
+                continue;
+            }
+            self.positions.insert(partition, (offset, timestamp));
+            if let Err(error) = offsets.add_partition_offset(
+                &self.config.topic,
+                partition,
+                Offset::Offset(offset + 1),
+            ) {
+                tracing::warn!(%error, partition, "could not build an offset to commit");
+            }
+        }
+        if offsets.count() == 0 {
+            return;
+        }
+        if let Err(error) = self.consumer.commit(&offsets, CommitMode::Async) {
+            tracing::warn!(%error, "offset commit failed (the batch will be replayed, harmlessly)");
+        }
+    }
+
+    /// Marks partitions whose rebuild this batch completed as ready.
+    fn complete_rebuilds(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        let Some(generation) = self.positioner.generation() else {
+            return Ok(());
+        };
+        let mut fields = Vec::new();
+        for (&partition, &(offset, _)) in &batch.ends {
+            if let Some(Some(until)) = self.assigned.get(&partition)
+                && offset >= *until
+            {
+                tracing::info!(partition, "partition rebuilt");
+                fields.push(SpeedMeta::status_field(partition, PartitionStatus::Ready));
+                self.assigned.insert(partition, None);
+            }
+        }
+        self.positioner.set_fields(generation, &fields)
+    }
+
+    /// Starts or joins a new generation and rebuilds every assigned partition.
+    fn rebuild_all(&mut self) -> anyhow::Result<()> {
+        let partitions: Vec<i32> = self.assigned.keys().copied().collect();
+        let plans = self.positioner.plan(&self.consumer, &partitions)?;
+        self.seek(&plans)?;
+        for plan in plans {
+            self.assigned.insert(plan.partition, plan.rebuild_until);
+            self.positions.remove(&plan.partition);
+        }
+        Ok(())
+    }
+
+    fn seek(&self, plans: &[Plan]) -> anyhow::Result<()> {
+        for plan in plans {
+            if let Some(start) = plan.start {
+                self.consumer
+                    .seek(
+                        &self.config.topic,
+                        plan.partition,
+                        Offset::Offset(start),
+                        self.config.timeout,
+                    )
+                    .with_context(|| format!("failed to seek partition {}", plan.partition))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notices a lost generation while no records arrive.
+    fn check_generation(&mut self) -> anyhow::Result<()> {
+        let Some(generation) = self.positioner.generation() else {
+            if self.assigned.is_empty() {
+                return Ok(());
+            }
+            return self.rebuild_all();
+        };
+        let current: Option<String> = self.runtime.block_on(async {
+            let mut connection = self.redis.connection().await?;
+            let current: Option<String> = connection
+                .hget(&self.positioner.meta_key, "generation")
+                .await?;
+            anyhow::Ok(current)
+        })?;
+        if current.as_deref().and_then(Generation::parse_hex) != Some(generation) {
+            self.rebuild_all()?;
+        }
+        Ok(())
+    }
+
+    /// Writes each assigned partition's progress to the meta key.
+    fn report_progress(&self) {
+        let Some(generation) = self.positioner.generation() else {
+            return;
+        };
+        let now = now_millis();
+        let mut fields = Vec::new();
+        for &partition in self.assigned.keys() {
+            let Ok((_, high)) = self.consumer.fetch_watermarks(
+                &self.config.topic,
+                partition,
+                Duration::from_secs(1),
+            ) else {
+                continue;
+            };
+            let (next, last_record_ts) = match self.positions.get(&partition) {
+                Some(&(offset, timestamp)) => (offset + 1, timestamp),
+                None => (high, None),
+            };
+            fields.push(SpeedMeta::progress_field(
+                partition,
+                Progress {
+                    written_at: now,
+                    behind: (high - next).max(0),
+                    last_record_ts,
+                },
+            ));
+        }
+        if let Err(error) = self.positioner.set_fields(generation, &fields) {
+            tracing::debug!(error = format!("{error:#}"), "could not report progress");
+        }
+    }
+
+    fn update_health(&self) {
+        let rebuilding: Vec<i32> = self
+            .assigned
+            .iter()
+            .filter(|(_, until)| until.is_some())
+            .map(|(partition, _)| *partition)
+            .collect();
+        self.health.set(if self.positioner.generation().is_none() {
+            Some("the speed state's generation is not established yet".to_owned())
+        } else if rebuilding.is_empty() {
+            None
+        } else {
+            Some(format!(
+                "rebuilding partitions {rebuilding:?} of `{}` from Kafka",
+                self.config.topic
+            ))
+        });
+    }
+}
+
+/// Takes the assignment changes the rebalance callback saw.
+fn apply_rebalances(
+    context: &PositioningContext,
+    assigned: &mut BTreeMap<i32, Option<i64>>,
+    positions: &mut BTreeMap<i32, (i64, Option<i64>)>,
+) -> anyhow::Result<()> {
+    if let Some(failure) = context.take_failure() {
+        return Err(failure);
+    }
+    for rebalance in context.take_rebalances() {
+        match rebalance {
+            Rebalance::Assigned(plans) => {
+                for plan in plans {
+                    assigned.insert(plan.partition, plan.rebuild_until);
+                    positions.remove(&plan.partition);
+                }
+            }
+            Rebalance::Revoked(partitions) => {
+                for partition in partitions {
+                    assigned.remove(&partition);
+                    positions.remove(&partition);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}

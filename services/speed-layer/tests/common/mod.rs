@@ -1,0 +1,303 @@
+//! The harness of the speed layer's integration tests: a topic, updates topic, Redis
+//! prefix and group of the test's own; producing events; reading the state back; and an
+//! independent model of what the state must say.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fraud_config::Settings;
+use fraud_domain::{Currency, CustomerId, EventTime, Money, TransactionId, VendorId};
+use fraud_events::TransactionEvent;
+use fraud_service::Shutdown;
+use fraud_service::startup::Service;
+use fraud_speed_view::meta::{SpeedMeta, meta_key};
+use fraud_speed_view::{CustomerState, WINDOW_MS, customer_key};
+use fraud_testkit::{local_settings, unique_name};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use redis::AsyncCommands;
+
+/// A test's own topics, Redis prefix and consumer group.
+pub struct SpeedTest {
+    pub settings: Settings,
+    pub producer: FutureProducer,
+    redis: redis::aio::ConnectionManager,
+}
+
+/// An event as produced, with where it landed.
+#[derive(Debug, Clone)]
+pub struct Produced {
+    pub event: TransactionEvent,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl SpeedTest {
+    pub async fn create(name: &str, partitions: i32) -> SpeedTest {
+        let mut settings = local_settings();
+        let own = unique_name(name);
+        settings.kafka.transactions_topic = own.clone();
+        settings.kafka.window_updates_topic = format!("{own}-updates");
+        settings.redis.key_prefix = format!("{own}:");
+        settings.speed.group = format!("{own}-speed");
+        settings.speed.listen = "127.0.0.1:0".parse().unwrap();
+        fraud_kafka::ensure_topic(&settings.kafka, &own, partitions, 1)
+            .await
+            .expect("create the topic");
+        fraud_kafka::ensure_topic(&settings.kafka, &settings.kafka.window_updates_topic, 2, 1)
+            .await
+            .expect("create the updates topic");
+        let producer = fraud_kafka::durable_producer(&settings.kafka).expect("a producer");
+        let handle = fraud_redis::RedisHandle::new(&settings.redis, Duration::from_secs(5))
+            .expect("a redis handle");
+        let redis = handle.connection().await.expect("redis");
+        SpeedTest {
+            settings,
+            producer,
+            redis,
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.settings.kafka.transactions_topic
+    }
+
+    /// Starts a speed layer in this process; stop it with the returned `Shutdown`.
+    pub async fn start(&self) -> Shutdown {
+        let shutdown = Shutdown::new(Duration::from_secs(20));
+        let app = speed_layer::App::build(&self.settings, shutdown.clone())
+            .await
+            .expect("the speed layer starts");
+        let handle = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = app.run_until_stopped().await {
+                panic!("the speed layer failed: {error:#}");
+            }
+            drop(handle);
+        });
+        shutdown
+    }
+
+    /// Produces `events` in order (each keyed by customer, timestamped with its ingest
+    /// time) and returns where each landed.
+    pub async fn produce(&self, events: Vec<TransactionEvent>) -> Vec<Produced> {
+        let mut pending = Vec::with_capacity(events.len());
+        for event in &events {
+            let payload = fraud_events::encode(event);
+            let record = FutureRecord::to(self.topic())
+                .key(event.customer_id.as_str())
+                .payload(&payload)
+                .timestamp(event.ingest_time.as_millis())
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: fraud_events::SCHEMA_VERSION_HEADER,
+                    value: Some(fraud_events::SCHEMA_VERSION),
+                }));
+            pending.push(self.producer.send_result(record).expect("enqueue"));
+        }
+        let mut produced = Vec::with_capacity(events.len());
+        for (event, delivery) in events.into_iter().zip(pending) {
+            let (partition, offset) = match delivery.await.expect("delivered") {
+                Ok(delivery) => (delivery.partition, delivery.offset),
+                Err((error, _)) => panic!("produce failed: {error}"),
+            };
+            produced.push(Produced {
+                event,
+                partition,
+                offset,
+            });
+        }
+        produced
+    }
+
+    /// The customer's state in the current generation (`None` when absent).
+    pub async fn state(&self, customer: &str) -> Option<CustomerState> {
+        let mut redis = self.redis.clone();
+        let meta = self.meta().await;
+        let bytes: Option<Vec<u8>> = redis
+            .get(customer_key(&self.settings.redis.key_prefix, customer))
+            .await
+            .expect("GET");
+        let state = CustomerState::decode(&bytes?).expect("a readable state");
+        (Some(state.generation) == meta.generation).then_some(state)
+    }
+
+    pub async fn meta(&self) -> SpeedMeta {
+        let mut redis = self.redis.clone();
+        SpeedMeta::read(&mut redis, &meta_key(&self.settings.redis.key_prefix))
+            .await
+            .expect("read the meta key")
+    }
+
+    /// Whether every customer of `model` has its last record applied (or skipped) and
+    /// the view is not degraded.
+    pub async fn caught_up(&self, model: &Model) -> bool {
+        if self.meta().await.degraded().is_some() {
+            return false;
+        }
+        for (customer, expected) in &model.last_offsets {
+            match self.state(customer).await {
+                Some(state) if state.last_offset == *expected => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Deletes every key of the test.
+    pub async fn remove(self) {
+        let mut redis = self.redis.clone();
+        let pattern = format!("{}*", self.settings.redis.key_prefix);
+        let keys: Vec<String> = redis.keys(pattern).await.unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: () = redis.del(chunk).await.unwrap_or(());
+        }
+        for topic in [
+            self.settings.kafka.transactions_topic.as_str(),
+            self.settings.kafka.window_updates_topic.as_str(),
+        ] {
+            let _ = fraud_kafka::delete_topic(&self.settings.kafka, topic).await;
+        }
+    }
+}
+
+pub fn event(
+    transaction: &str,
+    customer: &str,
+    vendor: &str,
+    amount_minor: i64,
+    ts: i64,
+) -> TransactionEvent {
+    TransactionEvent {
+        transaction_id: TransactionId::parse(transaction).unwrap(),
+        customer_id: CustomerId::parse(customer).unwrap(),
+        vendor_id: VendorId::parse(vendor).unwrap(),
+        amount: Money::from_minor(amount_minor),
+        currency: Currency::EUR,
+        event_time: EventTime::from_millis(ts).unwrap(),
+        // Ingest time: never more than the future skew before the event time.
+        ingest_time: EventTime::from_millis(ts.max(1)).unwrap(),
+    }
+}
+
+/// What the state must say, computed naively: every applied event kept forever, the
+/// rules applied record by record in offset order per customer.
+#[derive(Debug, Default)]
+pub struct Model {
+    pub applied: BTreeMap<String, Vec<(i64, i64, String)>>,
+    pub last_offsets: BTreeMap<String, i64>,
+    pub late: u64,
+    pub duplicates: u64,
+}
+
+impl Model {
+    /// The model of `produced` with `retention_ms` (window + allowed lateness).
+    pub fn of(produced: &[Produced], retention_ms: i64) -> Model {
+        let mut ordered: Vec<&Produced> = produced.iter().collect();
+        ordered.sort_by_key(|p| (p.partition, p.offset));
+        let mut model = Model::default();
+        let mut seen: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+        for record in ordered {
+            let customer = record.event.customer_id.as_str().to_owned();
+            model.last_offsets.insert(customer.clone(), record.offset);
+            let applied = model.applied.entry(customer.clone()).or_default();
+            let clock = applied.iter().map(|(ts, _, _)| *ts).max();
+            let ts = record.event.event_time.as_millis();
+            if clock.is_some_and(|clock| ts <= clock - retention_ms) {
+                model.late += 1;
+                continue;
+            }
+            let transaction = record.event.transaction_id.as_str().to_owned();
+            let ids = seen.entry(customer.clone()).or_default();
+            if ids.iter().any(|(id, _)| *id == transaction) {
+                model.duplicates += 1;
+                continue;
+            }
+            ids.push((transaction, ts));
+            applied.push((
+                ts,
+                record.event.amount.minor(),
+                record.event.vendor_id.as_str().to_owned(),
+            ));
+        }
+        model
+    }
+
+    pub fn clock(&self, customer: &str) -> Option<i64> {
+        self.applied[customer].iter().map(|(ts, _, _)| *ts).max()
+    }
+
+    /// (sum, count, max, distinct vendors) of `W(customer, t)`.
+    pub fn window(&self, customer: &str, t: i64) -> (i64, i64, i64, i64) {
+        let inside: Vec<&(i64, i64, String)> = self.applied[customer]
+            .iter()
+            .filter(|(ts, _, _)| t - WINDOW_MS < *ts && *ts <= t)
+            .collect();
+        let mut vendors: Vec<&str> = inside.iter().map(|(_, _, v)| v.as_str()).collect();
+        vendors.sort();
+        vendors.dedup();
+        (
+            inside.iter().map(|(_, amount, _)| amount).sum(),
+            inside.len() as i64,
+            inside
+                .iter()
+                .map(|(_, amount, _)| *amount)
+                .max()
+                .unwrap_or(0),
+            vendors.len() as i64,
+        )
+    }
+
+    /// (sum, count) of the applied events with `from <= ts <= until`.
+    pub fn total(&self, customer: &str, from: i64, until: i64) -> (i64, i64) {
+        let inside = self.applied[customer]
+            .iter()
+            .filter(|(ts, _, _)| from <= *ts && *ts <= until);
+        inside.fold((0, 0), |(sum, count), (_, amount, _)| {
+            (sum + amount, count + 1)
+        })
+    }
+}
+
+/// Asserts the state of every customer of `model` agrees with it at several instants.
+pub async fn assert_exact(test: &SpeedTest, model: &Model, retention_ms: i64) {
+    let lateness = retention_ms - WINDOW_MS;
+    for customer in model.applied.keys() {
+        let state = test
+            .state(customer)
+            .await
+            .unwrap_or_else(|| panic!("no state for {customer}"));
+        let clock = model.clock(customer).expect("a customer with events");
+        assert_eq!(state.clock, Some(clock), "{customer}: clock");
+        for t in [
+            clock - lateness,
+            clock - 1,
+            clock,
+            clock + 1,
+            clock + WINDOW_MS - 1,
+            clock + WINDOW_MS,
+        ] {
+            let window = state.window_at(t);
+            assert_eq!(
+                (
+                    window.sum,
+                    window.count,
+                    window.max,
+                    window.distinct_vendors
+                ),
+                model.window(customer, t),
+                "{customer}: window at {t} (clock {clock})"
+            );
+        }
+        // Today so far, and the hour of the clock, from the increments.
+        let day = clock - clock.rem_euclid(24 * 3_600_000);
+        let hour = clock - clock.rem_euclid(3_600_000);
+        for from in [day, hour] {
+            assert_eq!(
+                state.total_between(None, from, clock),
+                model.total(customer, from, clock),
+                "{customer}: total from {from} to {clock}"
+            );
+        }
+    }
+}
