@@ -78,3 +78,69 @@ async fn random_streams_give_exactly_the_model_s_windows_and_increments() {
     shutdown.wait().await.expect("a clean stop");
     test.remove().await;
 }
+
+#[tokio::test]
+async fn the_trace_context_of_a_transaction_travels_to_its_window_update() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+
+    let test = SpeedTest::create("speed-trace", 1).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let run = fraud_testkit::unique_name("tx");
+    let now = fraud_domain::EventTime::now().as_millis();
+    let transaction = event(&format!("{run}-1"), "traced", "v1", 12_345, now);
+    let payload = fraud_events::encode(&transaction);
+    test.producer
+        .send(
+            FutureRecord::to(test.topic())
+                .key("traced")
+                .payload(&payload)
+                .headers(
+                    OwnedHeaders::new()
+                        .insert(Header {
+                            key: fraud_events::SCHEMA_VERSION_HEADER,
+                            value: Some(fraud_events::SCHEMA_VERSION),
+                        })
+                        .insert(Header {
+                            key: "traceparent",
+                            value: Some(traceparent),
+                        }),
+                ),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(error, _)| error)
+        .expect("produce");
+    let shutdown = test.start().await;
+    let kafka = test.settings.kafka.clone();
+    let topic = test.settings.kafka.window_updates_topic.clone();
+    let records = fraud_testkit::poll_for(DEADLINE, "the window update", || {
+        let kafka = kafka.clone();
+        let topic = topic.clone();
+        async move {
+            let records =
+                tokio::task::spawn_blocking(move || fraud_testkit::kafka::read_all(&kafka, &topic))
+                    .await
+                    .unwrap();
+            (!records.is_empty()).then_some(records)
+        }
+    })
+    .await;
+    assert_eq!(
+        records[0].header("traceparent"),
+        Some(traceparent.as_bytes())
+    );
+    assert_eq!(records[0].key.as_deref(), Some(&b"traced"[..]));
+    let update: fraud_speed_view::WindowUpdate = serde_json::from_slice(&records[0].value).unwrap();
+    assert_eq!(
+        (update.sum_minor, update.count, update.as_of),
+        (12_345, 1, now)
+    );
+    let last = update
+        .last_event
+        .expect("the transaction that caused the update");
+    assert_eq!(last.vendor_id, "v1");
+    shutdown.trigger();
+    shutdown.wait().await.expect("a clean stop");
+    test.remove().await;
+}

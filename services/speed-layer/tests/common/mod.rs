@@ -144,6 +144,23 @@ impl SpeedTest {
         true
     }
 
+    /// Every window update published so far.
+    pub async fn updates(&self) -> Vec<fraud_speed_view::WindowUpdate> {
+        let kafka = self.settings.kafka.clone();
+        let topic = self.settings.kafka.window_updates_topic.clone();
+        let records =
+            tokio::task::spawn_blocking(move || fraud_testkit::kafka::read_all(&kafka, &topic))
+                .await
+                .expect("read the updates");
+        records
+            .iter()
+            .map(|record| {
+                assert_eq!(record.header("schema-version"), Some(&b"1"[..]));
+                serde_json::from_slice(&record.value).expect("a window update")
+            })
+            .collect()
+    }
+
     /// Deletes every key of the test.
     pub async fn remove(self) {
         let mut redis = self.redis.clone();
