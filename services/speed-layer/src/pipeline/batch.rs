@@ -29,6 +29,8 @@ pub(crate) struct Batch {
     by_customer: HashMap<String, usize>,
     /// Per partition: the last offset polled and that record's timestamp.
     pub ends: HashMap<i32, (i64, Option<i64>)>,
+    /// Per partition: the first offset polled.
+    pub starts: HashMap<i32, i64>,
     pub records: usize,
 }
 
@@ -43,6 +45,7 @@ impl Batch {
         let partition = message.partition();
         let offset = message.offset();
         self.records += 1;
+        self.starts.entry(partition).or_insert(offset);
         self.ends
             .insert(partition, (offset, message.timestamp().to_millis()));
         let version = header(message, SCHEMA_VERSION_HEADER);

@@ -240,6 +240,9 @@ fn fraud_domain_now() -> i64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rebalance {
     Assigned(Vec<Plan>),
+    /// Assigned but not planned (Redis or Kafka did not answer): paused until the worker
+    /// plans them.
+    AssignedUnplanned(Vec<i32>),
     Revoked(Vec<i32>),
 }
 
@@ -298,8 +301,25 @@ impl ConsumerContext for PositioningContext {
                 let partitions = self.partitions(list);
                 let plans = match self.positioner.plan(consumer, &partitions) {
                     Ok(plans) => plans,
-                    // Not assigned: nothing is consumed from an unplanned position.
-                    Err(error) => return self.fail(error),
+                    Err(error) => {
+                        // Taken but paused: nothing is consumed from an unplanned
+                        // position; the worker plans them once the servers answer.
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            ?partitions,
+                            "could not plan the assigned partitions; paused until it can"
+                        );
+                        let assigned = if cooperative {
+                            consumer.incremental_assign(list)
+                        } else {
+                            consumer.assign(list)
+                        };
+                        if let Err(error) = assigned.and_then(|()| consumer.pause(list)) {
+                            return self.fail(anyhow!("failed to take the assignment: {error}"));
+                        }
+                        lock(&self.rebalances).push(Rebalance::AssignedUnplanned(partitions));
+                        return;
+                    }
                 };
                 for plan in &plans {
                     if let Some(start) = plan.start

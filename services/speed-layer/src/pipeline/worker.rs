@@ -1,6 +1,6 @@
 //! The pipeline's loop, on its own thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,8 @@ pub(super) fn run(
         health,
         assigned: BTreeMap::new(),
         positions: BTreeMap::new(),
+        unplanned: BTreeSet::new(),
+        dropped_from: BTreeMap::new(),
     };
     let outcome = worker.run(&should_stop);
     if !fraud_kafka::close_within(worker, LEAVE_TIMEOUT) {
@@ -102,6 +104,10 @@ struct Worker {
     assigned: BTreeMap<i32, Option<i64>>,
     /// Per partition: the last offset applied and its record's timestamp.
     positions: BTreeMap<i32, (i64, Option<i64>)>,
+    /// Assigned partitions not positioned yet, paused until they are.
+    unplanned: BTreeSet<i32>,
+    /// Per partition: the first offset of a batch dropped before it was applied.
+    dropped_from: BTreeMap<i32, i64>,
 }
 
 /// A record's trace-context headers, carried over to the update it causes.
@@ -156,6 +162,7 @@ impl Worker {
                 self.consumer.context(),
                 &mut self.assigned,
                 &mut self.positions,
+                &mut self.unplanned,
             )?;
             match polled {
                 Some(Ok(message)) => {
@@ -190,7 +197,11 @@ impl Worker {
             match self.runtime.block_on(self.apply(&batch)) {
                 Ok(outcomes) => break outcomes,
                 Err(NotApplied::GenerationLost) => {
-                    // The batch is dropped: the rebuild reads its records again.
+                    // The batch is dropped: the rebuild reads its records again (and a
+                    // partition that needs no rebuild goes back to the batch's start).
+                    for (&partition, &first) in &batch.starts {
+                        self.dropped_from.entry(partition).or_insert(first);
+                    }
                     return self.rebuild_all();
                 }
                 Err(NotApplied::Failed(error)) => {
@@ -421,18 +432,72 @@ impl Worker {
     /// Starts or joins a new generation and rebuilds every assigned partition.
     fn rebuild_all(&mut self) -> anyhow::Result<()> {
         let partitions: Vec<i32> = self.assigned.keys().copied().collect();
-        let plans = self.positioner.plan(&self.consumer, &partitions)?;
-        self.seek(&plans)?;
-        for plan in plans {
-            self.assigned.insert(plan.partition, plan.rebuild_until);
-            self.positions.remove(&plan.partition);
-        }
+        self.pause_partitions(&partitions)?;
+        self.unplanned.extend(partitions);
+        self.plan_unplanned();
         Ok(())
     }
 
-    fn seek(&self, plans: &[Plan]) -> anyhow::Result<()> {
+    /// Plans the paused, unplanned partitions: positions them and resumes them. When
+    /// the servers do not answer they stay paused for the next try.
+    fn plan_unplanned(&mut self) {
+        if self.unplanned.is_empty() {
+            return;
+        }
+        let partitions: Vec<i32> = self.unplanned.iter().copied().collect();
+        let planned = self
+            .positioner
+            .plan(&self.consumer, &partitions)
+            .and_then(|plans| {
+                self.seek(&plans)?;
+                Ok(plans)
+            });
+        match planned {
+            Ok(plans) => {
+                for plan in plans {
+                    self.assigned.insert(plan.partition, plan.rebuild_until);
+                    self.positions.remove(&plan.partition);
+                }
+                if let Err(error) = self.resume_partitions(&partitions) {
+                    tracing::warn!(%error, "could not resume partitions");
+                    return;
+                }
+                self.unplanned.clear();
+            }
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                ?partitions,
+                "could not plan partitions yet; they stay paused"
+            ),
+        }
+    }
+
+    fn partition_list(&self, partitions: &[i32]) -> anyhow::Result<TopicPartitionList> {
+        let mut list = TopicPartitionList::new();
+        for &partition in partitions {
+            list.add_partition(&self.config.topic, partition);
+        }
+        Ok(list)
+    }
+
+    fn pause_partitions(&self, partitions: &[i32]) -> anyhow::Result<()> {
+        let list = self.partition_list(partitions)?;
+        self.consumer
+            .pause(&list)
+            .context("failed to pause partitions")
+    }
+
+    fn resume_partitions(&self, partitions: &[i32]) -> anyhow::Result<()> {
+        let list = self.partition_list(partitions)?;
+        self.consumer
+            .resume(&list)
+            .context("failed to resume partitions")
+    }
+
+    fn seek(&mut self, plans: &[Plan]) -> anyhow::Result<()> {
         for plan in plans {
-            if let Some(start) = plan.start {
+            let dropped = self.dropped_from.remove(&plan.partition);
+            if let Some(start) = plan.start.or(dropped) {
                 self.consumer
                     .seek(
                         &self.config.topic,
@@ -446,14 +511,15 @@ impl Worker {
         Ok(())
     }
 
-    /// Notices a lost generation while no records arrive.
+    /// Establishes the generation if needed, plans paused partitions, and notices a lost
+    /// generation while no records arrive.
     fn check_generation(&mut self) -> anyhow::Result<()> {
         let Some(generation) = self.positioner.generation() else {
-            if self.assigned.is_empty() {
-                return Ok(());
-            }
-            return self.rebuild_all();
+            self.positioner.establish()?;
+            self.plan_unplanned();
+            return Ok(());
         };
+        self.plan_unplanned();
         let current: Option<String> = self.runtime.block_on(async {
             let mut connection = self.redis.connection().await?;
             let current: Option<String> = connection
@@ -525,6 +591,7 @@ fn apply_rebalances(
     context: &PositioningContext,
     assigned: &mut BTreeMap<i32, Option<i64>>,
     positions: &mut BTreeMap<i32, (i64, Option<i64>)>,
+    unplanned: &mut BTreeSet<i32>,
 ) -> anyhow::Result<()> {
     if let Some(failure) = context.take_failure() {
         return Err(failure);
@@ -537,10 +604,19 @@ fn apply_rebalances(
                     positions.remove(&plan.partition);
                 }
             }
+            Rebalance::AssignedUnplanned(partitions) => {
+                for partition in partitions {
+                    // Not complete until planned (and rebuilt): an offset never reached.
+                    assigned.insert(partition, Some(i64::MAX));
+                    positions.remove(&partition);
+                    unplanned.insert(partition);
+                }
+            }
             Rebalance::Revoked(partitions) => {
                 for partition in partitions {
                     assigned.remove(&partition);
                     positions.remove(&partition);
+                    unplanned.remove(&partition);
                 }
             }
         }
