@@ -35,7 +35,17 @@ pub struct Produced {
 
 impl SpeedTest {
     pub async fn create(name: &str, partitions: i32) -> SpeedTest {
+        Self::create_with(name, partitions, |_| {}).await
+    }
+
+    /// [`SpeedTest::create`] with settings changed by `tune` (e.g. another Redis).
+    pub async fn create_with(
+        name: &str,
+        partitions: i32,
+        tune: impl FnOnce(&mut Settings),
+    ) -> SpeedTest {
         let mut settings = local_settings();
+        tune(&mut settings);
         let own = unique_name(name);
         settings.kafka.transactions_topic = own.clone();
         settings.kafka.window_updates_topic = format!("{own}-updates");
@@ -112,32 +122,42 @@ impl SpeedTest {
 
     /// The customer's state in the current generation (`None` when absent).
     pub async fn state(&self, customer: &str) -> Option<CustomerState> {
+        self.try_state(customer).await.expect("read the state")
+    }
+
+    /// [`SpeedTest::state`], with Redis errors returned (a restarted server).
+    pub async fn try_state(&self, customer: &str) -> redis::RedisResult<Option<CustomerState>> {
         let mut redis = self.redis.clone();
-        let meta = self.meta().await;
+        let meta = self.try_meta().await?;
         let bytes: Option<Vec<u8>> = redis
             .get(customer_key(&self.settings.redis.key_prefix, customer))
-            .await
-            .expect("GET");
-        let state = CustomerState::decode(&bytes?).expect("a readable state");
-        (Some(state.generation) == meta.generation).then_some(state)
+            .await?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let state = CustomerState::decode(&bytes).expect("a readable state");
+        Ok((Some(state.generation) == meta.generation).then_some(state))
     }
 
     pub async fn meta(&self) -> SpeedMeta {
+        self.try_meta().await.expect("read the meta key")
+    }
+
+    pub async fn try_meta(&self) -> redis::RedisResult<SpeedMeta> {
         let mut redis = self.redis.clone();
-        SpeedMeta::read(&mut redis, &meta_key(&self.settings.redis.key_prefix))
-            .await
-            .expect("read the meta key")
+        SpeedMeta::read(&mut redis, &meta_key(&self.settings.redis.key_prefix)).await
     }
 
     /// Whether every customer of `model` has its last record applied (or skipped) and
     /// the view is not degraded.
     pub async fn caught_up(&self, model: &Model) -> bool {
-        if self.meta().await.degraded().is_some() {
-            return false;
+        match self.try_meta().await {
+            Ok(meta) if meta.degraded().is_none() => {}
+            _ => return false,
         }
         for (customer, expected) in &model.last_offsets {
-            match self.state(customer).await {
-                Some(state) if state.last_offset == *expected => {}
+            match self.try_state(customer).await {
+                Ok(Some(state)) if state.last_offset == *expected => {}
                 _ => return false,
             }
         }
