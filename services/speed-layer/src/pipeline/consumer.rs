@@ -159,13 +159,11 @@ impl Positioner {
                 metrics::counter!("speed_rebuilds_total").increment(1);
                 PartitionStatus::Rebuilding { until }
             };
-            tracing::info!(
-                partition,
-                start,
-                until,
-                ?status,
-                "partition rebuilt from Kafka"
-            );
+            if status == PartitionStatus::Ready {
+                tracing::info!(partition, start, "partition has nothing to rebuild");
+            } else {
+                tracing::info!(partition, start, until, "rebuilding partition from Kafka");
+            }
             fields.push(SpeedMeta::status_field(partition, status));
             plans.push(Plan {
                 partition,
