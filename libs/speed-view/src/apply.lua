@@ -76,9 +76,16 @@ for _ = 1, #records / RECORD_SIZE do
     if clock and ts <= clock - retention then
       late = late + 1
     else
+      -- Only among the events still kept (ts > clock - retention): one applied earlier
+      -- in this call but already out of the retention counts as trimmed, exactly as if
+      -- the call had ended before it, so decisions do not depend on batching.
       local seen = false
       for i = 1, #events do
-        if events[i][4] == txn then seen = true break end
+        local event = events[i]
+        if event[4] == txn and (not clock or event[1] > clock - retention) then
+          seen = true
+          break
+        end
       end
       if seen then
         duplicates = duplicates + 1
