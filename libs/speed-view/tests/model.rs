@@ -1276,7 +1276,7 @@ fn degraded_counts_ready_partitions() {
 async fn a_trimmed_duplicate_is_decided_the_same_in_one_call_or_two() {
     let mut connection = connect().await;
     let t = T0 + 10 * MINUTE_MS;
-    let records = vec![
+    let records = [
         record(1, t, 100, 0, "X"),
         record(2, t + 2 * 3_600_000, 100, 0, "Y"),
         record(3, t + 2 * 3_600_000, 100, 0, "X"),
