@@ -5,6 +5,8 @@
 //! acknowledged only once every in-sync replica has it), consumers never auto-commit
 //! (a consumer commits only what it has finished).
 
+pub mod rebalance;
+
 use std::time::Duration;
 
 use fraud_config::KafkaConfig;

@@ -94,6 +94,31 @@ impl Shutdown {
         });
     }
 
+    /// Runs blocking `work` on a thread of its own named `name`, as the task `name`:
+    /// `work` is handed a check that says when shutdown has begun, and its error (or
+    /// panic) fails the task like [`Shutdown::spawn`]'s. For loops that poll a blocking
+    /// client (a Kafka consumer) and must never hold a runtime thread.
+    pub fn spawn_thread<W>(&self, name: &'static str, work: W)
+    where
+        W: FnOnce(&dyn Fn() -> bool) -> anyhow::Result<()> + Send + 'static,
+    {
+        let token = self.token();
+        self.spawn(name, async move {
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || {
+                    let result = work(&|| token.is_cancelled());
+                    let _ = done.send(result);
+                })
+                .map_err(|error| anyhow::anyhow!("failed to start the thread {name}: {error}"))?;
+            // A panic drops `done` unsent.
+            outcome
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread {name} panicked")))
+        });
+    }
+
     /// Listens for SIGINT and SIGTERM: the first begins shutdown, the second exits at once.
     pub fn listen_for_signals(&self) {
         let token = self.inner.token.clone();

@@ -10,14 +10,15 @@
 //! the worker to raise and the partitions are left unassigned, so nothing is consumed
 //! from a position that did not come from the lake.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use fraud_config::KafkaConfig;
+use fraud_kafka::rebalance::{self, RebalanceLog};
 use fraud_lake::{Lake, ResumeAt};
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -27,7 +28,7 @@ use tokio::runtime::Runtime;
 /// partitions to another writer. librdkafka heartbeats from a background thread, so a
 /// slow chunk write does not count against it; a crashed writer's partitions move after
 /// at most this long (Kafka's default, 45 s, would stall the lake that much longer).
-const SESSION_TIMEOUT_MS: &str = "10000";
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one watermark query may take during a rebalance.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,12 +41,8 @@ pub(crate) fn create(
     group: &str,
     context: RecoveringContext,
 ) -> anyhow::Result<BaseConsumer<RecoveringContext>> {
-    fraud_kafka::manual_commit_consumer_with(kafka, group, context, |client| {
-        client
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", SESSION_TIMEOUT_MS);
-    })
-    .context("failed to create the lake writer's Kafka consumer")
+    rebalance::cooperative_consumer(kafka, group, context, SESSION_TIMEOUT)
+        .context("failed to create the lake writer's Kafka consumer")
 }
 
 /// A change of assignment, for the worker to apply to its buffers.
@@ -62,8 +59,7 @@ pub(crate) struct RecoveringContext {
     lake: Arc<Lake>,
     runtime: Arc<Runtime>,
     topic: String,
-    rebalances: Mutex<Vec<Rebalance>>,
-    failure: Mutex<Option<anyhow::Error>>,
+    log: RebalanceLog<Rebalance>,
 }
 
 impl RecoveringContext {
@@ -72,31 +68,17 @@ impl RecoveringContext {
             lake,
             runtime,
             topic,
-            rebalances: Mutex::new(Vec::new()),
-            failure: Mutex::new(None),
+            log: RebalanceLog::default(),
         }
     }
 
-    /// The rebalances since the last call, in order.
-    pub fn take_rebalances(&self) -> Vec<Rebalance> {
-        std::mem::take(&mut *lock(&self.rebalances))
-    }
-
-    /// The first failure of a rebalance, if any.
-    pub fn take_failure(&self) -> Option<anyhow::Error> {
-        lock(&self.failure).take()
-    }
-
-    fn fail(&self, error: anyhow::Error) {
-        tracing::error!(error = format!("{error:#}"), "lake writer rebalance failed");
-        lock(&self.failure).get_or_insert(error);
+    /// What the rebalance callback saw since the last call, and its first failure.
+    pub fn log(&self) -> &RebalanceLog<Rebalance> {
+        &self.log
     }
 
     fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
-        list.elements_for_topic(&self.topic)
-            .iter()
-            .map(|element| element.partition())
-            .collect()
+        rebalance::partitions(list, &self.topic)
     }
 
     /// Recovers the lake for `assignment`'s partitions and sets each one's offset to
@@ -174,61 +156,26 @@ impl ConsumerContext for RecoveringContext {
         error: RDKafkaRespErr,
         list: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        match error {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let positions = match self.position_from_lake(consumer, list) {
-                    Ok(positions) => positions,
-                    // Not assigned: nothing is consumed from a position the lake did not give.
-                    Err(error) => return self.fail(error),
-                };
-                let assigned = if cooperative {
-                    consumer.incremental_assign(list)
-                } else {
-                    consumer.assign(list)
-                };
-                match assigned {
-                    Ok(()) => lock(&self.rebalances).push(Rebalance::Assigned(positions)),
-                    Err(error) => self.fail(anyhow!("failed to take the assignment: {error}")),
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let partitions = self.partitions(list);
-                tracing::info!(
-                    ?partitions,
-                    lost = consumer.assignment_lost(),
-                    "partitions revoked; their unwritten records are dropped"
-                );
-                lock(&self.rebalances).push(Rebalance::Revoked(partitions));
-                let unassigned = if cooperative {
-                    consumer.incremental_unassign(list)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(error) = unassigned {
-                    self.fail(anyhow!("failed to give up partitions: {error}"));
-                }
-            }
-            other => {
-                tracing::error!(error = ?other, "rebalance error");
-                // As librdkafka's default handler does: drop the whole assignment.
-                let partitions = consumer
-                    .assignment()
-                    .map(|assignment| self.partitions(&assignment))
-                    .unwrap_or_default();
-                lock(&self.rebalances).push(Rebalance::Revoked(partitions));
-                let unassigned = if cooperative {
-                    consumer.incremental_unassign(list)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(error) = unassigned {
-                    self.fail(anyhow!("failed to give up partitions: {error}"));
-                }
-            }
+        if rebalance::give_up(
+            consumer,
+            error,
+            list,
+            &self.topic,
+            &self.log,
+            Rebalance::Revoked,
+        ) {
+            return;
+        }
+        let positions = match self.position_from_lake(consumer, list) {
+            Ok(positions) => positions,
+            // Not assigned: nothing is consumed from a position the lake did not give.
+            Err(error) => return self.log.fail(error),
+        };
+        match rebalance::assign(consumer, list) {
+            Ok(()) => self.log.push(Rebalance::Assigned(positions)),
+            Err(error) => self
+                .log
+                .fail(anyhow!("failed to take the assignment: {error}")),
         }
     }
 
@@ -238,10 +185,4 @@ impl ConsumerContext for RecoveringContext {
             tracing::debug!(%error, "lake writer offset commit failed");
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

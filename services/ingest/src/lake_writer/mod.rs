@@ -108,20 +108,8 @@ impl LakeWriter {
     /// `shutdown`: it stops when shutdown begins, and a failure (or a panic) fails the
     /// task, which shuts the service down.
     pub fn spawn(self, shutdown: &Shutdown) {
-        let token = shutdown.token();
-        shutdown.spawn("lake-writer", async move {
-            let (done, outcome) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
-                .name("lake-writer".to_owned())
-                .spawn(move || {
-                    let result = worker::run(self.config, || token.is_cancelled());
-                    let _ = done.send(result);
-                })
-                .context("failed to start the lake writer thread")?;
-            // A panic drops `done` unsent.
-            outcome
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the lake writer thread panicked")))
+        shutdown.spawn_thread("lake-writer", move |should_stop| {
+            worker::run(self.config, should_stop)
         });
     }
 }

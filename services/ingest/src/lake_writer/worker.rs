@@ -131,11 +131,11 @@ impl Worker {
     }
 
     fn apply_rebalances(&mut self) -> anyhow::Result<()> {
-        let context = self.consumer.context();
-        if let Some(failure) = context.take_failure() {
+        let log = self.consumer.context().log();
+        if let Some(failure) = log.take_failure() {
             return Err(failure);
         }
-        for rebalance in context.take_rebalances() {
+        for rebalance in log.take() {
             match rebalance {
                 Rebalance::Assigned(positions) => {
                     for (partition, next_offset) in positions {

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use fraud_config::KafkaConfig;
+use fraud_kafka::rebalance::{self, RebalanceLog};
 use fraud_redis::RedisHandle;
 use fraud_speed_view::Generation;
 use fraud_speed_view::meta::{PartitionStatus, SpeedMeta, meta_key};
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -20,7 +21,7 @@ use tokio::runtime::Runtime;
 use crate::Watermark;
 
 /// How long a member may go without a heartbeat before its partitions move.
-const SESSION_TIMEOUT_MS: &str = "10000";
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Extra reach of a rebuild beyond what the window and T_b strictly need, for clock
 /// differences between ingest instances.
@@ -33,12 +34,8 @@ pub(crate) fn create(
     group: &str,
     context: PositioningContext,
 ) -> anyhow::Result<BaseConsumer<PositioningContext>> {
-    fraud_kafka::manual_commit_consumer_with(kafka, group, context, |client| {
-        client
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", SESSION_TIMEOUT_MS);
-    })
-    .context("failed to create the speed layer's Kafka consumer")
+    rebalance::cooperative_consumer(kafka, group, context, SESSION_TIMEOUT)
+        .context("failed to create the speed layer's Kafka consumer")
 }
 
 /// Where a partition starts and whether it is being rebuilt.
@@ -247,37 +244,24 @@ pub(crate) enum Rebalance {
 /// The consumer's context: positions newly assigned partitions.
 pub(crate) struct PositioningContext {
     positioner: Arc<Positioner>,
-    rebalances: Mutex<Vec<Rebalance>>,
-    failure: Mutex<Option<anyhow::Error>>,
+    log: RebalanceLog<Rebalance>,
 }
 
 impl PositioningContext {
     pub fn new(positioner: Arc<Positioner>) -> Self {
         Self {
             positioner,
-            rebalances: Mutex::new(Vec::new()),
-            failure: Mutex::new(None),
+            log: RebalanceLog::default(),
         }
     }
 
-    pub fn take_rebalances(&self) -> Vec<Rebalance> {
-        std::mem::take(&mut *lock(&self.rebalances))
-    }
-
-    pub fn take_failure(&self) -> Option<anyhow::Error> {
-        lock(&self.failure).take()
-    }
-
-    fn fail(&self, error: anyhow::Error) {
-        tracing::error!(error = format!("{error:#}"), "speed layer rebalance failed");
-        lock(&self.failure).get_or_insert(error);
+    /// What the rebalance callback saw since the last call, and its first failure.
+    pub fn log(&self) -> &RebalanceLog<Rebalance> {
+        &self.log
     }
 
     fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
-        list.elements_for_topic(&self.positioner.topic)
-            .iter()
-            .map(|element| element.partition())
-            .collect()
+        rebalance::partitions(list, &self.positioner.topic)
     }
 }
 
@@ -290,85 +274,55 @@ impl ConsumerContext for PositioningContext {
         error: RDKafkaRespErr,
         list: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        match error {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions = self.partitions(list);
-                let plans = match self.positioner.plan(consumer, &partitions) {
-                    Ok(plans) => plans,
-                    Err(error) => {
-                        // Taken but paused: nothing is consumed from an unplanned
-                        // position; the worker plans them once the servers answer.
-                        tracing::warn!(
-                            error = format!("{error:#}"),
-                            ?partitions,
-                            "could not plan the assigned partitions; paused until it can"
-                        );
-                        let assigned = if cooperative {
-                            consumer.incremental_assign(list)
-                        } else {
-                            consumer.assign(list)
-                        };
-                        if let Err(error) = assigned.and_then(|()| consumer.pause(list)) {
-                            return self.fail(anyhow!("failed to take the assignment: {error}"));
-                        }
-                        lock(&self.rebalances).push(Rebalance::AssignedUnplanned(partitions));
-                        return;
-                    }
-                };
-                for plan in &plans {
-                    if let Some(start) = plan.start
-                        && let Err(error) = list.set_partition_offset(
-                            &self.positioner.topic,
-                            plan.partition,
-                            Offset::Offset(start),
-                        )
-                    {
-                        return self.fail(anyhow!("failed to position a partition: {error}"));
-                    }
+        if rebalance::give_up(
+            consumer,
+            error,
+            list,
+            &self.positioner.topic,
+            &self.log,
+            Rebalance::Revoked,
+        ) {
+            return;
+        }
+        let partitions = self.partitions(list);
+        let plans = match self.positioner.plan(consumer, &partitions) {
+            Ok(plans) => plans,
+            Err(error) => {
+                // Taken but paused: nothing is consumed from an unplanned
+                // position; the worker plans them once the servers answer.
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    ?partitions,
+                    "could not plan the assigned partitions; paused until it can"
+                );
+                let taken = rebalance::assign(consumer, list).and_then(|()| consumer.pause(list));
+                match taken {
+                    Ok(()) => self.log.push(Rebalance::AssignedUnplanned(partitions)),
+                    Err(error) => self
+                        .log
+                        .fail(anyhow!("failed to take the assignment: {error}")),
                 }
-                let assigned = if cooperative {
-                    consumer.incremental_assign(list)
-                } else {
-                    consumer.assign(list)
-                };
-                match assigned {
-                    Ok(()) => lock(&self.rebalances).push(Rebalance::Assigned(plans)),
-                    Err(error) => self.fail(anyhow!("failed to take the assignment: {error}")),
-                }
+                return;
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let partitions = self.partitions(list);
-                tracing::info!(?partitions, "partitions revoked");
-                lock(&self.rebalances).push(Rebalance::Revoked(partitions));
-                let unassigned = if cooperative {
-                    consumer.incremental_unassign(list)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(error) = unassigned {
-                    self.fail(anyhow!("failed to give up partitions: {error}"));
-                }
+        };
+        for plan in &plans {
+            if let Some(start) = plan.start
+                && let Err(error) = list.set_partition_offset(
+                    &self.positioner.topic,
+                    plan.partition,
+                    Offset::Offset(start),
+                )
+            {
+                return self
+                    .log
+                    .fail(anyhow!("failed to position a partition: {error}"));
             }
-            other => {
-                tracing::error!(error = ?other, "rebalance error");
-                let partitions = consumer
-                    .assignment()
-                    .map(|assignment| self.partitions(&assignment))
-                    .unwrap_or_default();
-                lock(&self.rebalances).push(Rebalance::Revoked(partitions));
-                let unassigned = if cooperative {
-                    consumer.incremental_unassign(list)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(error) = unassigned {
-                    self.fail(anyhow!("failed to give up partitions: {error}"));
-                }
-            }
+        }
+        match rebalance::assign(consumer, list) {
+            Ok(()) => self.log.push(Rebalance::Assigned(plans)),
+            Err(error) => self
+                .log
+                .fail(anyhow!("failed to take the assignment: {error}")),
         }
     }
 

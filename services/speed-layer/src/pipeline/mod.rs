@@ -103,21 +103,8 @@ impl Pipeline {
     /// it stops when shutdown begins (after finishing the batch in hand), and a failure
     /// (or a panic) fails the task, which shuts the service down.
     pub fn spawn(self, shutdown: &Shutdown) {
-        let token = shutdown.token();
-        shutdown.spawn("pipeline", async move {
-            let (done, outcome) = tokio::sync::oneshot::channel();
-            std::thread::Builder::new()
-                .name("speed-pipeline".to_owned())
-                .spawn(move || {
-                    let result = worker::run(self.config, self.watermark, self.health, || {
-                        token.is_cancelled()
-                    });
-                    let _ = done.send(result);
-                })
-                .context("failed to start the pipeline thread")?;
-            outcome
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the pipeline thread panicked")))
+        shutdown.spawn_thread("speed-pipeline", move |should_stop| {
+            worker::run(self.config, self.watermark, self.health, should_stop)
         });
     }
 }

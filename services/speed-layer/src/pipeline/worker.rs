@@ -593,10 +593,10 @@ fn apply_rebalances(
     positions: &mut BTreeMap<i32, (i64, Option<i64>)>,
     unplanned: &mut BTreeSet<i32>,
 ) -> anyhow::Result<()> {
-    if let Some(failure) = context.take_failure() {
+    if let Some(failure) = context.log().take_failure() {
         return Err(failure);
     }
-    for rebalance in context.take_rebalances() {
+    for rebalance in context.log().take() {
         match rebalance {
             Rebalance::Assigned(plans) => {
                 for plan in plans {
