@@ -102,10 +102,29 @@ where
                 "stopped with an error"
             );
             eprintln!("{name}: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<ExitWith>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
+
+/// An error that asks for its own exit status (a documented refusal, such as "another
+/// run holds the lock"), rather than the generic 1.
+#[derive(Debug)]
+pub struct ExitWith {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for ExitWith {}
 
 /// An HTTP server bound to its address, to run until shutdown.
 ///

@@ -1,14 +1,35 @@
 //! The batch layer: exact recomputation of per-customer aggregates and baselines from the
 //! Parquet lake into Postgres, nightly (`schedule`) and on demand (`run`).
 //!
-//! At this stage it applies the schema migrations ([`migrate`]) and, in `schedule` mode,
-//! serves its operational endpoints on the batch port: `/healthz`, `/readyz` (Postgres)
-//! and `/metrics` ([`App`]).
+//! A run ([`run`]) takes the Postgres advisory lock (a second run says so and exits),
+//! chooses the watermark T_b (hour-aligned; by default the last full hour the lake is
+//! complete for, [`completeness`]), refuses to publish when the lake writer is behind
+//! T_b, and recomputes the `event_date` days whose lake files changed since the last
+//! succeeded run (all days with `--full`), one day at a time ([`compute`]): events
+//! deduplicated by `transactionId` and cut at `ts <= T_b`, aggregated per customer and
+//! hour and per customer and day with the day's peak 30-minute window. The rows of the
+//! recomputed days, the vendors, the baselines (derived in SQL from the stored daily
+//! rows of the last 30 days) and the run-log entry are replaced in one transaction, the
+//! rows going in through `COPY`: readers see the previous run or this one, never a mix.
+//! Tables: `migrations/0002_batch_views.sql`.
+//!
+//! In `schedule` mode ([`App`]) it serves `/healthz`, `/readyz` (Postgres) and
+//! `/metrics` and runs the job on `batch.schedule` (cron with seconds, UTC).
+
+pub mod completeness;
+pub mod compute;
+mod job;
+pub mod lake;
+mod schedule;
+mod store;
 
 use fraud_config::Settings;
 use fraud_postgres::PostgresProbe;
 use fraud_service::startup::Service;
 use fraud_service::{HttpService, Readiness, Shutdown};
+
+pub use job::{Backwards, Incomplete, RunOptions, RunReport, run};
+pub use store::Locked;
 
 /// Applies every pending schema migration to the configured database.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
@@ -35,10 +56,12 @@ impl App {
 impl Service for App {
     const NAME: &'static str = "batch-layer";
 
-    /// Connects lazily to Postgres and binds `settings.batch.listen`.
+    /// Connects lazily to Postgres, binds `settings.batch.listen` and starts the
+    /// scheduler.
     async fn build(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<Self> {
         let timeout = settings.service.probe_timeout();
         let pool = fraud_postgres::lazy_pool(&settings.postgres, timeout)?;
+        schedule::spawn(settings, &shutdown)?;
         let readiness = Readiness::new(timeout)
             .with_shutdown(shutdown.clone())
             .with(PostgresProbe::new(pool));

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
+use batch_layer::{Backwards, Incomplete, Locked, RunOptions};
 use clap::{Parser, Subcommand};
-use fraud_service::startup::{self, ConfigArgs, Service};
+use fraud_service::startup::{self, ConfigArgs, ExitWith, Service};
 
 /// The batch layer: exact aggregates and baselines from the lake into Postgres.
 #[derive(Parser)]
@@ -17,8 +18,26 @@ struct Cli {
 enum Command {
     /// Apply the schema migrations to the configured database, then exit.
     Migrate,
+    /// Run the job once, then exit. Exit status: 0 published; 3 another run holds the
+    /// lock; 4 refused (the lake is not complete up to the watermark, or the watermark
+    /// is before the published one); 1 any other failure.
+    Run {
+        /// The watermark T_b, RFC 3339 (floored to the hour); default: the last full
+        /// hour the lake is complete for.
+        #[arg(long, value_parser = parse_time)]
+        as_of: Option<i64>,
+        /// Recompute every day, not only the days whose lake files changed.
+        #[arg(long)]
+        full: bool,
+    },
     /// Stay up, serving health and metrics, and run the job on the configured schedule.
     Schedule,
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    fraud_domain::EventTime::parse_rfc3339(text)
+        .map(|time| time.as_millis())
+        .map_err(|error| format!("not an RFC 3339 time with an offset: {error}"))
 }
 
 #[tokio::main]
@@ -30,6 +49,21 @@ async fn main() -> ExitCode {
         |settings, shutdown| async move {
             match cli.command {
                 Command::Migrate => batch_layer::migrate(&settings).await,
+                Command::Run { as_of, full } => {
+                    let report = batch_layer::run(&settings, RunOptions { as_of, full })
+                        .await
+                        .map_err(exit_status)?;
+                    println!(
+                        "batch run {} published: watermark {}, {} day(s) recomputed, {} \
+                         file(s) read, {} row(s) written",
+                        report.run_id,
+                        fraud_domain::EventTime::from_millis(report.watermark)?.to_rfc3339(),
+                        report.days.len(),
+                        report.input_files,
+                        report.rows
+                    );
+                    Ok(())
+                }
                 Command::Schedule => {
                     batch_layer::App::build(&settings, shutdown)
                         .await?
@@ -40,4 +74,16 @@ async fn main() -> ExitCode {
         },
     )
     .await
+}
+
+/// The documented exit statuses of a refused run.
+fn exit_status(error: anyhow::Error) -> anyhow::Error {
+    let code = if error.is::<Locked>() {
+        3
+    } else if error.is::<Incomplete>() || error.is::<Backwards>() {
+        4
+    } else {
+        return error;
+    };
+    ExitWith { code, error }.into()
 }

@@ -1,0 +1,280 @@
+//! One batch run: lock, choose T_b, check the lake, choose the days, compute, publish.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use fraud_config::Settings;
+use fraud_lake::{Lake, LakeRoot};
+
+use crate::completeness::{Behind, KafkaTopic};
+use crate::compute::{HOUR_MS, WINDOW_MS, compute_day};
+use crate::lake::{LakeView, date_of, day_start};
+use crate::store::{self, Publication};
+
+/// How far back the default watermark is looked for.
+const DEFAULT_SEARCH_HOURS: i64 = 7 * 24;
+
+/// What a run is asked to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// The watermark T_b (UTC ms; floored to the hour); default: the last full hour the
+    /// lake is complete for.
+    pub as_of: Option<i64>,
+    /// Recompute every day, not only the changed ones.
+    pub full: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    pub run_id: i64,
+    pub watermark: i64,
+    pub days: Vec<NaiveDate>,
+    pub input_files: usize,
+    pub rows: u64,
+}
+
+/// The lake is not complete up to the watermark asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", explain(watermark, behind))]
+pub struct Incomplete {
+    pub watermark: String,
+    pub behind: Vec<Behind>,
+}
+
+fn explain(watermark: &str, behind: &[Behind]) -> String {
+    if behind.is_empty() {
+        return format!(
+            "the watermark {watermark} is in the future: events up to it may still arrive"
+        );
+    }
+    format!(
+        "the lake is not complete up to {watermark}: the lake writer is behind in {} \
+         partition(s) ({}); run again when it has caught up, or pass an earlier --as-of",
+        behind.len(),
+        describe(behind)
+    )
+}
+
+fn describe(behind: &[Behind]) -> String {
+    behind
+        .iter()
+        .take(5)
+        .map(|b| {
+            format!(
+                "partition {} holds offsets below {}, needs below {}",
+                b.partition, b.lake_next, b.needed
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The watermark asked for is older than the published one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--as-of {asked} is before the published watermark {published}; the speed layer has \
+     already dropped what lies between, so publishing it would leave a gap"
+)]
+pub struct Backwards {
+    pub asked: String,
+    pub published: String,
+}
+
+/// Runs the job once against `settings`' lake, Kafka and Postgres.
+pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let pool = fraud_postgres::lazy_pool(&settings.postgres, settings.service.probe_timeout())?;
+    fraud_postgres::migrate(&pool).await?;
+    let mut lock = store::lock(&pool).await?;
+    let previous = store::previous(&mut lock).await?;
+
+    let root = LakeRoot::parse(&settings.lake.root).context("lake.root is not usable")?;
+    let lake = Lake::open(&root).context("failed to open the lake")?;
+    let view = LakeView::read(&lake)
+        .await
+        .context("failed to list the lake")?;
+
+    let kafka = settings.kafka.clone();
+    let next_offsets = view.next_offsets.clone();
+    let as_of = options.as_of;
+    let watermark = tokio::task::spawn_blocking(move || {
+        choose_watermark(&kafka, &next_offsets, as_of, now_millis())
+    })
+    .await??;
+    if let Some(published) = previous.watermark
+        && watermark < published
+    {
+        return Err(Backwards {
+            asked: rfc3339(watermark),
+            published: rfc3339(published),
+        }
+        .into());
+    }
+
+    // The days to compute: every day up to T_b's when full; else the days whose files
+    // changed, the days the watermark moved over, and the day after a changed day (its
+    // early windows reach back into it).
+    let last_day = date_of(watermark);
+    let candidates: Vec<NaiveDate> = view
+        .days
+        .keys()
+        .copied()
+        .filter(|d| *d <= last_day)
+        .collect();
+    let mut days: BTreeSet<NaiveDate> = BTreeSet::new();
+    for &date in &candidates {
+        let fingerprint = &view.days[&date].fingerprint;
+        let changed = previous.fingerprints.get(&date) != Some(fingerprint);
+        let moved_over = previous
+            .watermark
+            .is_none_or(|published| date >= date_of(published));
+        if options.full || changed || moved_over {
+            days.insert(date);
+            if changed
+                && let Some(next) = date.succ_opt()
+                && next <= last_day
+                && view.days.contains_key(&next)
+            {
+                days.insert(next);
+            }
+        }
+    }
+    let days: Vec<NaiveDate> = days.into_iter().collect();
+    let run_id = store::start_run(&mut lock, watermark).await?;
+    tracing::info!(
+        run_id,
+        watermark = %rfc3339(watermark),
+        full = options.full,
+        days = days.len(),
+        "batch run started"
+    );
+
+    let outcome = publish(&pool, &lake, &view, &days, watermark, run_id, options.full).await;
+    match outcome {
+        Ok((rows, input_files)) => {
+            metrics::counter!("batch_runs_total", "status" => "succeeded").increment(1);
+            tracing::info!(
+                run_id,
+                rows,
+                input_files,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch run succeeded"
+            );
+            Ok(RunReport {
+                run_id,
+                watermark,
+                days,
+                input_files,
+                rows,
+            })
+        }
+        Err(error) => {
+            metrics::counter!("batch_runs_total", "status" => "failed").increment(1);
+            let message = format!("{error:#}");
+            if let Err(log_error) = store::fail_run(&mut lock, run_id, &message).await {
+                tracing::error!(error = %log_error, "could not log the failed run");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Computes `days` one after another (memory holds one day and the previous day's last
+/// 30 minutes) and publishes them in one transaction; returns (rows, input files).
+async fn publish(
+    pool: &sqlx::PgPool,
+    lake: &Lake,
+    view: &LakeView,
+    days: &[NaiveDate],
+    watermark: i64,
+    run_id: i64,
+    full: bool,
+) -> anyhow::Result<(u64, usize)> {
+    let mut publication = Publication::begin(pool, days, full).await?;
+    let mut fingerprints = BTreeMap::new();
+    let mut input_files = 0;
+    let mut previous: Option<(NaiveDate, Vec<crate::compute::Event>)> = None;
+    for &date in days {
+        let start = day_start(date);
+        let events = view.day_events(lake, date, watermark).await?;
+        let before = match (date.pred_opt(), previous.take()) {
+            (Some(yesterday), Some((held, events))) if held == yesterday => events,
+            (Some(yesterday), _) => view.day_events(lake, yesterday, watermark).await?,
+            (None, _) => Vec::new(),
+        };
+        let tail = before
+            .into_iter()
+            .filter(|event| event.ts > start - WINDOW_MS)
+            .collect();
+        let aggregates = compute_day(start, events.clone(), tail)?;
+        publication.add_day(date, &aggregates).await?;
+        let lake_day = &view.days[&date];
+        input_files += lake_day.files.len();
+        fingerprints.insert(date, (lake_day.fingerprint.clone(), lake_day.files.len()));
+        previous = Some((date, events));
+        tracing::debug!(%date, customers = aggregates.days.len(), "day computed");
+    }
+    let rows = publication
+        .commit(run_id, watermark, &fingerprints, input_files)
+        .await?;
+    Ok((rows, input_files))
+}
+
+/// T_b: `as_of` floored to the hour, if the lake is complete up to it; else the latest
+/// hour up to now the lake is complete for.
+fn choose_watermark(
+    kafka: &fraud_config::KafkaConfig,
+    next_offsets: &BTreeMap<i32, i64>,
+    as_of: Option<i64>,
+    now: i64,
+) -> anyhow::Result<i64> {
+    let topic = KafkaTopic::open(kafka)?;
+    if let Some(as_of) = as_of {
+        let watermark = as_of - as_of.rem_euclid(HOUR_MS);
+        if watermark > now {
+            return Err(Incomplete {
+                watermark: rfc3339(watermark),
+                behind: Vec::new(),
+            }
+            .into());
+        }
+        let behind = topic.behind(next_offsets, watermark)?;
+        if !behind.is_empty() {
+            return Err(Incomplete {
+                watermark: rfc3339(watermark),
+                behind,
+            }
+            .into());
+        }
+        return Ok(watermark);
+    }
+    let latest = now - now.rem_euclid(HOUR_MS);
+    let mut first_behind = None;
+    for back in 0..DEFAULT_SEARCH_HOURS {
+        let candidate = latest - back * HOUR_MS;
+        let behind = topic.behind(next_offsets, candidate)?;
+        if behind.is_empty() {
+            return Ok(candidate);
+        }
+        first_behind.get_or_insert((candidate, behind));
+    }
+    let (candidate, behind) = first_behind.expect("searched at least one hour");
+    Err(Incomplete {
+        watermark: rfc3339(candidate),
+        behind,
+    }
+    .into())
+}
+
+fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn rfc3339(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| millis.to_string())
+}
