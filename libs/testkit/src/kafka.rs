@@ -108,3 +108,40 @@ pub fn read_all(config: &KafkaConfig, topic: &str) -> Vec<Record> {
     records.sort_by_key(|record| (record.partition, record.offset));
     records
 }
+
+/// Produces `events` to `topic` as ingest does (keyed by customer, timestamped with the
+/// ingest time, with the schema-version header), in order, and returns where each landed
+/// as `(partition, offset)`.
+pub async fn produce_transactions(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    events: &[fraud_events::TransactionEvent],
+) -> Vec<(i32, i64)> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+
+    let mut landed = Vec::with_capacity(events.len());
+    // In slices, so the producer's queue never overflows.
+    for slice in events.chunks(50_000) {
+        let mut pending = Vec::with_capacity(slice.len());
+        for event in slice {
+            let payload = fraud_events::encode(event);
+            let record = FutureRecord::to(topic)
+                .key(event.customer_id.as_str())
+                .payload(&payload)
+                .timestamp(event.ingest_time.as_millis())
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: fraud_events::SCHEMA_VERSION_HEADER,
+                    value: Some(fraud_events::SCHEMA_VERSION),
+                }));
+            pending.push(producer.send_result(record).expect("enqueue a record"));
+        }
+        for delivery in pending {
+            match delivery.await.expect("a delivery report") {
+                Ok(delivery) => landed.push((delivery.partition, delivery.offset)),
+                Err((error, _)) => panic!("produce failed: {error}"),
+            }
+        }
+    }
+    landed
+}

@@ -16,6 +16,20 @@ use std::time::{Duration, Instant};
 
 pub use process::{ChildProcess, PrivateRedis};
 
+/// The Python with DuckDB that `deploy/dev` installs, for tests that check the lake with
+/// an independent reader: `DUCKDB_PYTHON` (set by `deploy/dev test`), else the venv in
+/// the cache. Missing is a failure, not a skip.
+pub fn duckdb_python() -> std::path::PathBuf {
+    if let Some(python) = std::env::var_os("DUCKDB_PYTHON") {
+        return std::path::PathBuf::from(python);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME is set");
+    cache.join("fraud-platform/venv/bin/python")
+}
+
 /// A name no other test (or earlier run) uses: `prefix-` and 12 random hex digits.
 pub fn unique_name(prefix: &str) -> String {
     let random = uuid::Uuid::new_v4().simple().to_string();

@@ -1,10 +1,12 @@
 //! Whether the lake holds every record Kafka had by a time: the batch layer publishes
 //! only watermarks the lake is complete for.
 //!
-//! The lake is complete up to T when, in every partition of the transactions topic, the
-//! lake's next missing offset is at or after the first record with a timestamp (the
-//! ingest time) after T. An event with `ts <= T` ingested later than that is a late
-//! arrival: the next run that sees its file recomputes its day.
+//! The lake holds every record stamped up to T when, in every partition of the
+//! transactions topic, the lake's next missing offset is at or after the first record
+//! stamped after T + slack, where the slack bounds how long after its stamp (the ingest
+//! time) a record can be appended: records are not appended in stamp order. An event
+//! with `ts <= T` ingested later than that is a late arrival: the next run that sees its
+//! file recomputes its day.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -47,7 +47,8 @@ pub struct Incomplete {
 fn explain(watermark: &str, behind: &[Behind]) -> String {
     if behind.is_empty() {
         return format!(
-            "the watermark {watermark} is in the future: events up to it may still arrive"
+            "the watermark {watermark} is too recent: records stamped up to it may still be \
+             on their way to Kafka"
         );
     }
     format!(
@@ -75,8 +76,8 @@ fn describe(behind: &[Behind]) -> String {
 /// The watermark asked for is older than the published one.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "--as-of {asked} is before the published watermark {published}; the speed layer has \
-     already dropped what lies between, so publishing it would leave a gap"
+    "the watermark {asked} is before the published watermark {published}; the speed layer \
+     has already dropped what lies between, so publishing it would leave a gap"
 )]
 pub struct Backwards {
     pub asked: String,
@@ -100,8 +101,9 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
     let kafka = settings.kafka.clone();
     let next_offsets = view.next_offsets.clone();
     let as_of = options.as_of;
+    let slack = append_slack_ms(settings);
     let watermark = tokio::task::spawn_blocking(move || {
-        choose_watermark(&kafka, &next_offsets, as_of, now_millis())
+        choose_watermark(&kafka, &next_offsets, as_of, now_millis(), slack)
     })
     .await??;
     if let Some(published) = previous.watermark
@@ -223,25 +225,38 @@ async fn publish(
     Ok((rows, input_files))
 }
 
+/// How long after its timestamp (the ingest time, taken when the request arrives) a
+/// record can still be appended to the topic: a request reserves its ids for
+/// `produce_timeout + 5 s` (services/ingest), plus a margin. Records are not appended in
+/// timestamp order, so "every record stamped up to T is in the lake" needs the lake to
+/// reach the records stamped up to T + this.
+fn append_slack_ms(settings: &Settings) -> i64 {
+    i64::try_from(settings.ingest.produce_timeout_ms)
+        .unwrap_or(i64::MAX / 4)
+        .saturating_add(10_000)
+}
+
 /// T_b: `as_of` floored to the hour, if the lake is complete up to it; else the latest
-/// hour up to now the lake is complete for.
+/// hour the lake is complete for. Either way at least `slack` in the past: records
+/// stamped up to T_b may still be on their way until then.
 fn choose_watermark(
     kafka: &fraud_config::KafkaConfig,
     next_offsets: &BTreeMap<i32, i64>,
     as_of: Option<i64>,
     now: i64,
+    slack: i64,
 ) -> anyhow::Result<i64> {
     let topic = KafkaTopic::open(kafka)?;
     if let Some(as_of) = as_of {
         let watermark = as_of - as_of.rem_euclid(HOUR_MS);
-        if watermark > now {
+        if watermark > now - slack {
             return Err(Incomplete {
                 watermark: rfc3339(watermark),
                 behind: Vec::new(),
             }
             .into());
         }
-        let behind = topic.behind(next_offsets, watermark)?;
+        let behind = topic.behind(next_offsets, watermark + slack)?;
         if !behind.is_empty() {
             return Err(Incomplete {
                 watermark: rfc3339(watermark),
@@ -251,11 +266,11 @@ fn choose_watermark(
         }
         return Ok(watermark);
     }
-    let latest = now - now.rem_euclid(HOUR_MS);
+    let latest = (now - slack) - (now - slack).rem_euclid(HOUR_MS);
     let mut first_behind = None;
     for back in 0..DEFAULT_SEARCH_HOURS {
         let candidate = latest - back * HOUR_MS;
-        let behind = topic.behind(next_offsets, candidate)?;
+        let behind = topic.behind(next_offsets, candidate + slack)?;
         if behind.is_empty() {
             return Ok(candidate);
         }

@@ -251,8 +251,8 @@ impl Publication {
              stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor) \
              SELECT customer_id, $1, count(*), \
                     round(sum(sum_minor)::numeric / 30, 4), \
-                    round(sqrt(greatest(sum(sum_minor::numeric ^ 2) / 30 \
-                                       - (sum(sum_minor)::numeric / 30) ^ 2, 0)), 4), \
+                    round(sqrt((30 * sum(sum_minor::numeric * sum_minor) \
+                                - sum(sum_minor)::numeric ^ 2)::numeric(60, 20)) / 30, 4), \
                     percentile_disc(0.95) WITHIN GROUP (ORDER BY peak_30m_sum_minor), \
                     max(peak_30m_sum_minor) \
              FROM batch_daily \

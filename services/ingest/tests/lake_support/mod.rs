@@ -240,19 +240,6 @@ pub async fn assert_lake_holds_exactly(lake: &Lake, produced: &Produced) {
     assert_eq!(seen.len(), produced.len());
 }
 
-/// The Python with DuckDB that `deploy/dev` installs: `DUCKDB_PYTHON`, else the
-/// venv `deploy/dev` creates in the cache. Missing is a failure, not a skip.
-pub fn test_python() -> PathBuf {
-    if let Some(python) = std::env::var_os("DUCKDB_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME is set");
-    cache.join("fraud-platform/venv/bin/python")
-}
-
 const DUCKDB_QUERY: &str = r#"
 import duckdb, json, sys
 root = sys.argv[1]
@@ -284,7 +271,7 @@ print(json.dumps({
 
 /// What DuckDB reads from the lake at `root` (as `read_parquet` with hive partitioning).
 pub fn duckdb_summary(root: &Path) -> serde_json::Value {
-    let python = test_python();
+    let python = fraud_testkit::duckdb_python();
     assert!(
         python.exists(),
         "no Python with DuckDB at {}: run `deploy/dev up --servers-only` (it installs DuckDB \

@@ -550,7 +550,11 @@ impl Worker {
             };
             let (next, last_record_ts) = match self.positions.get(&partition) {
                 Some(&(offset, timestamp)) => (offset + 1, timestamp),
-                None => (high, None),
+                // Nothing applied since it was assigned: where the consumer stands.
+                None => match self.position(partition) {
+                    Some(next) => (next, None),
+                    None => continue,
+                },
             };
             fields.push(SpeedMeta::progress_field(
                 partition,
@@ -563,6 +567,18 @@ impl Worker {
         }
         if let Err(error) = self.positioner.set_fields(generation, &fields) {
             tracing::debug!(error = format!("{error:#}"), "could not report progress");
+        }
+    }
+
+    /// The consumer's position in `partition`, when it has one.
+    fn position(&self, partition: i32) -> Option<i64> {
+        let positions = self.consumer.position().ok()?;
+        match positions
+            .find_partition(&self.config.topic, partition)?
+            .offset()
+        {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
         }
     }
 

@@ -14,8 +14,7 @@ use fraud_service::startup::Service;
 use fraud_speed_view::meta::{SpeedMeta, meta_key};
 use fraud_speed_view::{CustomerState, WINDOW_MS, customer_key};
 use fraud_testkit::{local_settings, unique_name};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use redis::AsyncCommands;
 
 /// A test's own topics, Redis prefix and consumer group.
@@ -45,8 +44,11 @@ impl SpeedTest {
         tune: impl FnOnce(&mut Settings),
     ) -> SpeedTest {
         let mut settings = local_settings();
-        tune(&mut settings);
         let own = unique_name(name);
+        // A database of its own: the batch watermark T_b the speed layer reads is the
+        // test's to set (none unless it publishes one).
+        settings.postgres.url = fraud_config::Secret::new(create_database(&own).await);
+        tune(&mut settings);
         settings.kafka.transactions_topic = own.clone();
         settings.kafka.window_updates_topic = format!("{own}-updates");
         settings.redis.key_prefix = format!("{own}:");
@@ -92,32 +94,17 @@ impl SpeedTest {
     /// Produces `events` in order (each keyed by customer, timestamped with its ingest
     /// time) and returns where each landed.
     pub async fn produce(&self, events: Vec<TransactionEvent>) -> Vec<Produced> {
-        let mut pending = Vec::with_capacity(events.len());
-        for event in &events {
-            let payload = fraud_events::encode(event);
-            let record = FutureRecord::to(self.topic())
-                .key(event.customer_id.as_str())
-                .payload(&payload)
-                .timestamp(event.ingest_time.as_millis())
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: fraud_events::SCHEMA_VERSION_HEADER,
-                    value: Some(fraud_events::SCHEMA_VERSION),
-                }));
-            pending.push(self.producer.send_result(record).expect("enqueue"));
-        }
-        let mut produced = Vec::with_capacity(events.len());
-        for (event, delivery) in events.into_iter().zip(pending) {
-            let (partition, offset) = match delivery.await.expect("delivered") {
-                Ok(delivery) => (delivery.partition, delivery.offset),
-                Err((error, _)) => panic!("produce failed: {error}"),
-            };
-            produced.push(Produced {
+        let landed =
+            fraud_testkit::kafka::produce_transactions(&self.producer, self.topic(), &events).await;
+        events
+            .into_iter()
+            .zip(landed)
+            .map(|(event, (partition, offset))| Produced {
                 event,
                 partition,
                 offset,
-            });
-        }
-        produced
+            })
+            .collect()
     }
 
     /// The customer's state in the current generation (`None` when absent).
@@ -181,7 +168,21 @@ impl SpeedTest {
             .collect()
     }
 
-    /// Deletes every key of the test.
+    /// Publishes `watermark` (UTC ms, hour-aligned) as a succeeded batch run's T_b.
+    pub async fn publish_watermark(&self, watermark: i64) {
+        let pool = fraud_postgres::lazy_pool(&self.settings.postgres, Duration::from_secs(5))
+            .expect("a pool");
+        sqlx::query(
+            "INSERT INTO batch_runs (watermark, status, finished_at) \
+             VALUES (to_timestamp($1 / 1000.0), 'succeeded', now())",
+        )
+        .bind(watermark as f64)
+        .execute(&pool)
+        .await
+        .expect("publish a watermark");
+    }
+
+    /// Deletes every key, topic and the database of the test.
     pub async fn remove(self) {
         let mut redis = self.redis.clone();
         let pattern = format!("{}*", self.settings.redis.key_prefix);
@@ -195,6 +196,7 @@ impl SpeedTest {
         ] {
             let _ = fraud_kafka::delete_topic(&self.settings.kafka, topic).await;
         }
+        drop_database(self.settings.postgres.url.expose()).await;
     }
 }
 
@@ -336,5 +338,45 @@ pub async fn assert_exact(test: &SpeedTest, model: &Model, retention_ms: i64) {
                 "{customer}: total from {from} to {clock}"
             );
         }
+    }
+}
+
+/// Creates database `name` (with the platform's schema) next to the local one; its URL.
+pub async fn create_database(name: &str) -> String {
+    use sqlx::Connection;
+    let admin_url = local_settings().postgres.url.expose().clone();
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to postgres");
+    let name = name.replace('-', "_");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create a test database");
+    let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
+    let url = format!("{base}/{name}");
+    let mut settings = local_settings().postgres;
+    settings.url = fraud_config::Secret::new(url.clone());
+    let pool = fraud_postgres::lazy_pool(&settings, Duration::from_secs(5)).expect("a pool");
+    fraud_postgres::migrate(&pool)
+        .await
+        .expect("migrate the test database");
+    pool.close().await;
+    url
+}
+
+/// Drops the database at `url`.
+pub async fn drop_database(url: &str) {
+    use sqlx::Connection;
+    let Some((_, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    let admin_url = local_settings().postgres.url.expose().clone();
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
     }
 }

@@ -1,0 +1,508 @@
+//! How runs follow each other: incremental runs recompute exactly the days that need it
+//! and agree with a full recomputation; reruns change nothing; a second run is refused
+//! while one holds the lock; an incomplete lake, a future or an earlier watermark is
+//! refused, also when the missing record sits behind one stamped after the watermark.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use chrono::NaiveDate;
+use common::{
+    BatchTest, DAY, HOUR, MINUTE, RUN_LOCK, Rng, assert_tables_eq, date_of, day_floor, event,
+    hour_floor, lake_days, model, now_ms, read_batch_days, read_runs, read_tables, rfc3339,
+    spread_events,
+};
+use fraud_testkit::unique_name;
+
+/// A time as the binary prints it.
+fn printed(ms: i64) -> String {
+    fraud_domain::EventTime::from_millis(ms)
+        .unwrap()
+        .to_rfc3339()
+}
+
+/// A small delay, now and then a late arrival of a few hours; never after `end`.
+fn ingest_soon(end: i64) -> impl FnMut(&mut Rng, i64) -> i64 {
+    move |rng, ts| {
+        let delay = if rng.chance(5) {
+            rng.range(HOUR, 5 * HOUR)
+        } else {
+            rng.range(0, 3_000)
+        };
+        (ts + delay).min(end)
+    }
+}
+
+#[tokio::test]
+async fn incremental_runs_recompute_the_changed_days_and_agree_with_a_full_run() {
+    let mut rng = Rng::from_env("incremental");
+    let now = now_ms();
+    let watermark = hour_floor(now) - HOUR;
+    let end = now - MINUTE;
+    let first_day = day_floor(watermark) - 3 * DAY;
+    let mut test = BatchTest::create("batch-incremental", 3).await;
+    let run = unique_name("tx");
+    let mut events = spread_events(
+        &mut rng,
+        &run,
+        1_500,
+        25,
+        (first_day, end),
+        ingest_soon(end),
+    );
+    // A customer whose day D1 + 1 starts with an event the late arrival will share a
+    // window with.
+    let d1 = first_day + DAY;
+    events.push(event(
+        &format!("{run}-late-a"),
+        "late-c",
+        "vendor-00",
+        10,
+        d1 + 5 * HOUR,
+        d1 + 5 * HOUR + 100,
+    ));
+    events.push(event(
+        &format!("{run}-late-b"),
+        "late-c",
+        "vendor-00",
+        1_000,
+        d1 + DAY + 10 * MINUTE,
+        d1 + DAY + 10 * MINUTE + 100,
+    ));
+    events.sort_by_key(|e| e.ingest_time.as_millis());
+    test.produce(events).await;
+    test.fill_lake().await;
+    let days = lake_days(&test.lake()).await;
+    let up_to = |last: i64| -> Vec<NaiveDate> {
+        days.iter()
+            .copied()
+            .filter(|d| *d <= date_of(last))
+            .collect()
+    };
+
+    // A first run at an earlier watermark, then the watermark moves on.
+    let earlier = watermark - 25 * HOUR;
+    let report = test.run(earlier, false).await;
+    assert_eq!(report.days, up_to(earlier));
+    let first = read_tables(&test.database.url).await;
+    assert_tables_eq(
+        "the run at the earlier watermark",
+        &first,
+        &model(&test.produced, earlier),
+    );
+    let report = test.run(watermark, false).await;
+    let moved_over: Vec<NaiveDate> = up_to(watermark)
+        .into_iter()
+        .filter(|d| *d >= date_of(earlier))
+        .collect();
+    assert_eq!(
+        report.days, moved_over,
+        "the days from the published watermark's on are recomputed, no others"
+    );
+    let second = read_tables(&test.database.url).await;
+    assert_tables_eq(
+        "after the watermark moved",
+        &second,
+        &model(&test.produced, watermark),
+    );
+    let untouched: Vec<NaiveDate> = up_to(earlier)
+        .into_iter()
+        .filter(|d| *d < date_of(earlier))
+        .collect();
+    assert!(!untouched.is_empty());
+    assert_eq!(first.of_days(&untouched), second.of_days(&untouched));
+
+    // A late arrival into an old day: 10 minutes before D1 + 1 starts, from a vendor
+    // late-c never used.
+    let late = event(
+        &format!("{run}-late-c"),
+        "late-c",
+        "late-vendor",
+        5_000,
+        d1 + DAY - 10 * MINUTE,
+        end,
+    );
+    test.produce(vec![late]).await;
+    test.fill_lake().await;
+    let report = test.run(watermark, false).await;
+    let expected_days: BTreeSet<NaiveDate> =
+        [date_of(d1), date_of(d1 + DAY), date_of(watermark)].into();
+    assert_eq!(
+        report.days.iter().copied().collect::<BTreeSet<_>>(),
+        expected_days,
+        "the late arrival's day, the next day (its first windows reach back) and the \
+         watermark's day are recomputed"
+    );
+    let third = read_tables(&test.database.url).await;
+    assert_tables_eq(
+        "after the late arrival",
+        &third,
+        &model(&test.produced, watermark),
+    );
+    let changed = second.changed_keys(&third);
+    let expected: BTreeSet<String> = [
+        format!("hourly late-c {}", rfc3339(d1 + DAY - HOUR)),
+        format!("daily late-c {}", date_of(d1)),
+        format!("daily late-c {}", date_of(d1 + DAY)),
+        "vendors late-c late-vendor".to_owned(),
+        "baselines late-c".to_owned(),
+    ]
+    .into();
+    assert_eq!(changed, expected, "exactly the late arrival's rows change");
+    let next_day = third
+        .daily
+        .iter()
+        .find(|r| r.customer == "late-c" && r.day == date_of(d1 + DAY))
+        .unwrap();
+    assert_eq!(
+        (next_day.sum, next_day.peak_sum, next_day.peak_count),
+        (1_000, 6_000, 2),
+        "the next day's first window holds the late arrival"
+    );
+
+    // A full run from scratch, in a database of its own, says the same.
+    let clean = test.new_database("incremental_full").await;
+    let clean_settings = test.settings_for(&clean);
+    let report = test.run_on(&clean_settings, watermark, true).await;
+    assert_eq!(report.days, up_to(watermark));
+    assert_tables_eq(
+        "a full run from scratch vs the incremental runs",
+        &read_tables(&clean.url).await,
+        &third,
+    );
+    // And so does a full run over the incremental runs' tables.
+    let report = test.run(watermark, true).await;
+    assert_eq!(report.days, up_to(watermark));
+    assert_tables_eq(
+        "a full run over the incremental runs' tables",
+        &read_tables(&test.database.url).await,
+        &third,
+    );
+    let runs = read_runs(&test.database.url).await;
+    assert_eq!(runs.len(), 4);
+    assert!(runs.iter().all(|r| r.status == "succeeded" && r.finished));
+}
+
+#[tokio::test]
+async fn a_rerun_at_the_same_watermark_recomputes_only_its_day_and_changes_nothing() {
+    let mut rng = Rng::from_env("rerun");
+    let now = now_ms();
+    let watermark = hour_floor(now) - HOUR;
+    let end = now - MINUTE;
+    let mut test = BatchTest::create("batch-rerun", 2).await;
+    let events = spread_events(
+        &mut rng,
+        &unique_name("tx"),
+        600,
+        15,
+        (day_floor(watermark) - 3 * DAY, end),
+        ingest_soon(end),
+    );
+    test.produce(events).await;
+    test.fill_lake().await;
+
+    let first = test.run(watermark, false).await;
+    let before = read_tables(&test.database.url).await;
+    assert_tables_eq("the first run", &before, &model(&test.produced, watermark));
+    let second = test.run(watermark, false).await;
+    assert_eq!(
+        second.days,
+        vec![date_of(watermark)],
+        "nothing changed: only the watermark's own day is recomputed"
+    );
+    assert_tables_eq("the rerun", &read_tables(&test.database.url).await, &before);
+    let days = read_batch_days(&test.database.url).await;
+    for (date, run_id) in &days {
+        let expected = if *date == date_of(watermark) {
+            second.run_id
+        } else {
+            first.run_id
+        };
+        assert_eq!(*run_id, expected, "batch_days of {date}");
+    }
+
+    // The binary, once more at the same watermark: --as-of is floored to the hour and
+    // may have any offset.
+    let as_of = chrono::DateTime::from_timestamp_millis(watermark + 17 * MINUTE + 23_456)
+        .unwrap()
+        .with_timezone(&chrono::FixedOffset::east_opt(2 * 3600).unwrap())
+        .to_rfc3339();
+    assert!(as_of.ends_with("+02:00"), "{as_of}");
+    let output = test
+        .binary(&test.settings, &["run", "--as-of", &as_of])
+        .await;
+    assert_eq!(output.code, Some(0), "{output:?}");
+    assert!(
+        output.stdout.contains(&format!(
+            "published: watermark {}, 1 day(s) recomputed",
+            printed(watermark)
+        )),
+        "{output:?}"
+    );
+    assert_tables_eq(
+        "the rerun by the binary",
+        &read_tables(&test.database.url).await,
+        &before,
+    );
+    let runs = read_runs(&test.database.url).await;
+    assert_eq!(runs.len(), 3);
+    assert!(
+        runs.iter()
+            .all(|r| r.status == "succeeded" && r.watermark == watermark)
+    );
+}
+
+#[tokio::test]
+async fn a_second_run_is_refused_while_another_holds_the_lock() {
+    let mut rng = Rng::from_env("lock");
+    let now = now_ms();
+    let watermark = hour_floor(now) - HOUR;
+    let end = now - MINUTE;
+    let mut test = BatchTest::create("batch-lock", 2).await;
+    let events = spread_events(
+        &mut rng,
+        &unique_name("tx"),
+        300,
+        10,
+        (day_floor(watermark) - 2 * DAY, end),
+        ingest_soon(end),
+    );
+    test.produce(events).await;
+    test.fill_lake().await;
+    test.run(watermark - HOUR, false).await;
+    let tables = read_tables(&test.database.url).await;
+    let runs = read_runs(&test.database.url).await;
+
+    // Another run holds the lock (this connection stands for it).
+    let mut holder = test.database.connect().await;
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(RUN_LOCK)
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    assert!(taken);
+    let output = test
+        .binary(&test.settings, &["run", "--as-of", &rfc3339(watermark)])
+        .await;
+    assert_eq!(output.code, Some(3), "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains("another batch run is in progress (it holds the advisory lock)"),
+        "{output:?}"
+    );
+    let error = batch_layer::run(
+        &test.settings,
+        batch_layer::RunOptions {
+            as_of: Some(watermark),
+            full: true,
+        },
+    )
+    .await
+    .expect_err("the lock is held");
+    assert!(error.is::<batch_layer::Locked>(), "{error:#}");
+    assert_eq!(
+        read_runs(&test.database.url).await,
+        runs,
+        "a refused run logs nothing"
+    );
+    assert_tables_eq(
+        "while the lock is held",
+        &read_tables(&test.database.url).await,
+        &tables,
+    );
+
+    // Once it is released, the next run goes ahead.
+    let released: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+        .bind(RUN_LOCK)
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    assert!(released);
+    let output = test
+        .binary(&test.settings, &["run", "--as-of", &rfc3339(watermark)])
+        .await;
+    assert_eq!(output.code, Some(0), "{output:?}");
+    assert_tables_eq(
+        "after the lock was released",
+        &read_tables(&test.database.url).await,
+        &model(&test.produced, watermark),
+    );
+}
+
+#[tokio::test]
+async fn an_incomplete_lake_a_future_or_an_earlier_watermark_is_refused() {
+    let mut rng = Rng::from_env("incomplete");
+    let now = now_ms();
+    let watermark = hour_floor(now) - HOUR;
+    let mut test = BatchTest::create("batch-incomplete", 2).await;
+    let run = unique_name("tx");
+    // In the lake: ingested up to 2 hours before the watermark.
+    let in_lake = spread_events(
+        &mut rng,
+        &format!("{run}-a"),
+        400,
+        12,
+        (day_floor(watermark) - 2 * DAY, watermark - 3 * HOUR),
+        |rng, ts| (ts + rng.range(0, 3_000)).min(watermark - 2 * HOUR),
+    );
+    test.produce(in_lake).await;
+    test.fill_lake().await;
+    let lake_part = test.produced.clone();
+    test.run(watermark - 2 * HOUR, false).await;
+    let tables = read_tables(&test.database.url).await;
+    let runs = read_runs(&test.database.url).await;
+
+    // Then more, ingested in the half hour up to the watermark; the lake writer is not
+    // running.
+    let missing = spread_events(
+        &mut rng,
+        &format!("{run}-b"),
+        100,
+        12,
+        (watermark - 2 * HOUR, watermark - 30 * MINUTE),
+        |rng, _| watermark - rng.range(0, 30 * MINUTE),
+    );
+    test.produce(missing).await;
+
+    let unchanged = |what: &'static str| {
+        let (url, tables, runs) = (test.database.url.clone(), tables.clone(), runs.clone());
+        async move {
+            assert_tables_eq(what, &read_tables(&url).await, &tables);
+            assert_eq!(read_runs(&url).await, runs, "{what}: the run log");
+        }
+    };
+    let output = test
+        .binary(&test.settings, &["run", "--as-of", &rfc3339(watermark)])
+        .await;
+    assert_eq!(output.code, Some(4), "{output:?}");
+    assert!(
+        output.stderr.contains(&format!(
+            "the lake is not complete up to {}: the lake writer is behind in",
+            rfc3339(watermark)
+        )),
+        "{output:?}"
+    );
+    unchanged("refused: the lake is behind").await;
+
+    let future = hour_floor(now_ms()) + 2 * HOUR;
+    let output = test
+        .binary(&test.settings, &["run", "--as-of", &rfc3339(future)])
+        .await;
+    assert_eq!(output.code, Some(4), "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains(&format!("the watermark {} is too recent", rfc3339(future))),
+        "{output:?}"
+    );
+    unchanged("refused: a future watermark").await;
+
+    // Without --as-of: the last hour the lake is complete for, the one before the
+    // missing records' ingest times.
+    let output = test.binary(&test.settings, &["run"]).await;
+    assert_eq!(output.code, Some(0), "{output:?}");
+    let default = watermark - HOUR;
+    assert!(
+        output
+            .stdout
+            .contains(&format!("published: watermark {}", printed(default))),
+        "{output:?}"
+    );
+    assert_tables_eq(
+        "the default watermark",
+        &read_tables(&test.database.url).await,
+        &model(&lake_part, default),
+    );
+
+    // Once the lake writer has caught up, the watermark is accepted.
+    test.fill_lake().await;
+    let output = test
+        .binary(&test.settings, &["run", "--as-of", &rfc3339(watermark)])
+        .await;
+    assert_eq!(output.code, Some(0), "{output:?}");
+    let published = read_tables(&test.database.url).await;
+    assert_tables_eq(
+        "once the lake is complete",
+        &published,
+        &model(&test.produced, watermark),
+    );
+
+    // A watermark before the published one would leave a gap.
+    let runs = read_runs(&test.database.url).await;
+    let output = test
+        .binary(
+            &test.settings,
+            &["run", "--as-of", &rfc3339(watermark - 3 * HOUR)],
+        )
+        .await;
+    assert_eq!(output.code, Some(4), "{output:?}");
+    assert!(
+        output.stderr.contains(&format!(
+            "the watermark {} is before the published watermark {}",
+            rfc3339(watermark - 3 * HOUR),
+            rfc3339(watermark)
+        )),
+        "{output:?}"
+    );
+    assert_tables_eq(
+        "refused: an earlier watermark",
+        &read_tables(&test.database.url).await,
+        &published,
+    );
+    assert_eq!(read_runs(&test.database.url).await, runs);
+}
+
+/// Record timestamps (ingest times) are not monotonic within a partition: ingest stamps
+/// a request when it arrives and produces it after validating and storing the ids, so a
+/// request stamped earlier can land after one stamped later. A record stamped at or
+/// before the watermark that sits behind a record stamped after it must still be in the
+/// lake before the watermark is published: otherwise its event (ts <= T_b) is in
+/// neither the batch view nor the speed layer's (which keeps only ts > T_b).
+#[tokio::test]
+async fn a_record_stamped_before_the_watermark_behind_a_later_one_is_waited_for() {
+    let now = now_ms();
+    let watermark = hour_floor(now) - HOUR;
+    let mut test = BatchTest::create("batch-inversion", 1).await;
+    let run = unique_name("tx");
+    let early = watermark - 2 * HOUR;
+    test.produce(vec![
+        event(&format!("{run}-0"), "c1", "v", 100, early, early + 10),
+        // Stamped a second after the watermark.
+        event(
+            &format!("{run}-1"),
+            "c2",
+            "v",
+            200,
+            watermark + 500,
+            watermark + 1_000,
+        ),
+    ])
+    .await;
+    test.fill_lake().await;
+    // Stamped a second before the watermark, produced after the one above; the lake
+    // writer has not written it yet.
+    test.produce(vec![event(
+        &format!("{run}-2"),
+        "c3",
+        "v",
+        300,
+        watermark - 2_000,
+        watermark - 1_000,
+    )])
+    .await;
+    assert!(test.produced[2].offset > test.produced[1].offset);
+
+    let output = test
+        .binary(&test.settings, &["run", "--as-of", &rfc3339(watermark)])
+        .await;
+    let published = read_tables(&test.database.url).await;
+    assert_eq!(
+        output.code,
+        Some(4),
+        "the lake lacks a record stamped before the watermark, yet the run was not \
+         refused; published without it: {:?}\n{output:?}",
+        published.daily
+    );
+}
