@@ -58,12 +58,16 @@ pub(crate) struct Positioner {
     pub retention_ms: i64,
     pub max_future_skew_ms: i64,
     pub timeout: Duration,
+    /// A client of its own for offset lookups: on the group consumer's connection they
+    /// would queue behind its long-polling fetches (up to `fetch.wait.max.ms` each).
+    pub offsets: BaseConsumer,
     generation: Mutex<Option<Generation>>,
 }
 
 impl Positioner {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        kafka: &KafkaConfig,
         runtime: Arc<Runtime>,
         redis: Arc<RedisHandle>,
         prefix: &str,
@@ -72,8 +76,12 @@ impl Positioner {
         retention_ms: i64,
         max_future_skew_ms: i64,
         timeout: Duration,
-    ) -> Self {
-        Self {
+    ) -> anyhow::Result<Self> {
+        let offsets = fraud_kafka::client_config(kafka)
+            .create()
+            .context("failed to create the offset-lookup client")?;
+        Ok(Self {
+            offsets,
             runtime,
             redis,
             meta_key: meta_key(prefix),
@@ -83,7 +91,7 @@ impl Positioner {
             max_future_skew_ms,
             timeout,
             generation: Mutex::new(None),
-        }
+        })
     }
 
     /// The generation this instance writes, as last established.
@@ -116,11 +124,8 @@ impl Positioner {
 
     /// Plans `partitions`: `ready` ones continue, others are rebuilt. Marks the rebuilt
     /// ones in the meta key.
-    pub fn plan<C: ConsumerContext>(
-        &self,
-        consumer: &BaseConsumer<C>,
-        partitions: &[i32],
-    ) -> anyhow::Result<Vec<Plan>> {
+    pub fn plan(&self, partitions: &[i32]) -> anyhow::Result<Vec<Plan>> {
+        let consumer = &self.offsets;
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
@@ -202,9 +207,9 @@ impl Positioner {
         })
     }
 
-    fn offset_for_time<C: ConsumerContext>(
+    fn offset_for_time(
         &self,
-        consumer: &BaseConsumer<C>,
+        consumer: &BaseConsumer,
         partition: i32,
         timestamp: i64,
         high: i64,
@@ -285,7 +290,7 @@ impl ConsumerContext for PositioningContext {
             return;
         }
         let partitions = self.partitions(list);
-        let plans = match self.positioner.plan(consumer, &partitions) {
+        let plans = match self.positioner.plan(&partitions) {
             Ok(plans) => plans,
             Err(error) => {
                 // Taken but paused: nothing is consumed from an unplanned

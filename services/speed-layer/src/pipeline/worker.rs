@@ -46,6 +46,7 @@ pub(super) fn run(
     );
     let redis = Arc::new(RedisHandle::new(&config.redis, config.timeout)?);
     let positioner = Arc::new(Positioner::new(
+        &config.kafka,
         Arc::clone(&runtime),
         Arc::clone(&redis),
         &config.redis.key_prefix,
@@ -54,7 +55,7 @@ pub(super) fn run(
         config.tuning.retention_ms,
         config.max_future_skew_ms,
         config.timeout,
-    ));
+    )?);
     let consumer = consumer::create(
         &config.kafka,
         &config.group,
@@ -445,13 +446,10 @@ impl Worker {
             return;
         }
         let partitions: Vec<i32> = self.unplanned.iter().copied().collect();
-        let planned = self
-            .positioner
-            .plan(&self.consumer, &partitions)
-            .and_then(|plans| {
-                self.seek(&plans)?;
-                Ok(plans)
-            });
+        let planned = self.positioner.plan(&partitions).and_then(|plans| {
+            self.seek(&plans)?;
+            Ok(plans)
+        });
         match planned {
             Ok(plans) => {
                 for plan in plans {
@@ -541,7 +539,7 @@ impl Worker {
         let now = now_millis();
         let mut fields = Vec::new();
         for &partition in self.assigned.keys() {
-            let Ok((_, high)) = self.consumer.fetch_watermarks(
+            let Ok((_, high)) = self.positioner.offsets.fetch_watermarks(
                 &self.config.topic,
                 partition,
                 Duration::from_secs(1),
