@@ -18,6 +18,10 @@
 //!   over partitions) sampled every second during and after the batch phase.
 //!
 //! Every event is generated before any timing starts.
+//!
+//! `fraud-bench speed` (module `speed`) measures the speed layer the same way: the real
+//! release binary against a pre-filled topic of its own, with a plain consumer that only
+//! reads and decodes the same records as the reference.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -46,6 +50,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
 
+// The crate root is this file, so a module file needs its path (a file beside it would
+// be a binary of its own).
+#[path = "fraud-bench/speed.rs"]
+mod speed;
+
 /// The platform's benchmarks (a measurement, not a test: exits 0 when a target is missed).
 #[derive(Parser)]
 #[command(version)]
@@ -59,6 +68,9 @@ enum Benchmark {
     /// Ingest: batches and single events through the API against a plain producer, and
     /// the lake writer's lag.
     Ingest(IngestArgs),
+    /// Speed layer: events/s applied to Redis from a pre-filled topic against a plain
+    /// consumer, its lag, the delay to visibility at half that rate, and Redis memory.
+    Speed(speed::SpeedArgs),
 }
 
 #[derive(Args, Clone)]
@@ -115,6 +127,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.benchmark {
         Benchmark::Ingest(args) => ingest_benchmark(args).await,
+        Benchmark::Speed(args) => speed::speed_benchmark(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -178,13 +191,17 @@ async fn ingest_benchmark(args: IngestArgs) -> anyhow::Result<()> {
     }
 
     let report = render_report(&args, &settings, &stack, &ingest_bin, &workload, &measured);
+    write_report(&report, &report_path)
+}
+
+/// Prints the report and writes it to `path`.
+fn write_report(report: &str, path: &Path) -> anyhow::Result<()> {
     println!("{report}");
-    if let Some(dir) = report_path.parent() {
+    if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    std::fs::write(&report_path, &report)
-        .with_context(|| format!("write {}", report_path.display()))?;
-    progress(format!("report written to {}", report_path.display()));
+    std::fs::write(path, report).with_context(|| format!("write {}", path.display()))?;
+    progress(format!("report written to {}", path.display()));
     Ok(())
 }
 
@@ -215,32 +232,13 @@ async fn measure(
     stack: &Stack,
     workload: &Workload,
 ) -> anyhow::Result<Measured> {
-    let pids = Pids::find(stack.ingest_pid());
+    let pids = Pids::find(
+        stack.ingest_pid(),
+        [ThreadMatch::Named(LAKE_WRITER_THREAD), ThreadMatch::None],
+    );
     let mut cpu = Vec::new();
 
-    // Other work on the machine (a build, say) would lower every figure: wait a while for
-    // it to end, and say so when it does not.
-    let waiting_since = Instant::now();
-    let background = loop {
-        let before = CpuSnapshot::take(&pids);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let background = before.usage_until(&CpuSnapshot::take(&pids));
-        if background.machine_busy_percent <= BUSY_BACKGROUND_PERCENT {
-            break background;
-        }
-        if waiting_since.elapsed() >= Duration::from_secs(args.quiet_wait_seconds) {
-            progress(format!(
-                "warning: the machine is {:.0}% busy before the run (other processes: {:.2} \
-                 CPUs); the figures will be low",
-                background.machine_busy_percent, background.other_cores
-            ));
-            break background;
-        }
-        progress(format!(
-            "the machine is {:.0}% busy (other processes: {:.2} CPUs): waiting for it to quieten",
-            background.machine_busy_percent, background.other_cores
-        ));
-    };
+    let background = wait_for_quiet(&pids, args.quiet_wait_seconds).await;
 
     progress(format!(
         "reference: {} pre-encoded records straight to Kafka",
@@ -266,6 +264,7 @@ async fn measure(
         stack.ingest_topic.clone(),
         stack.writer_group.clone(),
         args.partitions,
+        Duration::from_secs(1),
     );
 
     progress("batches: warm-up");
@@ -494,6 +493,10 @@ struct EventGenerator {
     customer_cdf: Vec<f64>,
     vendors: Vec<String>,
     now_ms: i64,
+    /// Event times fall within this many ms before `now_ms` (at least 1 s before).
+    span_ms: i64,
+    /// Whether to write each event's JSON (the API's form); the records need none.
+    json: bool,
 }
 
 struct GeneratedEvent {
@@ -538,7 +541,20 @@ fn pick(cdf: &[f64], rng: &mut StdRng) -> usize {
 }
 
 impl EventGenerator {
+    /// Zipf-popular customers (exponent 1), event times within the last hour, with JSON.
     fn new(seed: u64, customers: usize) -> EventGenerator {
+        EventGenerator::with_shape(seed, customers, 1.0, 3_600_000, true)
+    }
+
+    /// Customers of Zipf popularity with exponent `customer_skew` (0: uniform), event
+    /// times within `span_ms` before now, with or without each event's JSON.
+    fn with_shape(
+        seed: u64,
+        customers: usize,
+        customer_skew: f64,
+        span_ms: i64,
+        json: bool,
+    ) -> EventGenerator {
         let mut rng = StdRng::seed_from_u64(seed);
         // Ids differ from run to run (the seed fixes the rest): a run never replays an
         // earlier run's transactions.
@@ -577,7 +593,7 @@ impl EventGenerator {
                 }
             })
             .collect();
-        let customer_cdf = zipf_cdf(customers.len(), 1.0);
+        let customer_cdf = zipf_cdf(customers.len(), customer_skew);
         EventGenerator {
             rng,
             run,
@@ -586,6 +602,8 @@ impl EventGenerator {
             customer_cdf,
             vendors,
             now_ms: Utc::now().timestamp_millis(),
+            span_ms: span_ms.max(1_001),
+            json,
         }
     }
 
@@ -601,7 +619,17 @@ impl EventGenerator {
         let euros = (3.2 + 1.1 * normal).exp();
         let amount_minor = ((euros * 100.0).round() as i64).clamp(1, 500_000);
         let amount = format!("{}.{:02}", amount_minor / 100, amount_minor % 100);
-        let event_ms = self.now_ms - rng.random_range(1_000..3_600_000);
+        let event_ms = self.now_ms - rng.random_range(1_000..self.span_ms);
+        if !self.json {
+            return GeneratedEvent {
+                json: String::new(),
+                transaction_id,
+                customer_id: customer.id.clone(),
+                vendor_id,
+                amount_minor,
+                event_ms,
+            };
+        }
         let offset_seconds = [0, 0, 0, 3_600, 7_200, -18_000][rng.random_range(0..6)];
         let ts = DateTime::<Utc>::from_timestamp_millis(event_ms)
             .unwrap_or_default()
@@ -1267,7 +1295,7 @@ struct LagSample {
     committed_partitions: usize,
 }
 
-/// Samples the lag of a consumer group every second on its own thread.
+/// Samples the lag of a consumer group at a fixed interval on its own thread.
 struct LagSampler {
     samples: Arc<Mutex<Vec<LagSample>>>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -1276,7 +1304,13 @@ struct LagSampler {
 }
 
 impl LagSampler {
-    fn start(kafka: KafkaConfig, topic: String, group: String, partitions: i32) -> LagSampler {
+    fn start(
+        kafka: KafkaConfig,
+        topic: String,
+        group: String,
+        partitions: i32,
+        interval: Duration,
+    ) -> LagSampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -1304,7 +1338,7 @@ impl LagSampler {
                         Ok(sample) => lock(&samples).push(sample),
                         Err(error) => lock(&errors).push(error.to_string()),
                     }
-                    next += Duration::from_secs(1);
+                    next += interval;
                     while Instant::now() < next && !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -1333,6 +1367,12 @@ impl LagSampler {
             let _ = thread.join();
         }
         (self.samples(), self.errors())
+    }
+}
+
+impl Drop for LagSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -1500,18 +1540,31 @@ fn parquet_files(root: &Path) -> (usize, u64) {
 }
 
 // ---------------------------------------------------------------------------------------
-// CPU accounting (from /proc): the machine, ingest, this program, Kafka, Redis
+// CPU accounting (from /proc): the machine, the service under test (and some of its
+// threads), this program, Kafka, Redis
 // ---------------------------------------------------------------------------------------
 
+/// Threads of the service accounted on their own (their time also counts in the service's).
+#[derive(Clone, Copy)]
+enum ThreadMatch {
+    None,
+    /// Threads with exactly this name.
+    Named(&'static str),
+    /// Threads whose name starts with this.
+    Prefixed(&'static str),
+}
+
 struct Pids {
-    ingest: u32,
+    /// The service under test (0 when it is not running yet).
+    service: u32,
+    threads: [ThreadMatch; 2],
     bench: u32,
     kafka: Vec<u32>,
     redis: Vec<u32>,
 }
 
 impl Pids {
-    fn find(ingest: u32) -> Pids {
+    fn find(service: u32, threads: [ThreadMatch; 2]) -> Pids {
         let mut kafka = Vec::new();
         let mut redis = Vec::new();
         if let Ok(entries) = std::fs::read_dir("/proc") {
@@ -1535,7 +1588,8 @@ impl Pids {
             }
         }
         Pids {
-            ingest,
+            service,
+            threads,
             bench: std::process::id(),
             kafka,
             redis,
@@ -1547,8 +1601,8 @@ struct CpuSnapshot {
     at: Instant,
     busy: u64,
     total: u64,
-    ingest: u64,
-    lake_writer: u64,
+    service: u64,
+    threads: [u64; 2],
     bench: u64,
     kafka: u64,
     redis: u64,
@@ -1560,9 +1614,9 @@ struct CpuUsage {
     /// Share of the whole machine (every CPU) that was busy, 0–100.
     machine_busy_percent: f64,
     /// CPUs' worth of time each process used.
-    ingest_cores: f64,
-    /// The part of `ingest_cores` on the lake writer's own thread.
-    lake_writer_cores: f64,
+    service_cores: f64,
+    /// The parts of `service_cores` on the threads of `Pids::threads`.
+    thread_cores: [f64; 2],
     bench_cores: f64,
     kafka_cores: f64,
     redis_cores: f64,
@@ -1577,8 +1631,10 @@ impl CpuSnapshot {
             at: Instant::now(),
             busy,
             total,
-            ingest: process_ticks(pids.ingest),
-            lake_writer: thread_ticks(pids.ingest, LAKE_WRITER_THREAD),
+            service: process_ticks(pids.service),
+            threads: pids
+                .threads
+                .map(|threads| thread_ticks(pids.service, threads)),
             bench: process_ticks(pids.bench),
             kafka: pids.kafka.iter().map(|pid| process_ticks(*pid)).sum(),
             redis: pids.redis.iter().map(|pid| process_ticks(*pid)).sum(),
@@ -1591,7 +1647,7 @@ impl CpuSnapshot {
         let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let cores = |a: u64, b: u64| b.saturating_sub(a) as f64 / ticks_per_second / seconds;
         let total = later.total.saturating_sub(self.total).max(1) as f64;
-        let ingest_cores = cores(self.ingest, later.ingest);
+        let service_cores = cores(self.service, later.service);
         let bench_cores = cores(self.bench, later.bench);
         let kafka_cores = cores(self.kafka, later.kafka);
         let redis_cores = cores(self.redis, later.redis);
@@ -1599,15 +1655,76 @@ impl CpuSnapshot {
         CpuUsage {
             seconds,
             machine_busy_percent: later.busy.saturating_sub(self.busy) as f64 / total * 100.0,
-            ingest_cores,
-            lake_writer_cores: cores(self.lake_writer, later.lake_writer),
+            service_cores,
+            thread_cores: [0, 1].map(|i| cores(self.threads[i], later.threads[i])),
             bench_cores,
             kafka_cores,
             redis_cores,
-            other_cores: (busy_cores - ingest_cores - bench_cores - kafka_cores - redis_cores)
+            other_cores: (busy_cores - service_cores - bench_cores - kafka_cores - redis_cores)
                 .max(0.0),
         }
     }
+}
+
+/// Other work on the machine (a build, say) would lower every figure: waits up to
+/// `seconds` for it to end, and says so when it does not. Returns the machine's use over
+/// the last 3 s.
+async fn wait_for_quiet(pids: &Pids, seconds: u64) -> CpuUsage {
+    let waiting_since = Instant::now();
+    loop {
+        let before = CpuSnapshot::take(pids);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let background = before.usage_until(&CpuSnapshot::take(pids));
+        if background.machine_busy_percent <= BUSY_BACKGROUND_PERCENT {
+            return background;
+        }
+        if waiting_since.elapsed() >= Duration::from_secs(seconds) {
+            progress(format!(
+                "warning: the machine is {:.0}% busy before the run (other processes: {:.2} \
+                 CPUs); the figures will be low",
+                background.machine_busy_percent, background.other_cores
+            ));
+            return background;
+        }
+        progress(format!(
+            "the machine is {:.0}% busy (other processes: {:.2} CPUs): waiting for it to quieten",
+            background.machine_busy_percent, background.other_cores
+        ));
+    }
+}
+
+/// A Markdown table of CPU use per phase: `service` names the service's column and
+/// `threads` the columns of its threads accounted on their own (at most two).
+fn cpu_table(service: &str, threads: &[&str], rows: &[(&str, CpuUsage)]) -> String {
+    let mut r = String::new();
+    let _ = write!(r, "| phase | seconds | machine | {service} |");
+    for thread in threads {
+        let _ = write!(r, " {thread} |");
+    }
+    let _ = write!(
+        r,
+        " Kafka | Redis | fraud-bench | other |\n|---|---|---|---|"
+    );
+    for _ in threads {
+        r.push_str("---|");
+    }
+    r.push_str("---|---|---|---|\n");
+    for (phase, usage) in rows {
+        let _ = write!(
+            r,
+            "| {phase} | {:.1} | {:.0}% | {:.2} |",
+            usage.seconds, usage.machine_busy_percent, usage.service_cores
+        );
+        for cores in usage.thread_cores.iter().take(threads.len()) {
+            let _ = write!(r, " {cores:.2} |");
+        }
+        let _ = writeln!(
+            r,
+            " {:.2} | {:.2} | {:.2} | {:.2} |",
+            usage.kafka_cores, usage.redis_cores, usage.bench_cores, usage.other_cores
+        );
+    }
+    r
 }
 
 /// (busy, total) jiffies of all CPUs, from the first line of /proc/stat.
@@ -1633,19 +1750,31 @@ const LAKE_WRITER_THREAD: &str = "lake-writer";
 
 /// utime + stime of a process, in jiffies (0 when it is gone).
 fn process_ticks(pid: u32) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
     stat_ticks(&format!("/proc/{pid}/stat"))
 }
 
-/// utime + stime of the threads of `pid` named `name`, in jiffies.
-fn thread_ticks(pid: u32, name: &str) -> u64 {
+/// utime + stime of the threads of `pid` that `threads` matches, in jiffies.
+fn thread_ticks(pid: u32, threads: ThreadMatch) -> u64 {
+    if matches!(threads, ThreadMatch::None) || pid == 0 {
+        return 0;
+    }
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
     tasks
         .flatten()
         .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim_end() == name)
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| {
+                let comm = comm.trim_end();
+                match threads {
+                    ThreadMatch::None => false,
+                    ThreadMatch::Named(name) => comm == name,
+                    ThreadMatch::Prefixed(prefix) => comm.starts_with(prefix),
+                }
+            })
         })
         .map(|task| stat_ticks(&task.path().join("stat").to_string_lossy()))
         .sum()
@@ -1711,6 +1840,22 @@ impl Machine {
             kernel,
         }
     }
+}
+
+/// The first line of a report: when, on what machine, what ran beside the service, and
+/// which command (at which revision).
+fn run_line(machine: &Machine, now: DateTime<Utc>, setup: &str, command: &str) -> String {
+    format!(
+        "{} · {} CPUs ({}), {:.1} GiB memory, Linux {} · {setup} · `{command}`{}",
+        now.format("%Y-%m-%d %H:%M UTC"),
+        machine.cpus,
+        machine.model,
+        machine.memory_gib,
+        machine.kernel,
+        git_revision(&workspace_root())
+            .map(|revision| format!(" at {revision}"))
+            .unwrap_or_default()
+    )
 }
 
 fn git_revision(root: &Path) -> Option<String> {
@@ -1788,17 +1933,14 @@ fn render_report(
     let _ = writeln!(r, "# Ingest benchmark\n");
     let _ = writeln!(
         r,
-        "{} · {} CPUs ({}), {:.1} GiB memory, Linux {} · Kafka, Redis (and PostgreSQL, \
-         RabbitMQ) on the same machine as ingest and this load generator · \
-         `fraud-bench ingest`{}\n",
-        now.format("%Y-%m-%d %H:%M UTC"),
-        machine.cpus,
-        machine.model,
-        machine.memory_gib,
-        machine.kernel,
-        git_revision(&workspace_root())
-            .map(|revision| format!(" at {revision}"))
-            .unwrap_or_default()
+        "{}\n",
+        run_line(
+            &machine,
+            now,
+            "Kafka, Redis (and PostgreSQL, RabbitMQ) on the same machine as ingest and this \
+             load generator",
+            "fraud-bench ingest"
+        )
     );
 
     let _ = writeln!(r, "| figure | value |\n|---|---|");
@@ -2002,25 +2144,10 @@ fn render_report(
          inside fraud-bench.\n",
         machine.cpus
     );
-    let _ = writeln!(
-        r,
-        "| phase | seconds | machine | ingest | of which lake writer | Kafka | Redis | fraud-bench | other |\n|---|---|---|---|---|---|---|---|---|"
-    );
-    let background = [("before the run (idle)", m.background)];
-    for (phase, usage) in background.iter().chain(&m.cpu) {
-        let _ = writeln!(
-            r,
-            "| {phase} | {:.1} | {:.0}% | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            usage.seconds,
-            usage.machine_busy_percent,
-            usage.ingest_cores,
-            usage.lake_writer_cores,
-            usage.kafka_cores,
-            usage.redis_cores,
-            usage.bench_cores,
-            usage.other_cores
-        );
-    }
+    let rows: Vec<(&str, CpuUsage)> = std::iter::once(("before the run (idle)", m.background))
+        .chain(m.cpu.iter().copied())
+        .collect();
+    r.push_str(&cpu_table("ingest", &["of which lake writer"], &rows));
     if m.background.machine_busy_percent > BUSY_BACKGROUND_PERCENT {
         let _ = writeln!(
             r,
