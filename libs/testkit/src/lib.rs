@@ -16,6 +16,37 @@ use std::time::{Duration, Instant};
 
 pub use process::{ChildProcess, PrivateRedis};
 
+/// Runs the Python `script` with DuckDB (see [`duckdb_python`]) and `args`, and returns
+/// what it printed as JSON; any failure fails the test with DuckDB's stderr.
+pub fn duckdb_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let python = duckdb_python();
+    assert!(
+        python.exists(),
+        "no Python with DuckDB at {}: run `deploy/dev up --servers-only` (it installs DuckDB \
+         from PyPI into a venv), or set DUCKDB_PYTHON to a python that can `import duckdb`",
+        python.display()
+    );
+    let output = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("failed to run {}: {error}", python.display()));
+    assert!(
+        output.status.success(),
+        "DuckDB failed with {} ({}):\n{}",
+        python.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "DuckDB's answer is not JSON ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
 /// The Python with DuckDB that `deploy/dev` installs, for tests that check the lake with
 /// an independent reader: `DUCKDB_PYTHON` (set by `deploy/dev test`), else the venv in
 /// the cache. Missing is a failure, not a skip.

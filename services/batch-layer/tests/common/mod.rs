@@ -943,29 +943,10 @@ print(json.dumps({"hourly": hourly, "daily": daily, "vendors": vendors}))
 /// DuckDB's computation of hourly, daily and vendors over the lake at `root` as of
 /// `watermark` (baselines left empty).
 pub fn duckdb_views(root: &Path, watermark: i64) -> Tables {
-    let python = fraud_testkit::duckdb_python();
-    assert!(
-        python.exists(),
-        "no Python with DuckDB at {}: run `deploy/dev up --servers-only` (it installs DuckDB \
-         from PyPI into a venv), or set DUCKDB_PYTHON to a python that can `import duckdb`",
-        python.display()
+    let value = fraud_testkit::duckdb_json(
+        DUCKDB_VIEWS,
+        &[&root.to_string_lossy(), &watermark.to_string()],
     );
-    let output = std::process::Command::new(&python)
-        .arg("-c")
-        .arg(DUCKDB_VIEWS)
-        .arg(root)
-        .arg(watermark.to_string())
-        .output()
-        .unwrap_or_else(|error| panic!("failed to run {}: {error}", python.display()));
-    assert!(
-        output.status.success(),
-        "DuckDB could not compute the views with {} ({}):\n{}",
-        python.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|error| panic!("DuckDB's answer is not JSON: {error}"));
     let rows = |name: &str| -> Vec<Vec<serde_json::Value>> {
         serde_json::from_value(value[name].clone()).expect("rows")
     };

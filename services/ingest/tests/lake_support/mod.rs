@@ -271,32 +271,7 @@ print(json.dumps({
 
 /// What DuckDB reads from the lake at `root` (as `read_parquet` with hive partitioning).
 pub fn duckdb_summary(root: &Path) -> serde_json::Value {
-    let python = fraud_testkit::duckdb_python();
-    assert!(
-        python.exists(),
-        "no Python with DuckDB at {}: run `deploy/dev up --servers-only` (it installs DuckDB \
-         from PyPI into a venv), or set DUCKDB_PYTHON to a python that can `import duckdb`",
-        python.display()
-    );
-    let output = std::process::Command::new(&python)
-        .arg("-c")
-        .arg(DUCKDB_QUERY)
-        .arg(root)
-        .output()
-        .unwrap_or_else(|error| panic!("failed to run {}: {error}", python.display()));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "DuckDB could not read the lake with {} ({}):\n{stderr}",
-        python.display(),
-        output.status
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!(
-            "DuckDB's answer is not JSON ({error}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
+    fraud_testkit::duckdb_json(DUCKDB_QUERY, &[&root.to_string_lossy()])
 }
 
 /// Checks DuckDB's reading of the lake against the test's own computation.
