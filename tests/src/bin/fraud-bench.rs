@@ -837,21 +837,10 @@ rate_limit_burst = {rate}
     /// group, the Redis keys and the lake; returns what could not be cleaned up.
     async fn stop(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Some(mut process) = self.ingest.take() {
-            if process.is_running() {
-                progress("stopping ingest (SIGTERM)");
-                process.signal(libc::SIGTERM);
-                let started = Instant::now();
-                while process.is_running() && started.elapsed() < Duration::from_secs(30) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let clean = !process.is_running();
-                if !clean {
-                    problems.push("ingest did not stop within 30s of SIGTERM: killed".to_owned());
-                }
-                self.stopped_cleanly = Some(clean);
-            }
-            drop(process); // kills it if still running
+        if let Some(process) = self.ingest.take()
+            && let Some(clean) = stop_process(process, "ingest", &mut problems).await
+        {
+            self.stopped_cleanly = Some(clean);
         }
         for topic in [&self.ingest_topic, &self.reference_topic] {
             if let Err(error) = fraud_kafka::delete_topic(&self.kafka, topic).await {
@@ -2234,4 +2223,28 @@ fn render_report(
         let _ = writeln!(r, "- {line}");
     }
     r
+}
+
+/// Stops a running service: SIGTERM, then SIGKILL after 30 s (noted in `problems`).
+/// Whether it stopped cleanly, or `None` when it was not running any more.
+async fn stop_process(
+    mut process: ChildProcess,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> Option<bool> {
+    if !process.is_running() {
+        return None;
+    }
+    progress(format!("stopping {name} (SIGTERM)"));
+    process.signal(libc::SIGTERM);
+    let started = Instant::now();
+    while process.is_running() && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let clean = !process.is_running();
+    if !clean {
+        problems.push(format!("{name} did not stop within 30s of SIGTERM: killed"));
+    }
+    Some(clean)
+    // Dropping the process kills it if it is still running.
 }

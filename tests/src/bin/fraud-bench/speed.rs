@@ -304,23 +304,11 @@ impl SpeedStack {
     /// Stops the speed layer (SIGTERM, then SIGKILL after 30 s).
     async fn stop_speed(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Some(mut process) = self.speed.take() {
-            if process.is_running() {
-                progress("stopping the speed layer (SIGTERM)");
-                process.signal(libc::SIGTERM);
-                let started = Instant::now();
-                while process.is_running() && started.elapsed() < Duration::from_secs(30) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let clean = !process.is_running();
-                if !clean {
-                    problems.push(
-                        "the speed layer did not stop within 30s of SIGTERM: killed".to_owned(),
-                    );
-                }
-                self.stopped_cleanly = Some(clean);
-            }
-            drop(process); // kills it if still running
+        if let Some(process) = self.speed.take()
+            && let Some(clean) =
+                super::stop_process(process, "the speed layer", &mut problems).await
+        {
+            self.stopped_cleanly = Some(clean);
         }
         problems
     }
