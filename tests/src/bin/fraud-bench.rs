@@ -55,6 +55,9 @@ use sha2::{Digest, Sha256};
 #[path = "fraud-bench/speed.rs"]
 mod speed;
 
+#[path = "fraud-bench/encoding.rs"]
+mod encoding;
+
 /// The platform's benchmarks (a measurement, not a test: exits 0 when a target is missed).
 #[derive(Parser)]
 #[command(version)]
@@ -71,6 +74,9 @@ enum Benchmark {
     /// Speed layer: events/s applied to Redis from a pre-filled topic against a plain
     /// consumer, its lag, the delay to visibility at half that rate, and Redis memory.
     Speed(speed::SpeedArgs),
+    /// The transaction record's encoding: JSON (the platform's) against a compact binary
+    /// layout, encode and decode time and bytes per event.
+    Encoding(encoding::EncodingArgs),
 }
 
 #[derive(Args, Clone)]
@@ -128,6 +134,7 @@ async fn main() -> ExitCode {
     let result = match cli.benchmark {
         Benchmark::Ingest(args) => ingest_benchmark(args).await,
         Benchmark::Speed(args) => speed::speed_benchmark(args).await,
+        Benchmark::Encoding(args) => encoding::encoding_benchmark(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
