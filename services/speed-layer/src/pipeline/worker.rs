@@ -434,6 +434,10 @@ impl Worker {
     fn rebuild_all(&mut self) -> anyhow::Result<()> {
         let partitions: Vec<i32> = self.assigned.keys().copied().collect();
         self.pause_partitions(&partitions)?;
+        for &partition in &partitions {
+            // Not complete until planned and rebuilt: an offset never reached.
+            self.assigned.insert(partition, Some(i64::MAX));
+        }
         self.unplanned.extend(partitions);
         self.plan_unplanned();
         Ok(())
