@@ -32,6 +32,11 @@ impl Record {
 /// Every record of `topic` up to its current end, in partition and offset order.
 /// Blocking: call it from `spawn_blocking` in async tests.
 pub fn read_all(config: &KafkaConfig, topic: &str) -> Vec<Record> {
+    read_all_within(config, topic, Duration::from_secs(60))
+}
+
+/// [`read_all`], failing when reading takes longer than `deadline`.
+pub fn read_all_within(config: &KafkaConfig, topic: &str, deadline: Duration) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("enable.auto.commit", "false")
@@ -75,7 +80,7 @@ pub fn read_all(config: &KafkaConfig, topic: &str) -> Vec<Record> {
     };
     while !done(&records) {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < deadline,
             "could not read {topic} to its end"
         );
         let Some(polled) = consumer.poll(Duration::from_millis(100)) else {

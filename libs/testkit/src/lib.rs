@@ -8,6 +8,7 @@
 
 pub mod kafka;
 pub mod otlp;
+pub mod postgres;
 pub mod process;
 pub mod service;
 

@@ -27,14 +27,11 @@ use fraud_service::Shutdown;
 use fraud_service::startup::Service;
 use fraud_speed_view::{Generation, HOUR_MS, WINDOW_MS, WindowAggregates, WindowUpdate};
 use fraud_testkit::service::Binary;
-use fraud_testkit::{PrivateRedis, get_json, get_text, local_settings, poll_for, wait_until};
+use fraud_testkit::{PrivateRedis, get_json, get_text, poll_for, wait_until};
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use sqlx::Connection;
 
 /// Generous: the machine is small and other tests run at the same time.
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -79,7 +76,7 @@ struct SpeedBinary {
 }
 
 impl SpeedBinary {
-    fn new(test: &SpeedTest, database_url: &str) -> SpeedBinary {
+    fn new(test: &SpeedTest) -> SpeedBinary {
         let settings = &test.settings;
         SpeedBinary {
             env: vec![
@@ -93,7 +90,10 @@ impl SpeedBinary {
                 ),
                 ("FRAUD_REDIS__KEY_PREFIX", settings.redis.key_prefix.clone()),
                 ("FRAUD_SPEED__GROUP", settings.speed.group.clone()),
-                ("FRAUD_POSTGRES__URL", database_url.to_owned()),
+                (
+                    "FRAUD_POSTGRES__URL",
+                    settings.postgres.url.expose().clone(),
+                ),
             ],
         }
     }
@@ -138,11 +138,10 @@ async fn sigkill_at_random_points_leaves_the_state_exact() {
     let (mut rng, seed) = seeded_rng();
     eprintln!("sigkill test seed: {seed}");
     let test = SpeedTest::create("speed-kill", 6).await;
-    // No batch run: T_b unknown, so a (re)build reads each partition from its start and
-    // every hourly increment is kept.
-    let database = PrivateDatabase::create(&test.settings, None).await;
+    // No batch run in the test's database: T_b unknown, so a (re)build reads each
+    // partition from its start and every hourly increment is kept.
     let retention = test.settings.speed.retention_ms();
-    let binary = SpeedBinary::new(&test, &database.url);
+    let binary = SpeedBinary::new(&test);
 
     // Event times over about two days (from three days ago), out of order by up to 50
     // minutes, with resent transactions; a few thousand customers, 50 of them hot.
@@ -314,7 +313,6 @@ async fn sigkill_at_random_points_leaves_the_state_exact() {
         updates.len(),
         started.elapsed()
     );
-    database.remove().await;
     test.remove().await;
 }
 
@@ -351,13 +349,12 @@ async fn redis_losing_its_data_is_rebuilt_exactly_and_degraded_meanwhile() {
     // (at most about two hours ago), not from the start of the topic.
     let now = now_ms();
     let watermark = now - now.rem_euclid(HOUR_MS) - HOUR_MS;
-    let database = PrivateDatabase::create(&local_settings(), Some(watermark)).await;
     let redis_url = redis_server.url();
     let test = SpeedTest::create_with("speed-redis-loss", 3, |settings| {
         settings.redis.url = Secret::new(redis_url.clone());
-        settings.postgres.url = Secret::new(database.url.clone());
     })
     .await;
+    test.publish_watermark(watermark).await;
     let retention = test.settings.speed.retention_ms();
     let run = fraud_testkit::unique_name("tx");
 
@@ -529,7 +526,6 @@ async fn redis_losing_its_data_is_rebuilt_exactly_and_degraded_meanwhile() {
         produced.len(),
         started.elapsed()
     );
-    database.remove().await;
     test.remove().await;
     drop(redis_server);
 }
@@ -550,11 +546,7 @@ async fn two_instances_with_a_rebalance_in_the_middle_are_exact() {
     let started = Instant::now();
     let (mut rng, seed) = seeded_rng();
     eprintln!("rebalance test seed: {seed}");
-    let database = PrivateDatabase::create(&local_settings(), None).await;
-    let test = SpeedTest::create_with("speed-rebalance", 6, |settings| {
-        settings.postgres.url = Secret::new(database.url.clone());
-    })
-    .await;
+    let test = SpeedTest::create("speed-rebalance", 6).await;
     let retention = test.settings.speed.retention_ms();
     let mut stream = Stream {
         rng: TestRng::from_seed(RngAlgorithm::ChaCha, &rng.random::<[u8; 32]>()),
@@ -664,7 +656,6 @@ async fn two_instances_with_a_rebalance_in_the_middle_are_exact() {
         model.last_offsets.len(),
         started.elapsed()
     );
-    database.remove().await;
     test.remove().await;
 }
 
@@ -787,8 +778,8 @@ fn counter(metrics: &str, series: &str) -> u64 {
             line.strip_prefix(series)
                 .is_some_and(|rest| rest.starts_with([' ', '{']))
         })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The metrics of the instance at `base`, `None` while it does not answer; panics if
@@ -851,112 +842,12 @@ async fn start_in_process(settings: &Settings) -> (Shutdown, u16) {
     (shutdown, port)
 }
 
-/// A Postgres database of the test's own, migrated, with one succeeded batch run at
-/// `watermark` if given.
-struct PrivateDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl PrivateDatabase {
-    async fn create(settings: &Settings, watermark: Option<i64>) -> PrivateDatabase {
-        let admin_url = settings.postgres.url.expose().clone();
-        // Letters, digits and underscores only.
-        let name = fraud_testkit::unique_name("speed_faults").replace('-', "_");
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .expect("connect to postgres");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create a private database");
-        let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
-        let url = format!("{base}/{name}");
-        let mut connection = sqlx::PgConnection::connect(&url)
-            .await
-            .expect("connect to the private database");
-        fraud_postgres::MIGRATOR
-            .run(&mut connection)
-            .await
-            .expect("migrate");
-        if let Some(watermark) = watermark {
-            sqlx::query(
-                "INSERT INTO batch_runs (watermark, finished_at, status) \
-                 VALUES (to_timestamp($1::bigint / 1000), now(), 'succeeded')",
-            )
-            .bind(watermark)
-            .execute(&mut connection)
-            .await
-            .expect("record a batch run");
-        }
-        PrivateDatabase {
-            admin_url,
-            name,
-            url,
-        }
-    }
-
-    async fn remove(self) {
-        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut admin)
-            .await;
-        }
-    }
-}
-
 /// Every window update of `topic`, read to its current end. Blocking.
 fn read_updates(kafka: &KafkaConfig, topic: &str) -> Vec<WindowUpdate> {
-    let consumer: BaseConsumer = fraud_kafka::client_config(kafka)
-        .set("group.id", fraud_testkit::unique_name("read-updates"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .expect("topic metadata");
-    let mut remaining: HashMap<i32, i64> = HashMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for partition in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition.id(), timeout)
-            .expect("watermarks");
-        if high > low {
-            assignment
-                .add_partition_offset(topic, partition.id(), Offset::Offset(low))
-                .expect("assign");
-            remaining.insert(partition.id(), high - 1);
-        }
-    }
-    let mut updates = Vec::new();
-    if remaining.is_empty() {
-        return updates;
-    }
-    consumer.assign(&assignment).expect("assign");
-    let started = Instant::now();
-    while !remaining.is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "could not read {topic} to its end"
-        );
-        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let message = polled.expect("a record");
-        updates.push(
-            serde_json::from_slice::<WindowUpdate>(message.payload().unwrap_or_default())
-                .expect("a window update"),
-        );
-        if remaining.get(&message.partition()) == Some(&message.offset()) {
-            remaining.remove(&message.partition());
-        }
-    }
-    updates
+    fraud_testkit::kafka::read_all_within(kafka, topic, Duration::from_secs(120))
+        .iter()
+        .map(|record| serde_json::from_slice(&record.value).expect("a window update"))
+        .collect()
 }
 
 /// Each customer's update with the largest source offset.

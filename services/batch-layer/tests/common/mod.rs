@@ -176,8 +176,8 @@ pub struct BatchTest {
     pub settings: Settings,
     pub lake_root: PathBuf,
     pub database: Database,
-    admin_url: String,
-    extra_databases: Vec<String>,
+    /// The URLs of the test's databases, dropped with it.
+    databases: Vec<String>,
     producer: FutureProducer,
     /// Everything produced so far, in production order.
     pub produced: Vec<Produced>,
@@ -194,7 +194,6 @@ impl BatchTest {
         settings.lake.idle_flush_ms = 100;
         settings.lake.max_rows_per_file = 700;
         settings.lake.row_group_rows = 256;
-        let admin_url = settings.postgres.url.expose().clone();
         fraud_kafka::ensure_topic(&settings.kafka, &own, partitions, 1)
             .await
             .expect("create the test topic");
@@ -209,8 +208,7 @@ impl BatchTest {
                 name: String::new(),
                 url: String::new(),
             },
-            admin_url,
-            extra_databases: Vec::new(),
+            databases: Vec::new(),
             producer,
             produced: Vec::new(),
         };
@@ -225,23 +223,12 @@ impl BatchTest {
 
     /// Another empty database of the test's own (e.g. for a clean run to compare with).
     pub async fn new_database(&mut self, prefix: &str) -> Database {
-        // Letters, digits and underscores only.
-        let name = unique_name(&format!("batch_{prefix}")).replace('-', "_");
-        let mut admin = PgConnection::connect(&self.admin_url)
-            .await
-            .expect("connect to postgres");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create a test database");
-        self.extra_databases.push(name.clone());
-        let (base, _) = self
-            .admin_url
-            .rsplit_once('/')
-            .expect("a URL with a database");
+        let url = fraud_testkit::postgres::create_database(&format!("batch_{prefix}")).await;
+        self.databases.push(url.clone());
+        let (_, name) = url.rsplit_once('/').expect("a URL with a database");
         Database {
-            url: format!("{base}/{name}"),
-            name,
+            name: name.to_owned(),
+            url,
         }
     }
 
@@ -368,8 +355,7 @@ impl BatchTest {
 
 impl Drop for BatchTest {
     fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let databases = std::mem::take(&mut self.extra_databases);
+        let databases = std::mem::take(&mut self.databases);
         let kafka = self.settings.kafka.clone();
         let root = self.lake_root.clone();
         // Drop may run on a runtime's thread (or while unwinding): clean up on a thread
@@ -380,14 +366,8 @@ impl Drop for BatchTest {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    for name in databases {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .execute(&mut admin)
-                        .await;
-                    }
+                for url in databases {
+                    fraud_testkit::postgres::drop_database(&url).await;
                 }
                 let _ = fraud_kafka::delete_topic(&kafka, &kafka.transactions_topic).await;
             });

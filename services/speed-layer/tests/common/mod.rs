@@ -47,7 +47,7 @@ impl SpeedTest {
         let own = unique_name(name);
         // A database of its own: the batch watermark T_b the speed layer reads is the
         // test's to set (none unless it publishes one).
-        settings.postgres.url = fraud_config::Secret::new(create_database(&own).await);
+        settings.postgres.url = fraud_config::Secret::new(create_database(name).await);
         tune(&mut settings);
         settings.kafka.transactions_topic = own.clone();
         settings.kafka.window_updates_topic = format!("{own}-updates");
@@ -196,7 +196,7 @@ impl SpeedTest {
         ] {
             let _ = fraud_kafka::delete_topic(&self.settings.kafka, topic).await;
         }
-        drop_database(self.settings.postgres.url.expose()).await;
+        fraud_testkit::postgres::drop_database(self.settings.postgres.url.expose()).await;
     }
 }
 
@@ -341,20 +341,9 @@ pub async fn assert_exact(test: &SpeedTest, model: &Model, retention_ms: i64) {
     }
 }
 
-/// Creates database `name` (with the platform's schema) next to the local one; its URL.
-pub async fn create_database(name: &str) -> String {
-    use sqlx::Connection;
-    let admin_url = local_settings().postgres.url.expose().clone();
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("connect to postgres");
-    let name = name.replace('-', "_");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create a test database");
-    let (base, _) = admin_url.rsplit_once('/').expect("a URL with a database");
-    let url = format!("{base}/{name}");
+/// Creates a database of the test's own (with the platform's schema); its URL.
+pub async fn create_database(hint: &str) -> String {
+    let url = fraud_testkit::postgres::create_database(hint).await;
     let mut settings = local_settings().postgres;
     settings.url = fraud_config::Secret::new(url.clone());
     let pool = fraud_postgres::lazy_pool(&settings, Duration::from_secs(5)).expect("a pool");
@@ -363,20 +352,4 @@ pub async fn create_database(name: &str) -> String {
         .expect("migrate the test database");
     pool.close().await;
     url
-}
-
-/// Drops the database at `url`.
-pub async fn drop_database(url: &str) {
-    use sqlx::Connection;
-    let Some((_, name)) = url.rsplit_once('/') else {
-        return;
-    };
-    let admin_url = local_settings().postgres.url.expose().clone();
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
-    }
 }
