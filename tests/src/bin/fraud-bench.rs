@@ -161,18 +161,7 @@ async fn ingest_benchmark(args: IngestArgs) -> anyhow::Result<()> {
         bail!("--batch-size, --events and --singles-clients must be positive");
     }
     let settings = Settings::load(None).context("load the platform's configuration")?;
-    let ingest_bin = match &args.ingest_bin {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("locate this program")?
-            .with_file_name("ingest"),
-    };
-    if !ingest_bin.is_file() {
-        bail!(
-            "no ingest binary at {} (build it: cargo build --release -p ingest, or pass --ingest-bin)",
-            ingest_bin.display()
-        );
-    }
+    let ingest_bin = service_binary(args.ingest_bin.as_deref(), "ingest", "--ingest-bin")?;
     let report_path = args.report.clone().unwrap_or_else(|| {
         workspace_root()
             .join("target")
@@ -202,6 +191,24 @@ async fn ingest_benchmark(args: IngestArgs) -> anyhow::Result<()> {
 }
 
 /// Prints the report and writes it to `path`.
+/// The service binary to benchmark: `given`, else `name` next to this program; it must
+/// exist.
+fn service_binary(given: Option<&Path>, name: &str, flag: &str) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()
+            .context("locate this program")?
+            .with_file_name(name),
+    };
+    if !path.is_file() {
+        bail!(
+            "no {name} binary at {} (build it: cargo build --release -p {name}, or pass {flag})",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 fn write_report(report: &str, path: &Path) -> anyhow::Result<()> {
     println!("{report}");
     if let Some(dir) = path.parent() {

@@ -135,19 +135,7 @@ pub(super) async fn speed_benchmark(args: SpeedArgs) -> anyhow::Result<()> {
         bail!("--delay-load must be in (0, 1] and --delay-seconds positive");
     }
     let settings = Settings::load(None).context("load the platform's configuration")?;
-    let speed_bin = match &args.speed_bin {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("locate this program")?
-            .with_file_name("speed-layer"),
-    };
-    if !speed_bin.is_file() {
-        bail!(
-            "no speed-layer binary at {} (build it: cargo build --release -p speed-layer, or \
-             pass --speed-bin)",
-            speed_bin.display()
-        );
-    }
+    let speed_bin = super::service_binary(args.speed_bin.as_deref(), "speed-layer", "--speed-bin")?;
     let report_path = args.report.clone().unwrap_or_else(|| {
         workspace_root()
             .join("target")
