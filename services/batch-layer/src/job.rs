@@ -1,7 +1,7 @@
 //! One batch run: lock, choose T_b, check the lake, choose the days, compute, publish.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::NaiveDate;
@@ -34,6 +34,25 @@ pub struct RunReport {
     pub days: Vec<NaiveDate>,
     pub input_files: usize,
     pub rows: u64,
+    /// Where the publication's time went.
+    pub times: RunTimes,
+}
+
+/// The wall time of a run's phases, summed over its days (the benchmark compares the
+/// load with `psql \copy`; the run logs them with its result).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunTimes {
+    /// Reading the days' lake files (and a day before, for the windows that reach into
+    /// it) and deduplicating their events.
+    pub read: Duration,
+    /// Computing the days' aggregates.
+    pub compute: Duration,
+    /// In Postgres before the commit: deleting the replaced rows and copying the days'
+    /// rows in (formatting them as CSV included).
+    pub copy: Duration,
+    /// In Postgres at the end: merging the vendors, deriving the baselines, the run log
+    /// and the commit.
+    pub commit: Duration,
 }
 
 /// The lake is not complete up to the watermark asked for.
@@ -156,13 +175,17 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
 
     let outcome = publish(&pool, &lake, &view, &days, watermark, run_id, options.full).await;
     match outcome {
-        Ok((rows, input_files)) => {
+        Ok((rows, input_files, times)) => {
             metrics::counter!("batch_runs_total", "status" => "succeeded").increment(1);
             tracing::info!(
                 run_id,
                 rows,
                 input_files,
                 elapsed_ms = started.elapsed().as_millis() as u64,
+                read_ms = times.read.as_millis() as u64,
+                compute_ms = times.compute.as_millis() as u64,
+                copy_ms = times.copy.as_millis() as u64,
+                commit_ms = times.commit.as_millis() as u64,
                 "batch run succeeded"
             );
             Ok(RunReport {
@@ -171,6 +194,7 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
                 days,
                 input_files,
                 rows,
+                times,
             })
         }
         Err(error) => {
@@ -185,7 +209,8 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
 }
 
 /// Computes `days` one after another (memory holds one day and the previous day's last
-/// 30 minutes) and publishes them in one transaction; returns (rows, input files).
+/// 30 minutes) and publishes them in one transaction; returns (rows, input files, the
+/// phases' times).
 async fn publish(
     pool: &sqlx::PgPool,
     lake: &Lake,
@@ -194,35 +219,46 @@ async fn publish(
     watermark: i64,
     run_id: i64,
     full: bool,
-) -> anyhow::Result<(u64, usize)> {
+) -> anyhow::Result<(u64, usize, RunTimes)> {
+    let mut times = RunTimes::default();
+    let mut phase = Instant::now();
     let mut publication = Publication::begin(pool, days, full).await?;
+    times.copy += phase.elapsed();
     let mut fingerprints = BTreeMap::new();
     let mut input_files = 0;
     let mut previous: Option<(NaiveDate, Vec<crate::compute::Event>)> = None;
     for &date in days {
         let start = day_start(date);
+        phase = Instant::now();
         let events = view.day_events(lake, date, watermark).await?;
         let before = match (date.pred_opt(), previous.take()) {
             (Some(yesterday), Some((held, events))) if held == yesterday => events,
             (Some(yesterday), _) => view.day_events(lake, yesterday, watermark).await?,
             (None, _) => Vec::new(),
         };
+        times.read += phase.elapsed();
+        phase = Instant::now();
         let tail = before
             .into_iter()
             .filter(|event| event.ts > start - WINDOW_MS)
             .collect();
         let aggregates = compute_day(start, events.clone(), tail)?;
+        times.compute += phase.elapsed();
+        phase = Instant::now();
         publication.add_day(date, &aggregates).await?;
+        times.copy += phase.elapsed();
         let lake_day = &view.days[&date];
         input_files += lake_day.files.len();
         fingerprints.insert(date, (lake_day.fingerprint.clone(), lake_day.files.len()));
         previous = Some((date, events));
         tracing::debug!(%date, customers = aggregates.days.len(), "day computed");
     }
+    phase = Instant::now();
     let rows = publication
         .commit(run_id, watermark, &fingerprints, input_files)
         .await?;
-    Ok((rows, input_files))
+    times.commit += phase.elapsed();
+    Ok((rows, input_files, times))
 }
 
 /// How long after its timestamp (the ingest time, taken when the request arrives) a

@@ -28,7 +28,7 @@ use fraud_postgres::PostgresProbe;
 use fraud_service::startup::Service;
 use fraud_service::{HttpService, Readiness, Shutdown};
 
-pub use job::{Backwards, Incomplete, RunOptions, RunReport, run};
+pub use job::{Backwards, Incomplete, RunOptions, RunReport, RunTimes, run};
 pub use store::Locked;
 
 /// Applies every pending schema migration to the configured database.

@@ -85,6 +85,13 @@ async fn incremental_runs_recompute_the_changed_days_and_agree_with_a_full_run()
     let earlier = watermark - 25 * HOUR;
     let report = test.run(earlier, false).await;
     assert_eq!(report.days, up_to(earlier));
+    let times = report.times;
+    assert!(
+        [times.read, times.compute, times.copy, times.commit]
+            .iter()
+            .all(|phase| !phase.is_zero()),
+        "every phase of the run is timed: {times:?}"
+    );
     let first = read_tables(&test.database.url).await;
     assert_tables_eq(
         "the run at the earlier watermark",
@@ -240,6 +247,10 @@ async fn a_rerun_at_the_same_watermark_recomputes_only_its_day_and_changes_nothi
         )),
         "{output:?}"
     );
+    // The phases' times are logged with the result (`deploy/dev bench batch` reads them).
+    for field in ["read_ms", "compute_ms", "copy_ms", "commit_ms"] {
+        assert!(output.stdout.contains(field), "{field} logged: {output:?}");
+    }
     assert_tables_eq(
         "the rerun by the binary",
         &read_tables(&test.database.url).await,
