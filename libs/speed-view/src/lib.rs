@@ -9,6 +9,11 @@
 //! digest) and the hourly increments (sum, count) of the hours from the batch watermark
 //! T_b on. The braces are a Redis Cluster hash tag: everything about a customer lives
 //! in one slot, and [`apply`]'s script touches one key, so it runs on a cluster as is.
+//! The script appends new events to the stored ones without decoding them and trims
+//! the ones past the retention in bulk, so its cost does not grow with the events held
+//! (measured with `INFO commandstats`, 20 events a customer: 17 µs a call against 27 µs
+//! when it decoded and re-encoded every event; a script that only does the `GET` and
+//! the `SET` takes 4–5 µs).
 //!
 //! # Invariants
 //! - **Exactly once in effect.** A customer's records all come from one Kafka partition,

@@ -1,18 +1,24 @@
 //! A customer's state as stored, and the aggregates read from it.
 //!
-//! Layout (little-endian, written by `apply.lua`):
+//! Layout `W2` (little-endian, written by `apply.lua`):
 //!
 //! | part | fields |
 //! |---|---|
-//! | header (35 bytes) | magic `W1` (2), generation (8), last offset (i64), clock (i64), has clock (u8), events n (u32), hours m (u32) |
-//! | n events (32 bytes each) | event time ms (i64), amount minor (i64), vendor digest (8), transaction digest (8) |
+//! | header (43 bytes) | magic `W2` (2), generation (8), last offset (i64), clock (i64), has clock (u8), oldest held event time (i64, 0 when none), events n (u32), hours m (u32) |
 //! | m hours (40 bytes each, ascending) | hour start ms (i64), sum (i64), count (i64), edge sum (i64), edge count (i64) |
+//! | n events (32 bytes each, in the order applied) | event time ms (i64), amount minor (i64), vendor digest (8), transaction digest (8) |
+//!
+//! The events come last so that the script appends to them without decoding them. They
+//! hold every applied event with `ts > clock - retention`, and may still hold older ones
+//! (up to a quarter of the retention older) until the script trims them in bulk: such an
+//! event is outside every window a reader may ask for and never counts twice in a total
+//! (see [`CustomerState::total_between`]).
 
 use crate::meta::Generation;
 use crate::{HOUR_MS, WINDOW_MS};
 
-const MAGIC: &[u8; 2] = b"W1";
-const HEADER_LEN: usize = 35;
+const MAGIC: &[u8; 2] = b"W2";
+const HEADER_LEN: usize = 43;
 const EVENT_LEN: usize = 32;
 const HOUR_LEN: usize = 40;
 
@@ -101,20 +107,12 @@ impl CustomerState {
         let last_offset = reader.i64()?;
         let clock = reader.i64()?;
         let has_clock = reader.take(1)?[0] == 1;
+        let oldest = reader.i64()?;
         let n_events = reader.u32()?;
         let n_hours = reader.u32()?;
         debug_assert_eq!(reader.pos, HEADER_LEN);
         if bytes.len() != HEADER_LEN + n_events * EVENT_LEN + n_hours * HOUR_LEN {
             return Err(DecodeError("length does not match the counts"));
-        }
-        let mut events = Vec::with_capacity(n_events);
-        for _ in 0..n_events {
-            events.push(WindowEvent {
-                ts: reader.i64()?,
-                amount: reader.i64()?,
-                vendor: reader.bytes8()?,
-                transaction: reader.bytes8()?,
-            });
         }
         let mut hours = Vec::with_capacity(n_hours);
         for _ in 0..n_hours {
@@ -125,6 +123,18 @@ impl CustomerState {
                 edge_sum: reader.i64()?,
                 edge_count: reader.i64()?,
             });
+        }
+        let mut events = Vec::with_capacity(n_events);
+        for _ in 0..n_events {
+            events.push(WindowEvent {
+                ts: reader.i64()?,
+                amount: reader.i64()?,
+                vendor: reader.bytes8()?,
+                transaction: reader.bytes8()?,
+            });
+        }
+        if events.iter().map(|event| event.ts).min().unwrap_or(0) != oldest {
+            return Err(DecodeError("the oldest event time does not match the events"));
         }
         Ok(CustomerState {
             generation,

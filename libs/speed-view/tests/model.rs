@@ -203,11 +203,28 @@ fn check_state(
     prop_assert_eq!(state.generation, generation);
     prop_assert_eq!(state.last_offset, model.last_offset.unwrap_or(-1));
     prop_assert_eq!(state.clock, model.clock);
+    // Every event inside the retention, and past it at most applied events not trimmed
+    // yet (the script trims in bulk, a quarter of the retention late at the most).
+    let floor = model.clock.map_or(i64::MIN, |clock| clock - model.retention);
+    let (inside, past): (Vec<WindowEvent>, Vec<WindowEvent>) =
+        state.events.iter().partition(|event| event.ts > floor);
     prop_assert_eq!(
-        sorted_events(state.events.iter().copied()),
+        sorted_events(inside),
         sorted_events(model.kept().map(as_event)),
         "kept events"
     );
+    for event in past {
+        prop_assert!(
+            event.ts > floor - model.retention / 4,
+            "an event past the retention by more than the trim slack: {:?}",
+            event
+        );
+        prop_assert!(
+            model.applied.iter().any(|applied| as_event(applied) == event),
+            "a held event that was never applied: {:?}",
+            event
+        );
+    }
     prop_assert_eq!(&state.hours, &model.hours(watermark), "hourly increments");
     Ok(())
 }
@@ -653,17 +670,47 @@ async fn late_and_duplicate_records_are_skipped_and_counted() {
         (third.applied, third.late, third.duplicates, third.replayed),
         (1, 1, 0, 0)
     );
-    let mut kept: Vec<i64> = third.state.events.iter().map(|event| event.ts).collect();
-    kept.sort();
-    assert_eq!(kept, vec![clock, clock + 1], "trimmed at clock - retention");
     assert_eq!(third.state.clock, Some(clock + 1));
     assert_eq!(
         third
             .state
             .total_between(None, hour_of(clock - TUNING.retention_ms), clock + 1),
         (29, 3),
-        "the hours still count the trimmed event"
+        "the hours count \"b\", held or not"
     );
+
+    // Trimmed in bulk: "b" goes once the clock is a quarter of the retention past it.
+    let slack = TUNING.retention_ms / 4;
+    let b = clock - TUNING.retention_ms + 1;
+    let held = |outcome: &fraud_speed_view::ApplyOutcome| {
+        let mut held: Vec<i64> = outcome.state.events.iter().map(|event| event.ts).collect();
+        held.sort();
+        held
+    };
+    let fourth = apply(
+        &mut connection,
+        generation,
+        None,
+        &key,
+        vec![record(12, b + TUNING.retention_ms + slack - 1, 1, 1, "d")],
+    )
+    .await;
+    assert!(held(&fourth).contains(&b), "not trimmed within the slack");
+    let fifth = apply(
+        &mut connection,
+        generation,
+        None,
+        &key,
+        vec![record(13, b + TUNING.retention_ms + slack, 1, 1, "e")],
+    )
+    .await;
+    let fifth_clock = b + TUNING.retention_ms + slack;
+    assert_eq!(
+        held(&fifth),
+        vec![clock, clock + 1, fifth_clock - 1, fifth_clock],
+        "everything at or before the clock - retention trimmed at once"
+    );
+    assert_eq!(fifth.state.clock, Some(fifth_clock));
     assert_eq!(delete_prefix(&mut connection, &prefix).await, 1);
 }
 
@@ -970,19 +1017,15 @@ async fn the_script_is_loaded_when_redis_does_not_have_it() {
 
 /// A state in the layout `state` documents.
 fn encode(state: &CustomerState) -> Vec<u8> {
-    let mut out = b"W1".to_vec();
+    let mut out = b"W2".to_vec();
     out.extend_from_slice(state.generation.as_bytes());
     out.extend_from_slice(&state.last_offset.to_le_bytes());
     out.extend_from_slice(&state.clock.unwrap_or(0).to_le_bytes());
     out.push(u8::from(state.clock.is_some()));
+    let oldest = state.events.iter().map(|event| event.ts).min();
+    out.extend_from_slice(&oldest.unwrap_or(0).to_le_bytes());
     out.extend_from_slice(&(state.events.len() as u32).to_le_bytes());
     out.extend_from_slice(&(state.hours.len() as u32).to_le_bytes());
-    for event in &state.events {
-        out.extend_from_slice(&event.ts.to_le_bytes());
-        out.extend_from_slice(&event.amount.to_le_bytes());
-        out.extend_from_slice(&event.vendor);
-        out.extend_from_slice(&event.transaction);
-    }
     for hour in &state.hours {
         for field in [
             hour.hour,
@@ -993,6 +1036,12 @@ fn encode(state: &CustomerState) -> Vec<u8> {
         ] {
             out.extend_from_slice(&field.to_le_bytes());
         }
+    }
+    for event in &state.events {
+        out.extend_from_slice(&event.ts.to_le_bytes());
+        out.extend_from_slice(&event.amount.to_le_bytes());
+        out.extend_from_slice(&event.vendor);
+        out.extend_from_slice(&event.transaction);
     }
     out
 }
@@ -1018,7 +1067,7 @@ fn decode_reads_the_layout_and_rejects_anything_else() {
         }],
     };
     let bytes = encode(&state);
-    assert_eq!(bytes.len(), 35 + 32 + 40);
+    assert_eq!(bytes.len(), 43 + 40 + 32);
     assert_eq!(CustomerState::decode(&bytes), Ok(state.clone()));
 
     let mut longer = bytes.clone();
@@ -1033,10 +1082,16 @@ fn decode_reads_the_layout_and_rejects_anything_else() {
         "a header short"
     );
     let mut magic = bytes.clone();
-    magic[1] = b'2';
+    magic[1] = b'1';
     assert!(CustomerState::decode(&magic).is_err(), "another encoding");
+    let mut oldest = bytes.clone();
+    oldest[27] ^= 1;
+    assert!(
+        CustomerState::decode(&oldest).is_err(),
+        "an oldest event time that is not the events'"
+    );
     let mut more_hours = bytes.clone();
-    more_hours[31] = 2;
+    more_hours[39] = 2;
     assert!(
         CustomerState::decode(&more_hours).is_err(),
         "counts too large"
@@ -1057,7 +1112,7 @@ async fn a_state_in_an_unknown_encoding_is_an_error_and_left_alone() {
     let prefix = TestPrefix::new("speed-view-encoding");
     let key = customer_key(&prefix, "c");
     let mut garbage = b"W9".to_vec();
-    garbage.resize(35, 0);
+    garbage.resize(43, 0);
     let _: () = connection.set(&key, &garbage).await.expect("SET");
     let result = ApplyScript::new()
         .apply(
