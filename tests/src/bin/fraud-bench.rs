@@ -58,6 +58,9 @@ mod speed;
 #[path = "fraud-bench/encoding.rs"]
 mod encoding;
 
+#[path = "fraud-bench/batch.rs"]
+mod batch;
+
 /// The platform's benchmarks (a measurement, not a test: exits 0 when a target is missed).
 #[derive(Parser)]
 #[command(version)]
@@ -77,6 +80,10 @@ enum Benchmark {
     /// The transaction record's encoding: JSON (the platform's) against a compact binary
     /// layout, encode and decode time and bytes per event.
     Encoding(encoding::EncodingArgs),
+    /// Batch layer: a full recompute and an incremental night over a generated lake,
+    /// wall time and peak memory, against DuckDB over the same files and `psql \copy`
+    /// of the same rows.
+    Batch(batch::BatchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -135,6 +142,7 @@ async fn main() -> ExitCode {
         Benchmark::Ingest(args) => ingest_benchmark(args).await,
         Benchmark::Speed(args) => speed::speed_benchmark(args).await,
         Benchmark::Encoding(args) => encoding::encoding_benchmark(args),
+        Benchmark::Batch(args) => batch::batch_benchmark(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
