@@ -22,8 +22,14 @@
 //! crash mid-rebuild rebuilds again.
 //!
 //! # Threads
-//! Polling, decoding and the Redis and producer calls run on the pipeline's own thread,
-//! with a current-thread runtime for the async clients, never on the service's runtime.
+//! Polling, decoding and the producer calls run on the pipeline's own thread; the async
+//! clients run on a runtime of its own with one thread, never on the service's runtime.
+//! Batches overlap by one: while batch N's Redis pipeline runs on the runtime's thread,
+//! the pipeline thread polls and decodes batch N + 1; once N is applied, N + 1 goes to
+//! Redis and N's updates are published and its offsets committed meanwhile. A customer's
+//! records still reach Redis in offset order (N + 1 starts only after N is applied), a
+//! commit still follows the Redis effect and the updates of everything it covers, and
+//! nothing is in flight when partitions are replanned or a generation starts.
 //!
 //! # Metrics
 //! `speed_records_total{outcome}` (applied, late, duplicate, replayed, undecodable),

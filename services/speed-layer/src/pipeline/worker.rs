@@ -16,6 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use redis::AsyncCommands;
 use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
 
 use super::Config;
 use super::batch::Batch;
@@ -39,7 +40,9 @@ pub(super) fn run(
     should_stop: impl Fn() -> bool,
 ) -> anyhow::Result<()> {
     let runtime = Arc::new(
-        tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("speed-redis")
             .enable_all()
             .build()
             .context("failed to start the pipeline's runtime")?,
@@ -72,7 +75,7 @@ pub(super) fn run(
         "speed layer pipeline started"
     );
     let mut worker = Worker {
-        script: ApplyScript::new(),
+        script: Arc::new(ApplyScript::new()),
         config,
         consumer,
         producer,
@@ -94,7 +97,7 @@ pub(super) fn run(
 
 struct Worker {
     config: Config,
-    script: ApplyScript,
+    script: Arc<ApplyScript>,
     consumer: BaseConsumer<PositioningContext>,
     producer: FutureProducer,
     runtime: Arc<Runtime>,
@@ -111,6 +114,70 @@ struct Worker {
     dropped_from: BTreeMap<i32, i64>,
 }
 
+/// A polled batch whose Redis pipeline runs on the runtime's thread.
+struct Pending {
+    batch: Batch,
+    applying: JoinHandle<Result<Vec<ApplyOutcome>, NotApplied>>,
+    started: Instant,
+}
+
+/// What applying one batch to Redis needs, owned, so that it runs while the pipeline
+/// thread polls the next batch.
+struct Applier {
+    script: Arc<ApplyScript>,
+    redis: Arc<RedisHandle>,
+    positioner: Arc<Positioner>,
+    tuning: fraud_speed_view::Tuning,
+    runs: Vec<(String, Vec<fraud_speed_view::Record>)>,
+}
+
+impl Applier {
+    async fn apply(self) -> Result<Vec<ApplyOutcome>, NotApplied> {
+        let failed = |error: anyhow::Error| NotApplied::Failed(error);
+        let generation = self
+            .positioner
+            .generation()
+            .ok_or(NotApplied::GenerationLost)?;
+        let mut connection = self
+            .redis
+            .connection()
+            .await
+            .map_err(|error| failed(error.into()))?;
+        let current: Option<String> = connection
+            .hget(&self.positioner.meta_key, "generation")
+            .await
+            .map_err(|error| failed(error.into()))?;
+        if current.as_deref() != Some(generation.to_string().as_str()) {
+            return Err(NotApplied::GenerationLost);
+        }
+        let outcomes = self
+            .script
+            .apply(
+                &mut connection,
+                generation,
+                self.positioner.watermark.get(),
+                self.tuning,
+                &self.runs,
+            )
+            .await
+            .map_err(|error| failed(error.into()))?;
+        let mut totals = [0_u64; 4];
+        for outcome in &outcomes {
+            totals[0] += outcome.applied;
+            totals[1] += outcome.late;
+            totals[2] += outcome.duplicates;
+            totals[3] += outcome.replayed;
+        }
+        for (outcome, total) in ["applied", "late", "duplicate", "replayed"]
+            .into_iter()
+            .zip(totals)
+        {
+            metrics::counter!("speed_records_total", "outcome" => outcome).increment(total);
+        }
+        Ok(outcomes)
+    }
+}
+
 /// A record's trace-context headers, carried over to the update it causes.
 pub(super) type TraceHeaders = Vec<(String, Vec<u8>)>;
 
@@ -124,17 +191,29 @@ enum NotApplied {
 impl Worker {
     fn run(&mut self, should_stop: &impl Fn() -> bool) -> anyhow::Result<()> {
         let mut last_check: Option<Instant> = None;
+        // The batch whose Redis pipeline is running while the next one is polled.
+        let mut pending: Option<Pending> = None;
         loop {
             if should_stop() {
+                if let Some(pending) = pending.take() {
+                    self.finish(pending, None, should_stop)?;
+                }
                 tracing::info!("speed layer pipeline stopped");
                 return Ok(());
             }
             let batch = self.poll_batch()?;
-            if !batch.is_empty() {
-                self.process(batch, should_stop)?;
-            }
+            let next = (!batch.is_empty()).then_some(batch);
+            pending = match pending.take() {
+                Some(previous) => self.finish(previous, next, should_stop)?,
+                None => next.map(|batch| self.start(batch)),
+            };
             if last_check.is_none_or(|at| at.elapsed() >= CHECK_EVERY) {
                 last_check = Some(Instant::now());
+                // Replanning seeks partitions and a new generation starts over: never
+                // with a batch in flight, whose records would then count as replayed.
+                if let Some(pending) = pending.take() {
+                    self.finish(pending, None, should_stop)?;
+                }
                 if let Err(error) = self.check_generation() {
                     tracing::warn!(
                         error = format!("{error:#}"),
@@ -189,21 +268,72 @@ impl Worker {
         Ok(batch)
     }
 
-    /// Applies, publishes and commits one batch, retrying failures until it succeeds or
-    /// the service stops (then nothing is committed and the batch is replayed later).
-    fn process(&mut self, batch: Batch, should_stop: &impl Fn() -> bool) -> anyhow::Result<()> {
-        let started = Instant::now();
+    /// Starts applying `batch` to Redis, on the runtime's thread, so that the next batch
+    /// is polled and decoded meanwhile.
+    fn start(&self, batch: Batch) -> Pending {
+        let applying = self.runtime.spawn(self.applier(&batch).apply());
+        Pending {
+            batch,
+            applying,
+            started: Instant::now(),
+        }
+    }
+
+    fn applier(&self, batch: &Batch) -> Applier {
+        Applier {
+            script: Arc::clone(&self.script),
+            redis: Arc::clone(&self.redis),
+            positioner: Arc::clone(&self.positioner),
+            tuning: self.config.tuning,
+            runs: batch
+                .runs
+                .iter()
+                .map(|run| {
+                    (
+                        customer_key(&self.config.redis.key_prefix, &run.customer),
+                        run.records.clone(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Finishes `pending`: waits for its Redis pipeline (retrying failures until it
+    /// succeeds or the service stops), starts `next` (a customer's records reach Redis
+    /// in offset order: `next` only after `pending` is applied), then publishes
+    /// `pending`'s updates and commits it while `next` is being applied. Returns `next`
+    /// in flight. When the generation was lost both are dropped: the rebuild reads their
+    /// records again. When the service stops, nothing more is committed and the batches
+    /// are replayed later, harmlessly.
+    fn finish(
+        &mut self,
+        pending: Pending,
+        next: Option<Batch>,
+        should_stop: &impl Fn() -> bool,
+    ) -> anyhow::Result<Option<Pending>> {
+        let Pending {
+            batch,
+            applying,
+            started,
+        } = pending;
         let mut backoff = RETRY_FIRST;
+        let mut result = self
+            .runtime
+            .block_on(applying)
+            .unwrap_or_else(|error| Err(NotApplied::Failed(error.into())));
         let outcomes = loop {
-            match self.runtime.block_on(self.apply(&batch)) {
+            match result {
                 Ok(outcomes) => break outcomes,
                 Err(NotApplied::GenerationLost) => {
-                    // The batch is dropped: the rebuild reads its records again (and a
-                    // partition that needs no rebuild goes back to the batch's start).
-                    for (&partition, &first) in &batch.starts {
-                        self.dropped_from.entry(partition).or_insert(first);
+                    // The batches are dropped: the rebuild reads their records again (and
+                    // a partition that needs no rebuild goes back to the first start).
+                    for dropped in std::iter::once(&batch).chain(next.as_ref()) {
+                        for (&partition, &first) in &dropped.starts {
+                            self.dropped_from.entry(partition).or_insert(first);
+                        }
                     }
-                    return self.rebuild_all();
+                    self.rebuild_all()?;
+                    return Ok(None);
                 }
                 Err(NotApplied::Failed(error)) => {
                     metrics::counter!("speed_retries_total").increment(1);
@@ -213,12 +343,14 @@ impl Worker {
                         "applying a batch failed; retrying"
                     );
                     if !self.pause(backoff, should_stop) {
-                        return Ok(());
+                        return Ok(None);
                     }
                     backoff = (backoff * 2).min(RETRY_MAX);
+                    result = self.runtime.block_on(self.applier(&batch).apply());
                 }
             }
         };
+        let next = next.map(|batch| self.start(batch));
         let updates = self.updates(&batch, &outcomes);
         let mut backoff = RETRY_FIRST;
         while let Err(error) = self.runtime.block_on(self.publish(&updates)) {
@@ -228,7 +360,8 @@ impl Worker {
                 "publishing window updates failed; retrying"
             );
             if !self.pause(backoff, should_stop) {
-                return Ok(());
+                // `next` is not committed either: its commit would cover this batch.
+                return Ok(None);
             }
             backoff = (backoff * 2).min(RETRY_MAX);
         }
@@ -236,7 +369,7 @@ impl Worker {
         self.complete_rebuilds(&batch)?;
         metrics::counter!("speed_batches_total").increment(1);
         metrics::histogram!("speed_batch_seconds").record(started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(next)
     }
 
     /// Waits `pause` while polling nothing; `false` when the service is stopping.
@@ -249,61 +382,6 @@ impl Worker {
             std::thread::sleep(Duration::from_millis(50).min(pause));
         }
         !should_stop()
-    }
-
-    async fn apply(&self, batch: &Batch) -> Result<Vec<ApplyOutcome>, NotApplied> {
-        let failed = |error: anyhow::Error| NotApplied::Failed(error);
-        let generation = self
-            .positioner
-            .generation()
-            .ok_or(NotApplied::GenerationLost)?;
-        let mut connection = self
-            .redis
-            .connection()
-            .await
-            .map_err(|error| failed(error.into()))?;
-        let current: Option<String> = connection
-            .hget(&self.positioner.meta_key, "generation")
-            .await
-            .map_err(|error| failed(error.into()))?;
-        if current.as_deref() != Some(generation.to_string().as_str()) {
-            return Err(NotApplied::GenerationLost);
-        }
-        let runs: Vec<(String, Vec<fraud_speed_view::Record>)> = batch
-            .runs
-            .iter()
-            .map(|run| {
-                (
-                    customer_key(&self.config.redis.key_prefix, &run.customer),
-                    run.records.clone(),
-                )
-            })
-            .collect();
-        let outcomes = self
-            .script
-            .apply(
-                &mut connection,
-                generation,
-                self.positioner.watermark.get(),
-                self.config.tuning,
-                &runs,
-            )
-            .await
-            .map_err(|error| failed(error.into()))?;
-        let mut totals = [0_u64; 4];
-        for outcome in &outcomes {
-            totals[0] += outcome.applied;
-            totals[1] += outcome.late;
-            totals[2] += outcome.duplicates;
-            totals[3] += outcome.replayed;
-        }
-        for (outcome, total) in ["applied", "late", "duplicate", "replayed"]
-            .into_iter()
-            .zip(totals)
-        {
-            metrics::counter!("speed_records_total", "outcome" => outcome).increment(total);
-        }
-        Ok(outcomes)
     }
 
     /// One update per customer of the batch, with its trace headers.
