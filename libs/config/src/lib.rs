@@ -169,6 +169,46 @@ mod tests {
     }
 
     #[test]
+    fn the_default_rules_are_valid_and_a_bad_rule_set_lists_every_problem() {
+        let settings = load_with_env(None, []).expect("defaults are valid");
+        assert_eq!(settings.serving.rules.len(), 4);
+        assert!(rule_problems(&settings.serving.rules).is_empty());
+
+        let dir = std::env::temp_dir().join(format!("fraud-config-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rules.toml");
+        std::fs::write(
+            &file,
+            "[serving]\nrules = [\n\
+             { id = \"Bad Id\", severity = \"high\", condition = { kind = \"window_sum_over\", limit_minor = 0 } },\n\
+             { id = \"same\", severity = \"low\", condition = { kind = \"window_count_over\", limit = 3 } },\n\
+             { id = \"same\", severity = \"low\", enabled = false, condition = { kind = \"window_count_over\", limit = 3 } },\n\
+             ]\n",
+        )
+        .unwrap();
+        let error = load_with_env(Some(&file), []).expect_err("invalid rules");
+        let text = error.to_string();
+        assert!(text.contains("/0/id"), "{text}");
+        assert!(
+            text.contains("/0/condition/limit_minor: must be positive"),
+            "{text}"
+        );
+        assert!(
+            text.contains("/2/id: `same` is used by another rule"),
+            "{text}"
+        );
+        assert_eq!(error.problems().len(), 3, "{text}");
+
+        std::fs::write(
+            &file,
+            "[serving]\nrules = [{ id = \"x\", severity = \"high\", condition = { kind = \"no_such_kind\" } }]\n",
+        )
+        .unwrap();
+        let error = load_with_env(Some(&file), []).expect_err("unknown kind");
+        assert!(error.to_string().contains("serving.rules"), "{error}");
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once_with_its_origin() {
         let error = load_with_env(
             None,

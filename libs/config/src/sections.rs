@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use figment::Figment;
 use figment::value::{Dict, Value};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::problems::{ConfigError, Problems};
 use crate::secret::Secret;
@@ -112,6 +112,125 @@ pub struct ApiKeyConfig {
     pub sha256: String,
     /// What the key may do.
     pub scopes: Vec<Scope>,
+}
+
+/// How serious an alert is; part of its routing key `alert.<severity>.<rule>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    /// The name used in routing keys and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// What a fraud rule looks at. "Over" is strictly greater than. Money is in minor
+/// units.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuleCondition {
+    /// The 30-minute window's sum is over `limit_minor`.
+    WindowSumOver { limit_minor: i64 },
+    /// The 30-minute window's count is over `limit`.
+    WindowCountOver { limit: i64 },
+    /// The 30-minute window's sum is over `multiple_percent` % of the customer's
+    /// baseline peak (the 95th percentile of daily 30-minute peaks) and over
+    /// `min_sum_minor`. Never fires for a customer without a baseline.
+    WindowSumOverBaselinePeak {
+        multiple_percent: i64,
+        min_sum_minor: i64,
+    },
+    /// The latest event's amount is over `limit_minor` at a vendor the customer had not
+    /// used before it (neither in the batch layer's vendors nor earlier in the window).
+    NewVendorAmountOver { limit_minor: i64 },
+}
+
+/// One fraud rule: data, not code (`serving.rules`, `PUT /v1/rules`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDefinition {
+    /// A stable id: 1 to 64 of `a-z`, `0-9`, `-`; part of routing keys and alert ids.
+    pub id: String,
+    pub severity: Severity,
+    /// A disabled rule is kept but never fires.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    pub condition: RuleCondition,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// Every problem of a rule set, as (JSON pointer into the list, reason); empty when it
+/// is valid. Shared by the configuration check and `PUT /v1/rules`.
+pub fn rule_problems(rules: &[RuleDefinition]) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let at = |field: &str| format!("/{index}/{field}");
+        let id_ok = (1..=64).contains(&rule.id.len())
+            && rule
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !id_ok {
+            problems.push((
+                at("id"),
+                "must be 1 to 64 characters of a-z, 0-9 and -".to_owned(),
+            ));
+        } else if !seen.insert(rule.id.as_str()) {
+            problems.push((at("id"), format!("`{}` is used by another rule", rule.id)));
+        }
+        let positive = |problems: &mut Vec<(String, String)>, field: &str, value: i64| {
+            if value <= 0 {
+                problems.push((
+                    at(&format!("condition/{field}")),
+                    "must be positive".to_owned(),
+                ));
+            }
+        };
+        match &rule.condition {
+            RuleCondition::WindowSumOver { limit_minor } => {
+                positive(&mut problems, "limit_minor", *limit_minor)
+            }
+            RuleCondition::WindowCountOver { limit } => positive(&mut problems, "limit", *limit),
+            RuleCondition::WindowSumOverBaselinePeak {
+                multiple_percent,
+                min_sum_minor,
+            } => {
+                positive(&mut problems, "multiple_percent", *multiple_percent);
+                if *multiple_percent > 1_000_000 {
+                    problems.push((
+                        at("condition/multiple_percent"),
+                        "must be at most 1000000".to_owned(),
+                    ));
+                }
+                if *min_sum_minor < 0 {
+                    problems.push((
+                        at("condition/min_sum_minor"),
+                        "must not be negative".to_owned(),
+                    ));
+                }
+            }
+            RuleCondition::NewVendorAmountOver { limit_minor } => {
+                positive(&mut problems, "limit_minor", *limit_minor)
+            }
+        }
+    }
+    problems
 }
 
 section! {
@@ -237,6 +356,11 @@ section! {
     pub struct ServingConfig in "serving" {
         /// Address the HTTP API (and health, readiness, metrics) listens on.
         pub listen: SocketAddr,
+        /// Consumer group of the serving instances reading the window updates.
+        pub group: String,
+        /// The default fraud rules, used until `PUT /v1/rules` stores a set: a list of
+        /// `{ id, severity, enabled, condition = { kind, ... } }`.
+        pub rules: Vec<RuleDefinition>,
     }
 }
 
@@ -553,7 +677,14 @@ fn at_least_one(problems: &mut Problems<'_>, key: &str, value: u64) {
 }
 
 impl ServingConfig {
-    fn check(&self, _problems: &mut Problems<'_>) {}
+    fn check(&self, problems: &mut Problems<'_>) {
+        if self.group.trim().is_empty() {
+            problems.add("serving.group", "must not be empty");
+        }
+        for (pointer, reason) in rule_problems(&self.rules) {
+            problems.add("serving.rules", format!("{pointer}: {reason}"));
+        }
+    }
 }
 
 impl SpeedConfig {

@@ -1,10 +1,26 @@
 //! The serving API: customer risk merged from the batch and speed views, fraud rules
 //! evaluated on every window update, and alerts published to RabbitMQ.
 //!
-//! At this stage it serves its operational endpoints on the serving port: `/healthz`,
-//! `/readyz` (Postgres, Redis, RabbitMQ and the Kafka cluster) and `/metrics`.
-//! [`App::build`] binds the listener, so callers learn the real port before
-//! [`App::run_until_stopped`].
+//! - [`risk`]: `GET /v1/customers/{id}/risk` and `/daily` (scope `read`): batch ⊕ speed.
+//! - [`rules`]: the rule set in force and the one evaluation of it; [`rules_api`]:
+//!   `GET`/`PUT /v1/rules` (scope `admin`).
+//! - [`evaluate`]: the window-update consumer (group `serving.group`): rules on every
+//!   update, alerts with their outbox rows in one transaction.
+//! - [`relay`]: the outbox to the `fraud.alerts` exchange, marked sent on the confirm.
+//! - [`alerts_api`]: `GET /v1/alerts` and `GET /v1/alerts/stream` (scope `read`).
+//! - [`openapi`]: the API's OpenAPI document, `GET /openapi.json`.
+//!
+//! Operational endpoints on the same port: `/healthz`, `/readyz` (Postgres, Redis,
+//! RabbitMQ and the Kafka cluster) and `/metrics`. [`App::build`] binds the listener, so
+//! callers learn the real port before [`App::run_until_stopped`].
+
+pub mod alerts_api;
+pub mod evaluate;
+pub mod openapi;
+pub mod relay;
+pub mod risk;
+pub mod rules;
+pub mod rules_api;
 
 use std::sync::Arc;
 
@@ -13,8 +29,22 @@ use fraud_config::Settings;
 use fraud_kafka::KafkaProbe;
 use fraud_postgres::PostgresProbe;
 use fraud_redis::{RedisHandle, RedisProbe};
+use fraud_service::auth::ApiKeys;
 use fraud_service::startup::Service;
 use fraud_service::{HttpService, Readiness, Shutdown};
+use sqlx::PgPool;
+
+use crate::rules::RuleStore;
+
+/// What every part of the serving API shares.
+pub struct AppState {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub redis: Arc<RedisHandle>,
+    pub amqp: Arc<AmqpHandle>,
+    pub keys: ApiKeys,
+    pub rules: Arc<RuleStore>,
+}
 
 /// The serving API, bound and ready to run.
 pub struct App {
@@ -31,19 +61,37 @@ impl App {
 impl Service for App {
     const NAME: &'static str = "serving-api";
 
-    /// Connects lazily to its servers and binds `settings.serving.listen`.
+    /// Connects lazily to its servers, starts the rule refresher, the window-update
+    /// consumer and the outbox relay, and binds `settings.serving.listen`.
     async fn build(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<Self> {
         let timeout = settings.service.probe_timeout();
         let pool = fraud_postgres::lazy_pool(&settings.postgres, timeout)?;
         let redis = Arc::new(RedisHandle::new(&settings.redis, timeout)?);
         let amqp = Arc::new(AmqpHandle::new(&settings.rabbitmq, "serving-api"));
+        let rules = Arc::new(RuleStore::new(pool.clone(), settings.serving.rules.clone()));
+        let state = Arc::new(AppState {
+            settings: settings.clone(),
+            pool: pool.clone(),
+            redis: Arc::clone(&redis),
+            amqp: Arc::clone(&amqp),
+            keys: ApiKeys::from_config(&settings.auth),
+            rules: Arc::clone(&rules),
+        });
+        shutdown.spawn("rules-refresh", rules.keep_fresh(shutdown.clone()));
+        evaluate::spawn(Arc::clone(&state), &shutdown)?;
+        relay::spawn(Arc::clone(&state), &shutdown)?;
+
         let readiness = Readiness::new(timeout)
             .with_shutdown(shutdown.clone())
             .with(PostgresProbe::new(pool))
             .with(RedisProbe::new(redis))
             .with(AmqpProbe::new(amqp))
             .with(KafkaProbe::new(&settings.kafka, None, timeout)?);
-        let router = fraud_service::ops::routes(readiness);
+        let router = fraud_service::ops::routes(readiness)
+            .merge(openapi::routes())
+            .merge(risk::routes(Arc::clone(&state)))
+            .merge(rules_api::routes(Arc::clone(&state)))
+            .merge(alerts_api::routes(Arc::clone(&state)));
         let http = HttpService::bind(settings.serving.listen, router, shutdown).await?;
         Ok(Self { http })
     }
