@@ -1018,6 +1018,7 @@ import duckdb, json, sys, time
 root, watermark, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
+con.execute("SET enable_progress_bar = false")
 if threads > 0:
     con.execute(f"SET threads = {threads}")
 steps = []
@@ -1193,8 +1194,16 @@ async fn duckdb_run(
     if !process.ok() {
         return Err(process.failure("DuckDB"));
     }
-    let value: serde_json::Value = serde_json::from_str(process.stdout.trim())
-        .with_context(|| format!("DuckDB's answer is not JSON: {}", process.stdout))?;
+    // The answer is the last line (anything DuckDB may print comes before it).
+    let answer = process
+        .stdout
+        .lines()
+        .rfind(|line| !line.trim().is_empty())
+        .unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(answer).with_context(|| {
+        let start: String = answer.chars().take(300).collect();
+        format!("DuckDB's answer is not JSON: {start}")
+    })?;
     let seconds = value["seconds"].as_f64().context("no seconds")?;
     let steps = value["steps"]
         .as_array()
