@@ -8,7 +8,7 @@ use anyhow::Context;
 use fraud_events::SCHEMA_VERSION_HEADER;
 use fraud_redis::RedisHandle;
 use fraud_speed_view::meta::{PartitionStatus, Progress, SpeedMeta};
-use fraud_speed_view::update::{LastEvent, UPDATE_SCHEMA_VERSION};
+use fraud_speed_view::update::{LastEvent, UPDATE_SCHEMA_VERSION, vendor_seen_before};
 use fraud_speed_view::{ApplyOutcome, ApplyScript, Generation, WindowUpdate, customer_key, digest};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -421,6 +421,14 @@ impl Worker {
                         vendor_id: last.vendor_id.as_str().to_owned(),
                         amount_minor: last.amount.minor(),
                         ts: last.event_time.as_millis(),
+                        // From the state the script returned, which holds every event
+                        // of the customer inside the retention.
+                        vendor_seen_before: vendor_seen_before(
+                            state,
+                            last.vendor_id.as_str(),
+                            last.transaction_id.as_str(),
+                            self.config.tuning.retention_ms,
+                        ),
                     }),
                     source_partition: run.partition,
                     source_offset: state.last_offset,

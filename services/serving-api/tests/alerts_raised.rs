@@ -1,0 +1,582 @@
+//! Rules evaluated on every window update: each default rule fires exactly over its
+//! threshold, one alert per episode (with its outbox row, routing key and trace
+//! context), the same ids on a replay, and no alert twice with two instances.
+//!
+//! Most cases publish window updates to the test's updates topic directly, which pins a
+//! rule's input exactly; one drives the real speed layer end to end. The serving API
+//! runs with an unreachable RabbitMQ, so the relay leaves every outbox row in place to be
+//! checked.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::ServingTest;
+use fraud_config::Settings;
+use fraud_domain::{CustomerId, EventTime, Money, TransactionId, VendorId};
+use fraud_events::TransactionEvent;
+use fraud_speed_view::WindowUpdate;
+use fraud_speed_view::update::LastEvent;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{ClientConfig, TopicPartitionList};
+use serde_json::Value;
+use serving_api::evaluate::episode::alert_id;
+use uuid::Uuid;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const MINUTE: i64 = 60 * 1000;
+
+/// The test's settings with a RabbitMQ nobody listens on: outbox rows stay.
+fn without_broker(test: &ServingTest) -> Settings {
+    let mut settings = test.settings.clone();
+    settings.rabbitmq.url = fraud_config::Secret::new("amqp://guest:guest@127.0.0.1:1/%2f".into());
+    settings
+}
+
+fn update(customer: &str, as_of: i64, sum: i64, count: i64) -> WindowUpdate {
+    WindowUpdate {
+        customer_id: customer.to_owned(),
+        as_of,
+        sum_minor: sum,
+        count,
+        max_minor: sum,
+        distinct_vendors: 1,
+        last_event: None,
+        source_partition: 3,
+        source_offset: as_of % 1_000_000,
+        generation: "00000000000000aa".to_owned(),
+    }
+}
+
+fn with_event(
+    mut update: WindowUpdate,
+    vendor: &str,
+    amount: i64,
+    seen_before: bool,
+) -> WindowUpdate {
+    update.last_event = Some(LastEvent {
+        transaction_id: format!("{}-{}", update.customer_id, update.as_of),
+        vendor_id: vendor.to_owned(),
+        amount_minor: amount,
+        ts: update.as_of,
+        vendor_seen_before: seen_before,
+    });
+    update
+}
+
+/// A W3C traceparent unique to `update`.
+fn traceparent(update: &WindowUpdate) -> String {
+    let trace = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("{}{}", update.customer_id, update.as_of).as_bytes(),
+    );
+    format!("00-{}-00f067aa0ba902b7-01", trace.simple())
+}
+
+/// Publishes `updates` as the speed layer does (keyed by customer, schema-version 1),
+/// each with its own traceparent and a fixed tracestate.
+async fn publish(test: &ServingTest, updates: &[WindowUpdate]) {
+    for update in updates {
+        let payload = serde_json::to_vec(update).unwrap();
+        let parent = traceparent(update);
+        let record = FutureRecord::to(&test.settings.kafka.window_updates_topic)
+            .key(&update.customer_id)
+            .payload(&payload)
+            .headers(
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: "schema-version",
+                        value: Some("1"),
+                    })
+                    .insert(Header {
+                        key: "traceparent",
+                        value: Some(parent.as_str()),
+                    })
+                    .insert(Header {
+                        key: "tracestate",
+                        value: Some("vendor=test"),
+                    }),
+            );
+        test.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(error, _)| error)
+            .expect("publish an update");
+    }
+}
+
+/// Waits until `group` has committed every record of the updates topic: every update
+/// published so far is evaluated and its alerts are committed.
+async fn caught_up(test: &ServingTest, group: &str) {
+    let kafka = test.settings.kafka.clone();
+    let topic = test.settings.kafka.window_updates_topic.clone();
+    let group = group.to_owned();
+    fraud_testkit::wait_until(DEADLINE, "the serving group evaluated every update", || {
+        let (kafka, topic, group) = (kafka.clone(), topic.clone(), group.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let consumer: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &kafka.brokers)
+                    .set("group.id", &group)
+                    .set("enable.auto.commit", "false")
+                    .create()
+                    .expect("a consumer");
+                let timeout = Duration::from_secs(5);
+                let mut list = TopicPartitionList::new();
+                let mut ends = BTreeMap::new();
+                for partition in 0..2 {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&topic, partition, timeout)
+                        .expect("watermarks");
+                    ends.insert(partition, high);
+                    list.add_partition(&topic, partition);
+                }
+                let committed = consumer
+                    .committed_offsets(list, timeout)
+                    .expect("committed offsets");
+                ends.iter().all(|(partition, high)| {
+                    *high == 0
+                        || committed
+                            .find_partition(&topic, *partition)
+                            .and_then(|element| element.offset().to_raw())
+                            == Some(*high)
+                })
+            })
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+}
+
+/// An alert as stored, with its outbox row's routing key.
+#[derive(Debug, Clone)]
+struct Alert {
+    alert_id: Uuid,
+    customer: String,
+    rule: String,
+    episode_start: i64,
+    as_of: i64,
+    body: Value,
+    trace_context: Value,
+    routing_key: Option<String>,
+}
+
+/// alert id, customer, rule, episode start, as of, body, trace context, routing key.
+type AlertRow = (Uuid, String, String, i64, i64, Value, Value, Option<String>);
+
+async fn alerts(test: &ServingTest) -> Vec<Alert> {
+    let rows: Vec<AlertRow> = sqlx::query_as(
+        "SELECT a.alert_id, a.customer_id, a.rule_id, \
+                (extract(epoch FROM a.episode_start) * 1000)::int8, \
+                (extract(epoch FROM a.as_of) * 1000)::int8, \
+                a.body, a.trace_context, o.routing_key \
+         FROM alerts a LEFT JOIN alert_outbox o USING (alert_id) ORDER BY a.seq",
+    )
+    .fetch_all(&test.pool)
+    .await
+    .expect("read alerts");
+    rows.into_iter()
+        .map(
+            |(alert_id, customer, rule, episode_start, as_of, body, trace_context, routing_key)| {
+                Alert {
+                    alert_id,
+                    customer,
+                    rule,
+                    episode_start,
+                    as_of,
+                    body,
+                    trace_context,
+                    routing_key,
+                }
+            },
+        )
+        .collect()
+}
+
+/// The (customer, rule) of every alert.
+fn fired(alerts: &[Alert]) -> BTreeSet<(String, String)> {
+    alerts
+        .iter()
+        .map(|alert| (alert.customer.clone(), alert.rule.clone()))
+        .collect()
+}
+
+fn pair(customer: &str, rule: &str) -> (String, String) {
+    (customer.to_owned(), rule.to_owned())
+}
+
+fn now() -> i64 {
+    EventTime::now().as_millis()
+}
+
+#[tokio::test]
+async fn each_default_rule_fires_just_over_its_threshold_and_not_at_it() {
+    let test = ServingTest::create("alerts-thresholds").await;
+    // Baselines: a p95 peak of 1000.00, so 300 % of it is 3000.00.
+    for customer in ["base-under", "base-over"] {
+        sqlx::query(
+            "INSERT INTO batch_baselines (customer_id, as_of, active_days, mean_daily_minor, \
+             stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor) \
+             VALUES ($1, now(), 10, 1000, 10, 100000, 120000)",
+        )
+        .bind(customer)
+        .execute(&test.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("INSERT INTO batch_vendors VALUES ('vendor-batch', 'v-old', now())")
+        .execute(&test.pool)
+        .await
+        .unwrap();
+    let serving = test.start_serving_with(&without_broker(&test)).await;
+    let t = now();
+    let updates = vec![
+        update("sum-under", t, 500_000, 1),
+        update("sum-over", t, 500_001, 1),
+        update("count-under", t, 2_000, 20),
+        update("count-over", t, 2_100, 21),
+        update("base-under", t, 300_000, 2),
+        update("base-over", t, 300_001, 2),
+        with_event(
+            update("vendor-under", t, 100_000, 1),
+            "v-new",
+            100_000,
+            false,
+        ),
+        with_event(
+            update("vendor-over", t, 100_001, 1),
+            "v-new",
+            100_001,
+            false,
+        ),
+        with_event(
+            update("vendor-batch", t, 100_001, 1),
+            "v-old",
+            100_001,
+            false,
+        ),
+        with_event(
+            update("vendor-window", t, 100_101, 2),
+            "v-seen",
+            100_001,
+            true,
+        ),
+    ];
+    publish(&test, &updates).await;
+    caught_up(&test, &test.settings.serving.group).await;
+
+    let alerts = alerts(&test).await;
+    assert_eq!(
+        fired(&alerts),
+        BTreeSet::from([
+            pair("sum-over", "sum-30m-over-limit"),
+            pair("count-over", "count-30m-over-limit"),
+            pair("base-over", "sum-30m-over-baseline-peak"),
+            pair("vendor-over", "new-vendor-large-amount"),
+        ]),
+        "{alerts:#?}"
+    );
+    assert_eq!(alerts.len(), 4);
+    let expected = [
+        ("sum-over", "high", "5000.01", "5000.00"),
+        ("base-over", "medium", "3000.01", "3000.00"),
+        ("vendor-over", "high", "1000.01", "1000.00"),
+    ];
+    for alert in &alerts {
+        let body = &alert.body;
+        let severity = body["severity"].as_str().unwrap();
+        assert_eq!(
+            alert.routing_key.as_deref(),
+            Some(format!("alert.{severity}.{}", alert.rule).as_str()),
+            "the outbox row of {alert:?}"
+        );
+        assert_eq!(alert.alert_id, alert_id(&alert.customer, &alert.rule, t));
+        assert_eq!(body["alertId"], alert.alert_id.to_string());
+        assert_eq!(body["customerId"], alert.customer);
+        assert_eq!(body["rule"], alert.rule);
+        assert_eq!(body["ruleVersion"], 0);
+        let as_of = EventTime::from_millis(t).unwrap().to_rfc3339();
+        assert_eq!(body["asOf"], as_of);
+        assert_eq!(body["episodeStart"], as_of);
+        assert!(EventTime::parse_rfc3339(body["raisedAt"].as_str().unwrap()).is_ok());
+        assert_eq!((alert.as_of, alert.episode_start), (t, t));
+        assert_eq!(body["sourcePartition"], 3);
+        assert_eq!(body["sourceOffset"], t % 1_000_000);
+        let published = updates
+            .iter()
+            .find(|update| update.customer_id == alert.customer)
+            .unwrap();
+        assert_eq!(
+            alert.trace_context,
+            serde_json::json!({"traceparent": traceparent(published), "tracestate": "vendor=test"})
+        );
+        assert_eq!(
+            body["window"]["sum"],
+            Money::from_minor(published.sum_minor).to_string()
+        );
+        assert_eq!(body["window"]["count"], published.count);
+        assert_eq!(body["window"]["distinctVendors"], 1);
+        if let Some(&(_, severity, observed, threshold)) = expected
+            .iter()
+            .find(|(customer, ..)| *customer == alert.customer)
+        {
+            assert_eq!(body["severity"], severity);
+            assert_eq!(body["observed"], observed);
+            assert_eq!(body["threshold"], threshold);
+        }
+    }
+    let count = alerts
+        .iter()
+        .find(|alert| alert.customer == "count-over")
+        .unwrap();
+    assert_eq!(
+        (&count.body["observed"], &count.body["threshold"]),
+        (&Value::from(21), &Value::from(20))
+    );
+    assert_eq!(count.body["kind"], "window_count_over");
+    assert_eq!(count.body["lastEvent"], Value::Null);
+    let vendor = alerts
+        .iter()
+        .find(|alert| alert.customer == "vendor-over")
+        .unwrap();
+    assert_eq!(
+        vendor.body["lastEvent"],
+        serde_json::json!({
+            "transactionId": format!("vendor-over-{t}"),
+            "vendorId": "v-new",
+            "amount": "1000.01",
+            "ts": EventTime::from_millis(t).unwrap().to_rfc3339(),
+            "knownVendor": false,
+        })
+    );
+    let episodes: i64 = sqlx::query_scalar("SELECT count(*) FROM rule_episodes")
+        .fetch_one(&test.pool)
+        .await
+        .unwrap();
+    assert_eq!(episodes, 4);
+
+    serving.shutdown.trigger();
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn one_alert_per_episode_and_a_replay_raises_nothing_new() {
+    let test = ServingTest::create("alerts-episodes").await;
+    let serving = test.start_serving_with(&without_broker(&test)).await;
+    let t = now() - 3 * 60 * MINUTE;
+    let over = |as_of| update("episodic", as_of, 600_000, 3);
+    // Firing at t, t + 10 min and t + 40 min (gaps of at most 30 min: one episode), a
+    // quiet update, then firing 30 min + 1 ms after the last firing: a second episode,
+    // extended once more.
+    let second = t + 70 * MINUTE + 1;
+    let updates = [
+        over(t),
+        over(t + 10 * MINUTE),
+        over(t + 40 * MINUTE),
+        update("episodic", t + 50 * MINUTE, 100, 1),
+        over(second),
+        over(second + MINUTE),
+    ];
+    publish(&test, &updates[..3]).await;
+    caught_up(&test, &test.settings.serving.group).await;
+    let first_alerts = alerts(&test).await;
+    assert_eq!(first_alerts.len(), 1, "{first_alerts:#?}");
+    publish(&test, &updates[3..]).await;
+    caught_up(&test, &test.settings.serving.group).await;
+
+    let raised = alerts(&test).await;
+    let ids: Vec<Uuid> = raised.iter().map(|alert| alert.alert_id).collect();
+    assert_eq!(
+        ids,
+        vec![
+            alert_id("episodic", "sum-30m-over-limit", t),
+            alert_id("episodic", "sum-30m-over-limit", second),
+        ],
+        "{raised:#?}"
+    );
+    assert_eq!(raised[0].alert_id, first_alerts[0].alert_id);
+    assert_eq!((raised[1].episode_start, raised[1].as_of), (second, second));
+    assert!(
+        raised
+            .iter()
+            .all(|alert| alert.routing_key.as_deref() == Some("alert.high.sum-30m-over-limit"))
+    );
+    assert_eq!(
+        raised[1].trace_context["traceparent"],
+        traceparent(&updates[4])
+    );
+    let episode: (i64, i64, Uuid) = sqlx::query_as(
+        "SELECT (extract(epoch FROM started_at) * 1000)::int8, \
+                (extract(epoch FROM last_fired_at) * 1000)::int8, alert_id \
+         FROM rule_episodes WHERE customer_id = 'episodic' AND rule_id = 'sum-30m-over-limit'",
+    )
+    .fetch_one(&test.pool)
+    .await
+    .unwrap();
+    assert_eq!(episode, (second, second + MINUTE, ids[1]));
+
+    // A second instance in a new group reads every update from the start, beside the
+    // first: nothing new, the same ids.
+    let mut replaying = without_broker(&test);
+    replaying.serving.group = format!("{}-replay", test.settings.serving.group);
+    let replay = test.start_serving_with(&replaying).await;
+    caught_up(&test, &replaying.serving.group).await;
+    // A restart of the first instance (in its own group) too.
+    serving.shutdown.trigger();
+    serving.shutdown.wait().await.expect("a clean stop");
+    let restarted = test.start_serving_with(&without_broker(&test)).await;
+    publish(&test, &[over(second + 2 * MINUTE)]).await;
+    caught_up(&test, &test.settings.serving.group).await;
+    caught_up(&test, &replaying.serving.group).await;
+    let after = alerts(&test).await;
+    assert_eq!(
+        after.iter().map(|alert| alert.alert_id).collect::<Vec<_>>(),
+        ids,
+        "{after:#?}"
+    );
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM alert_outbox")
+        .fetch_one(&test.pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox, 2);
+
+    replay.shutdown.trigger();
+    restarted.shutdown.trigger();
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn two_instances_in_one_group_raise_no_alert_twice() {
+    let test = ServingTest::create("alerts-two-instances").await;
+    let settings = without_broker(&test);
+    let first = test.start_serving_with(&settings).await;
+    let t = now() - 60 * MINUTE;
+    let customers: Vec<String> = (0..40).map(|n| format!("pair-{n}")).collect();
+    // Three firing updates a customer, one episode each; the second instance joins (a
+    // rebalance) while they are being published.
+    let round = |step: i64| -> Vec<WindowUpdate> {
+        customers
+            .iter()
+            .map(|customer| update(customer, t + step * MINUTE, 700_000, 2))
+            .collect()
+    };
+    publish(&test, &round(0)).await;
+    let second = test.start_serving_with(&settings).await;
+    publish(&test, &round(1)).await;
+    publish(&test, &round(2)).await;
+    caught_up(&test, &test.settings.serving.group).await;
+
+    let raised = alerts(&test).await;
+    assert_eq!(raised.len(), customers.len(), "{raised:#?}");
+    let expected: BTreeSet<Uuid> = customers
+        .iter()
+        .map(|customer| alert_id(customer, "sum-30m-over-limit", t))
+        .collect();
+    let ids: BTreeSet<Uuid> = raised.iter().map(|alert| alert.alert_id).collect();
+    assert_eq!(ids, expected);
+
+    first.shutdown.trigger();
+    second.shutdown.trigger();
+    test.remove().await;
+}
+
+fn event(
+    transaction: &str,
+    customer: &str,
+    vendor: &str,
+    amount: i64,
+    ts: i64,
+) -> TransactionEvent {
+    TransactionEvent {
+        transaction_id: TransactionId::parse(transaction).unwrap(),
+        customer_id: CustomerId::parse(customer).unwrap(),
+        vendor_id: VendorId::parse(vendor).unwrap(),
+        amount: Money::from_minor(amount),
+        currency: fraud_domain::Currency::EUR,
+        event_time: EventTime::from_millis(ts).unwrap(),
+        ingest_time: EventTime::from_millis(ts).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn through_the_speed_layer_a_vendor_used_earlier_in_the_window_is_known() {
+    let test = ServingTest::create("alerts-speed").await;
+    let speed = test.start_speed().await;
+    let serving = test.start_serving_with(&without_broker(&test)).await;
+    let t = now() - 5 * MINUTE;
+    let produced = test
+        .produce(&[
+            // Used v1 a minute earlier: a large amount there is not at a new vendor.
+            event("seen-1", "seen", "v1", 1_000, t),
+            event("seen-2", "seen", "v1", 150_000, t + MINUTE),
+            // Never used v1 before: it is.
+            event("fresh-1", "fresh", "v0", 1_000, t),
+            event("fresh-2", "fresh", "v1", 150_000, t + MINUTE),
+            // 5000.01 in the window (the large amount at a vendor used before).
+            event("sum-1", "summer", "v1", 90_000, t),
+            event("sum-2", "summer", "v1", 410_001, t + MINUTE),
+        ])
+        .await;
+    assert_eq!(produced.len(), 6);
+    // The speed layer publishes an update per customer and batch; wait for the last
+    // event's update of each customer, then for the serving group to have evaluated it.
+    let kafka = test.settings.kafka.clone();
+    let topic = test.settings.kafka.window_updates_topic.clone();
+    let updates: Vec<WindowUpdate> =
+        fraud_testkit::poll_for(DEADLINE, "every customer's last update", || {
+            let (kafka, topic) = (kafka.clone(), topic.clone());
+            async move {
+                let records = tokio::task::spawn_blocking(move || {
+                    fraud_testkit::kafka::read_all(&kafka, &topic)
+                })
+                .await
+                .unwrap();
+                let updates: Vec<WindowUpdate> = records
+                    .iter()
+                    .map(|record| serde_json::from_slice(&record.value).unwrap())
+                    .collect();
+                let done = ["seen", "fresh", "summer"].iter().all(|customer| {
+                    updates
+                        .iter()
+                        .any(|update| update.customer_id == *customer && update.as_of == t + MINUTE)
+                });
+                done.then_some(updates)
+            }
+        })
+        .await;
+    let last = |customer: &str| {
+        updates
+            .iter()
+            .filter(|update| update.customer_id == customer && update.as_of == t + MINUTE)
+            .find_map(|update| update.last_event.clone())
+            .unwrap()
+    };
+    assert!(last("seen").vendor_seen_before);
+    assert!(!last("fresh").vendor_seen_before);
+    caught_up(&test, &test.settings.serving.group).await;
+
+    let raised = alerts(&test).await;
+    assert_eq!(
+        fired(&raised),
+        BTreeSet::from([
+            pair("fresh", "new-vendor-large-amount"),
+            pair("summer", "sum-30m-over-limit"),
+        ]),
+        "{raised:#?}"
+    );
+    let summer = raised
+        .iter()
+        .find(|alert| alert.customer == "summer")
+        .unwrap();
+    assert_eq!(summer.body["observed"], "5000.01");
+    assert_eq!(summer.body["window"]["count"], 2);
+    assert_eq!(summer.episode_start, t + MINUTE);
+
+    serving.shutdown.trigger();
+    speed.trigger();
+    test.remove().await;
+}
