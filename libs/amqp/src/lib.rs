@@ -5,6 +5,8 @@
 //! [`ConfirmedPublisher::publish`] sends persistent, `mandatory` messages on a channel in
 //! confirm mode and returns only after the broker's ack, so a caller (the alert outbox
 //! relay) marks a message sent only when RabbitMQ really has it.
+//! [`ConfirmedPublisher::publish_all`] does the same for many messages at once: it sends
+//! them all before it waits, so a batch costs one round trip rather than one per message.
 
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareO
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    PublisherConfirm,
 };
 use tokio::sync::Mutex;
 
@@ -39,6 +42,8 @@ pub enum Error {
     },
     #[error("the broker refused (nacked) message `{message_id}`")]
     Nacked { message_id: String },
+    #[error("not sent: the channel failed on an earlier message of the batch")]
+    NotSent,
 }
 
 fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) -> Error {
@@ -149,6 +154,25 @@ impl ConfirmedPublisher {
     /// Publishes a persistent, mandatory message and waits for the broker's confirm.
     /// Succeeds only on an ack for a message that was routed to at least one queue.
     pub async fn publish(&self, message: &OutgoingMessage<'_>) -> Result<(), Error> {
+        let confirmation = self
+            .send(message)
+            .await?
+            .await
+            .map_err(operation("publisher confirm"))?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
+                message_id: message.message_id.to_owned(),
+                routing_key: message.routing_key.to_owned(),
+            }),
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Nacked {
+                message_id: message.message_id.to_owned(),
+            }),
+        }
+    }
+
+    /// Sends one persistent, mandatory message; the returned future is its confirm.
+    async fn send(&self, message: &OutgoingMessage<'_>) -> Result<PublisherConfirm, Error> {
         let headers: std::collections::BTreeMap<ShortString, AMQPValue> = message
             .headers
             .iter()
@@ -164,8 +188,7 @@ impl ConfirmedPublisher {
             .with_message_id(message.message_id.into())
             .with_content_type(message.content_type.into())
             .with_headers(FieldTable::from(headers));
-        let confirmation = self
-            .channel
+        self.channel
             .basic_publish(
                 message.exchange.into(),
                 message.routing_key.into(),
@@ -177,19 +200,90 @@ impl ConfirmedPublisher {
                 properties,
             )
             .await
-            .map_err(operation("publish"))?
-            .await
-            .map_err(operation("publisher confirm"))?;
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
-                message_id: message.message_id.to_owned(),
-                routing_key: message.routing_key.to_owned(),
-            }),
-            Confirmation::Nack(_) | Confirmation::NotRequested => Err(Error::Nacked {
-                message_id: message.message_id.to_owned(),
-            }),
+            .map_err(operation("publish"))
+    }
+}
+
+/// What the broker did with a message it confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// At least one queue took the message.
+    ToQueues,
+    /// No queue is bound for its routing key: the broker returned it (it is `mandatory`)
+    /// and then acked it. Nobody received it.
+    Nowhere,
+}
+
+impl ConfirmedPublisher {
+    /// Publishes every message (persistent, `mandatory`, like [`Self::publish`]) without
+    /// waiting in between, then waits for every confirm. One outcome per message, in
+    /// order: `Ok` once the broker acked it (saying whether a queue took it), `Err` when
+    /// it was nacked or its fate is unknown (the channel failed before its confirm; it
+    /// may or may not have reached the broker). After an `Err` other than `Nacked` the
+    /// channel is unusable; the remaining messages are not sent.
+    ///
+    /// A returned message is recognised by its `message_id`, not by which confirm
+    /// carried it: the broker may ack several messages at once, and the client then
+    /// attaches a return to whichever of them it completes first. Message ids must
+    /// therefore be distinct within one call.
+    pub async fn publish_all(
+        &self,
+        messages: &[OutgoingMessage<'_>],
+    ) -> Vec<Result<Routed, Error>> {
+        debug_assert!(
+            {
+                let mut ids: Vec<&str> =
+                    messages.iter().map(|message| message.message_id).collect();
+                ids.sort_unstable();
+                ids.windows(2).all(|pair| pair[0] != pair[1])
+            },
+            "message ids must be distinct within one publish_all"
+        );
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            match self.send(message).await {
+                Ok(confirm) => pending.push(Ok(confirm)),
+                Err(error) => {
+                    pending.push(Err(error));
+                    break;
+                }
+            }
         }
+        let mut confirmations = Vec::with_capacity(messages.len());
+        let mut returned: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for sent in pending {
+            let confirmation = match sent {
+                Ok(confirm) => confirm.await.map_err(operation("publisher confirm")),
+                Err(error) => Err(error),
+            };
+            let confirmation = confirmation.map(|confirmation| {
+                let acked = confirmation.is_ack();
+                if let Some(message) = confirmation.take_message()
+                    && let Some(id) = message.delivery.properties.message_id()
+                {
+                    returned.insert(id.to_string());
+                }
+                acked
+            });
+            confirmations.push(confirmation);
+        }
+        let mut outcomes: Vec<Result<Routed, Error>> = messages
+            .iter()
+            .zip(confirmations)
+            .map(|(message, confirmation)| match confirmation {
+                Ok(true) if returned.contains(message.message_id) => Ok(Routed::Nowhere),
+                Ok(true) => Ok(Routed::ToQueues),
+                Ok(false) => Err(Error::Nacked {
+                    message_id: message.message_id.to_owned(),
+                }),
+                Err(error) => Err(error),
+            })
+            .collect();
+        // Messages never sent because the channel failed first.
+        while outcomes.len() < messages.len() {
+            outcomes.push(Err(Error::NotSent));
+        }
+        outcomes
     }
 }
 
