@@ -79,7 +79,7 @@ impl Service for App {
         });
         shutdown.spawn("rules-refresh", rules.keep_fresh(shutdown.clone()));
         evaluate::spawn(Arc::clone(&state), &shutdown)?;
-        relay::spawn(Arc::clone(&state), &shutdown)?;
+        let alert_signal = relay::spawn(Arc::clone(&state), &shutdown)?;
 
         let readiness = Readiness::new(timeout)
             .with_shutdown(shutdown.clone())
@@ -91,7 +91,7 @@ impl Service for App {
             .merge(openapi::routes())
             .merge(risk::routes(Arc::clone(&state)))
             .merge(rules_api::routes(Arc::clone(&state)))
-            .merge(alerts_api::routes(Arc::clone(&state)));
+            .merge(alerts_api::routes(Arc::clone(&state), alert_signal));
         let http = HttpService::bind(settings.serving.listen, router, shutdown).await?;
         Ok(Self { http })
     }
