@@ -108,46 +108,48 @@ async fn publish(test: &ServingTest, updates: &[WindowUpdate]) {
     }
 }
 
-/// Waits until `group` has committed every record of the updates topic: every update
+/// Whether `group` has committed every record of the updates topic: every update
 /// published so far is evaluated and its alerts are committed.
-async fn caught_up(test: &ServingTest, group: &str) {
+async fn is_caught_up(test: &ServingTest, group: &str) -> bool {
     let kafka = test.settings.kafka.clone();
     let topic = test.settings.kafka.window_updates_topic.clone();
     let group = group.to_owned();
-    fraud_testkit::wait_until(DEADLINE, "the serving group evaluated every update", || {
-        let (kafka, topic, group) = (kafka.clone(), topic.clone(), group.clone());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let consumer: BaseConsumer = ClientConfig::new()
-                    .set("bootstrap.servers", &kafka.brokers)
-                    .set("group.id", &group)
-                    .set("enable.auto.commit", "false")
-                    .create()
-                    .expect("a consumer");
-                let timeout = Duration::from_secs(5);
-                let mut list = TopicPartitionList::new();
-                let mut ends = BTreeMap::new();
-                for partition in 0..2 {
-                    let (_, high) = consumer
-                        .fetch_watermarks(&topic, partition, timeout)
-                        .expect("watermarks");
-                    ends.insert(partition, high);
-                    list.add_partition(&topic, partition);
-                }
-                let committed = consumer
-                    .committed_offsets(list, timeout)
-                    .expect("committed offsets");
-                ends.iter().all(|(partition, high)| {
-                    *high == 0
-                        || committed
-                            .find_partition(&topic, *partition)
-                            .and_then(|element| element.offset().to_raw())
-                            == Some(*high)
-                })
-            })
-            .await
-            .unwrap()
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
+        let timeout = Duration::from_secs(5);
+        let mut list = TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for partition in 0..2 {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, partition, timeout)
+                .expect("watermarks");
+            ends.insert(partition, high);
+            list.add_partition(&topic, partition);
         }
+        let committed = consumer
+            .committed_offsets(list, timeout)
+            .expect("committed offsets");
+        ends.iter().all(|(partition, high)| {
+            *high == 0
+                || committed
+                    .find_partition(&topic, *partition)
+                    .and_then(|element| element.offset().to_raw())
+                    == Some(*high)
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until [`is_caught_up`].
+async fn caught_up(test: &ServingTest, group: &str) {
+    fraud_testkit::wait_until(DEADLINE, "the serving group evaluated every update", || {
+        is_caught_up(test, group)
     })
     .await;
 }
@@ -578,5 +580,118 @@ async fn through_the_speed_layer_a_vendor_used_earlier_in_the_window_is_known() 
 
     serving.shutdown.trigger();
     speed.trigger();
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn an_undecodable_update_is_counted_and_skipped() {
+    let test = ServingTest::create("alerts-undecodable").await;
+    let serving = test.start_serving_with(&without_broker(&test)).await;
+    let topic = test.settings.kafka.window_updates_topic.clone();
+    let valid = serde_json::to_vec(&update("garbled", now(), 1, 1)).unwrap();
+    for (payload, version) in [(&b"{not json"[..], "1"), (&valid[..], "2")] {
+        let record = FutureRecord::to(&topic)
+            .key("garbled")
+            .payload(payload)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "schema-version",
+                value: Some(version),
+            }));
+        test.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(error, _)| error)
+            .unwrap();
+    }
+    // Behind them, in the same partition, an update that fires.
+    let t = now();
+    publish(&test, &[update("garbled", t, 500_001, 1)]).await;
+    caught_up(&test, &test.settings.serving.group).await;
+    let raised = alerts(&test).await;
+    assert_eq!(
+        raised
+            .iter()
+            .map(|alert| alert.alert_id)
+            .collect::<Vec<_>>(),
+        vec![alert_id("garbled", "sum-30m-over-limit", t)]
+    );
+    let (status, metrics) = fraud_testkit::get_text(&format!("{}/metrics", serving.base))
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    // Only this test publishes undecodable updates in this process.
+    assert!(
+        metrics.contains("serving_window_updates_total{outcome=\"undecodable\"} 2\n"),
+        "{metrics}"
+    );
+    serving.shutdown.trigger();
+    test.remove().await;
+}
+
+/// The value of the counter `name` in `/metrics` (0 when absent).
+async fn counter(base: &str, name: &str) -> u64 {
+    let (_, metrics) = fraud_testkit::get_text(&format!("{base}/metrics"))
+        .await
+        .expect("metrics");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_postgres_failure_retries_the_same_updates_until_they_are_judged() {
+    let test = ServingTest::create("alerts-retry").await;
+    let serving = test.start_serving_with(&without_broker(&test)).await;
+    // Every insert into alerts fails until the trigger is dropped.
+    for statement in [
+        "CREATE FUNCTION refuse_alerts() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'alerts refused by the test'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT ON alerts \
+         FOR EACH ROW EXECUTE FUNCTION refuse_alerts()",
+    ] {
+        sqlx::query(statement).execute(&test.pool).await.unwrap();
+    }
+    let retries_before = counter(&serving.base, "serving_evaluation_retries_total").await;
+    let t = now();
+    publish(
+        &test,
+        &[
+            update("retried", t, 500_001, 1),
+            update("retried", t + MINUTE, 500_002, 1),
+        ],
+    )
+    .await;
+    fraud_testkit::wait_until(DEADLINE, "two retries", || async {
+        counter(&serving.base, "serving_evaluation_retries_total").await >= retries_before + 2
+    })
+    .await;
+    // Nothing judged, nothing committed, nothing skipped.
+    assert!(alerts(&test).await.is_empty());
+    let episodes: i64 = sqlx::query_scalar("SELECT count(*) FROM rule_episodes")
+        .fetch_one(&test.pool)
+        .await
+        .unwrap();
+    assert_eq!(episodes, 0);
+    assert!(!is_caught_up(&test, &test.settings.serving.group).await);
+
+    sqlx::query("DROP TRIGGER refuse ON alerts")
+        .execute(&test.pool)
+        .await
+        .unwrap();
+    caught_up(&test, &test.settings.serving.group).await;
+    let raised = alerts(&test).await;
+    assert_eq!(
+        raised
+            .iter()
+            .map(|alert| alert.alert_id)
+            .collect::<Vec<_>>(),
+        vec![alert_id("retried", "sum-30m-over-limit", t)]
+    );
+    assert_eq!(
+        raised[0].routing_key.as_deref(),
+        Some("alert.high.sum-30m-over-limit")
+    );
+    serving.shutdown.trigger();
     test.remove().await;
 }
