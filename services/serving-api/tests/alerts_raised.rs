@@ -468,6 +468,34 @@ async fn two_instances_in_one_group_raise_no_alert_twice() {
     };
     publish(&test, &round(0)).await;
     let second = test.start_serving_with(&settings).await;
+    // Both are members, each with a partition of its own, before the rest comes (an
+    // empty assignment encodes in 10 bytes; one with a partition of the topic in more).
+    fraud_testkit::wait_until(DEADLINE, "two members sharing the partitions", || {
+        let brokers = test.settings.kafka.brokers.clone();
+        let group = test.settings.serving.group.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let consumer: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .create()
+                    .expect("a client");
+                let groups = consumer
+                    .fetch_group_list(Some(&group), Duration::from_secs(5))
+                    .expect("the group");
+                groups.groups().first().is_some_and(|info| {
+                    info.state() == "Stable"
+                        && info.members().len() == 2
+                        && info
+                            .members()
+                            .iter()
+                            .all(|member| member.assignment().is_some_and(|bytes| bytes.len() > 16))
+                })
+            })
+            .await
+            .unwrap()
+        }
+    })
+    .await;
     publish(&test, &round(1)).await;
     publish(&test, &round(2)).await;
     caught_up(&test, &test.settings.serving.group).await;
