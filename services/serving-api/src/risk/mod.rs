@@ -207,14 +207,15 @@ fn batch_reasons<T>(read: &Result<T, String>, watermark: Option<i64>, now: i64) 
             metrics::counter!("serving_risk_view_unavailable_total", "view" => "batch")
                 .increment(1);
             vec![format!(
-                "postgres is unreachable ({error}): the batch view (figures up to the batch \
-                 watermark, the baseline) is missing; only the speed layer's figures are given"
+                "the batch view could not be read from Postgres ({error}): the figures up to \
+                 the batch watermark and the baseline are missing; only the speed layer's \
+                 are given"
             )]
         }
         Ok(_) => match watermark {
             None => vec![
-                "no batch run has succeeded yet: figures before the speed layer's retention \
-                 are missing and there is no baseline"
+                "no batch run has succeeded yet: every figure is the speed layer's alone (what \
+                 it still holds) and there is no baseline"
                     .to_owned(),
             ],
             Some(tb) if tb > now => vec![format!(

@@ -63,8 +63,9 @@ pub async fn speed(app: &AppState, customer: &str) -> SpeedRead {
                 meta: None,
                 state: None,
                 reasons: vec![format!(
-                    "redis is unreachable ({error}): the 30-minute window and the speed \
-                     layer's part (after the batch watermark) of every figure are missing"
+                    "the speed view could not be read from Redis ({error}): the 30-minute window \
+                     and the speed layer's part (after the batch watermark) of every figure \
+                     are missing"
                 )],
             };
         }
