@@ -7,7 +7,7 @@
 //! instance joins it, so the partitions, hence the customers, are shared out) polls a
 //! batch of updates, evaluates it, and commits the batch's offsets only after the
 //! batch's Postgres transaction has committed. A Postgres failure retries the same batch
-//! with backoff until it succeeds or the service stops: nothing is skipped, and a crash
+//! with backoff (100 ms doubling to 5 s) until it succeeds or the service stops: nothing is skipped, and a crash
 //! anywhere replays from the last commit, which is harmless (below). A record that does
 //! not decode (or has another `schema-version` than
 //! [`fraud_speed_view::update::UPDATE_SCHEMA_VERSION`]) is counted, logged and skipped:
@@ -41,7 +41,19 @@
 //! `pg_notify('fraud_alerts', seq)` per inserted alert. The lock makes `alerts.seq`
 //! commit order and makes two instances judging the same updates (a rebalance, a
 //! zombie, a second group) take turns: the second sees the first's episode, and the
-//! same episode always yields the same alert id, which Postgres stores once.
+//! same episode always yields the same alert id, which Postgres stores once. A firing
+//! update older than the latest episode's start is history already judged and changes
+//! nothing ([`episode::step`]), so a group replaying from the start beside a live one
+//! never moves an episode back and splits it into two alerts.
+//!
+//! The alert's body (`alerts.body`, what subscribers receive) is [`AlertBody`]:
+//! `alertId`, `customerId`, `rule`, `ruleVersion`, `severity`, `kind`, `observed` and
+//! `threshold` (money as decimal strings, counts as integers), `asOf`, `episodeStart`,
+//! `raisedAt` (RFC 3339 UTC), `window` {`sum`, `count`, `max`, `distinctVendors`},
+//! `lastEvent` ({`transactionId`, `vendorId`, `amount`, `ts`, `knownVendor`} or null),
+//! `sourcePartition` and `sourceOffset` (of the transaction in its topic). Its
+//! `trace_context` is the update record's `traceparent` and `tracestate` headers as a
+//! JSON object.
 //!
 //! # Metrics
 //! `serving_window_updates_total{outcome}` (`evaluated`, `undecodable`),
@@ -515,7 +527,7 @@ fn step_name(step: Step) -> &'static str {
 /// subscribers. Money is a decimal string, times RFC 3339 UTC.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct AlertBody<'a> {
+pub struct AlertBody<'a> {
     alert_id: uuid::Uuid,
     customer_id: &'a str,
     rule: &'a str,
