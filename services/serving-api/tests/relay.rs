@@ -56,6 +56,11 @@ struct Raised {
 /// Writes one alert per (customer, rule, severity) in one transaction, as the alert
 /// writer does.
 async fn raise(pool: &PgPool, alerts: &[(&str, &str, &str)]) -> Vec<Raised> {
+    raise_with(pool, alerts, true).await
+}
+
+/// [`raise`], without the notification when `notify` is false (as if it were lost).
+async fn raise_with(pool: &PgPool, alerts: &[(&str, &str, &str)], notify: bool) -> Vec<Raised> {
     let mut transaction = pool.begin().await.expect("begin");
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(ALERTS_LOCK)
@@ -107,7 +112,7 @@ async fn raise(pool: &PgPool, alerts: &[(&str, &str, &str)]) -> Vec<Raised> {
             traceparent,
         });
     }
-    for alert in &raised {
+    for alert in raised.iter().filter(|_| notify) {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(ALERTS_CHANNEL)
             .bind(alert.seq.to_string())
@@ -138,6 +143,7 @@ struct Subscriber {
     channel: Channel,
     consumer: Consumer,
     exchange: String,
+    queue: String,
     _connection: Connection,
 }
 
@@ -191,6 +197,7 @@ impl Subscriber {
             channel,
             consumer,
             exchange: exchange.to_owned(),
+            queue: queue.name().as_str().to_owned(),
             _connection: connection,
         }
     }
@@ -234,6 +241,40 @@ impl Subscriber {
             }
             rest.push(delivery);
         }
+    }
+
+    /// Binds a queue that refuses every message (`x-max-length` 0 with
+    /// `reject-publish`: the broker nacks what it would route there); returns its name.
+    async fn bind_refusing_queue(&self, pattern: &str) -> String {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-length".into(), AMQPValue::LongInt(0));
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        let queue = self
+            .channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+            .expect("declare the refusing queue");
+        self.channel
+            .queue_bind(
+                queue.name().clone(),
+                self.exchange.as_str().into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the refusing queue");
+        queue.name().as_str().to_owned()
     }
 
     async fn delete_exchange(&self) {
@@ -536,6 +577,76 @@ async fn alerts_raised_while_rabbitmq_is_unreachable_wait_in_the_outbox_and_all_
     for alert in &during {
         assert!(publication(&test.pool, alert.alert_id).await.0);
     }
+    let (_, metrics) = get_text(&format!("{}/metrics", serving.base))
+        .await
+        .expect("/metrics answers");
+    assert!(
+        metrics.contains(r#"serving_relay_failed_attempts_total{reason="broker_unavailable"}"#),
+        "failed attempts are not counted:\n{metrics}"
+    );
+
+    serving.shutdown.trigger();
+    subscriber.delete_exchange().await;
+    test.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_alert_backs_off_on_its_own_and_holds_up_no_other() {
+    let test = ServingTest::create("relay-nack").await;
+    let exchange = test.settings.rabbitmq.alerts_exchange.clone();
+    let mut subscriber = Subscriber::bind(&exchange, "alert.*.ok").await;
+    let refusing = subscriber.bind_refusing_queue("alert.*.refused").await;
+    let serving = test.start_serving().await;
+
+    let refused = raise(&test.pool, &[("c-1", "refused", "high")]).await;
+    wait_until(DEADLINE, "the refused alert to be retried", || {
+        attempts_at_least(&test.pool, &refused, 2)
+    })
+    .await;
+    let (error, waits): (String, bool) = sqlx::query_as(
+        "SELECT last_error, next_attempt_at > enqueued_at FROM alert_outbox WHERE alert_id = $1",
+    )
+    .bind(refused[0].alert_id)
+    .fetch_one(&test.pool)
+    .await
+    .expect("read its outbox row");
+    assert!(error.contains("nack"), "{error}");
+    assert!(waits, "a refused row waits before its next attempt");
+
+    // Behind it in seq order, other alerts flow.
+    let others = raise(&test.pool, &[("c-2", "ok", "low"), ("c-3", "ok", "high")]).await;
+    for (delivery, alert) in subscriber.receive(2).await.iter().zip(&others) {
+        assert_is(delivery, alert);
+    }
+    wait_until(
+        DEADLINE,
+        "only the refused alert to wait in the outbox",
+        || async { outbox_len(&test.pool).await == 1 },
+    )
+    .await;
+
+    // Once a queue takes it, it is delivered at its next attempt.
+    subscriber
+        .channel
+        .queue_delete(
+            refusing.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the refusing queue");
+    subscriber
+        .channel
+        .queue_bind(
+            subscriber.queue.as_str().into(),
+            exchange.as_str().into(),
+            "alert.*.refused".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the refused key to the subscriber's queue");
+    assert_is(&subscriber.next().await, &refused[0]);
+    wait_for_empty_outbox(&test.pool).await;
 
     serving.shutdown.trigger();
     subscriber.delete_exchange().await;
