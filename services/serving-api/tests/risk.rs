@@ -1075,6 +1075,14 @@ async fn missing_views_degrade_the_answer_never_fail_it() {
     assert_eq!(answer["last24h"]["count"], 3);
     assert_eq!(answer["freshness"]["batchWatermark"], Value::Null);
 
+    // State of another generation than the meta key's is not this view: absent.
+    let _: () = redis::AsyncCommands::hset(&mut redis, &meta, "generation", "00000000000000aa")
+        .await
+        .unwrap();
+    let answer = risk(&serving.base, &schemas, customer).await;
+    assert_eq!(answer["window30m"]["count"], 0, "{answer:#}");
+    assert_eq!(answer["last24h"]["count"], 0, "{answer:#}");
+
     without_redis.shutdown.trigger();
     without_postgres.shutdown.trigger();
     serving.shutdown.trigger();
