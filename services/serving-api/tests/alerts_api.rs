@@ -146,6 +146,34 @@ fn expected_ids<'a>(alerts: impl IntoIterator<Item = &'a Raised>) -> Vec<String>
         .collect()
 }
 
+/// Asserts `value` is valid against `#/components/schemas/{name}` of the served
+/// OpenAPI document.
+fn assert_documented(document: &Value, name: &str, value: &Value) {
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": document["components"],
+    });
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|error| format!("{error} at {}", error.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:#?}\nin {value:#}");
+}
+
+async fn served_document(base: &str) -> Value {
+    let (status, document) = get(base, "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    for path in ["/v1/alerts", "/v1/alerts/stream"] {
+        assert!(
+            document["paths"][path]["get"].is_object(),
+            "{path} is not documented"
+        );
+    }
+    document
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_filters_and_pages_every_alert_once_in_seq_order() {
     let test = ServingTest::create("alerts-history").await;
@@ -191,6 +219,18 @@ async fn history_filters_and_pages_every_alert_once_in_seq_order() {
     assert_eq!(item["seq"], raised[1].seq);
     assert_eq!(item["raisedAt"], "2026-11-20T10:01:00.250Z");
     assert!(item.get("publishedAt").is_some(), "{item}");
+    let document = served_document(&serving.base).await;
+    assert_documented(&document, "AlertsPage", &first);
+    assert_documented(&document, "AlertsPage", &second);
+    let validator = jsonschema::validator_for(&json!({
+        "$ref": "#/components/schemas/AlertsPage",
+        "components": document["components"],
+    }))
+    .unwrap();
+    assert!(
+        !validator.is_valid(&json!({"alerts": [{"alertId": "x"}], "nextCursor": null})),
+        "the documented page is not vacuous"
+    );
 
     // Small pages: every alert once, in seq order, whatever the page size.
     for limit in [1, 7, 120, 1000] {
@@ -268,6 +308,7 @@ async fn bad_parameters_answer_400_problems_naming_each() {
     let serving = test.start_serving().await;
     let raised = raise(&test.pool, &[spec("c-1")]).await;
     let beyond = raised[0].seq + 1000;
+    let document = served_document(&serving.base).await;
     let cases: Vec<(String, Vec<&str>)> = vec![
         ("/v1/alerts?limit=0".into(), vec!["/query/limit"]),
         ("/v1/alerts?limit=1001".into(), vec!["/query/limit"]),
@@ -321,6 +362,7 @@ async fn bad_parameters_answer_400_problems_naming_each() {
         );
         let problem: Value = response.json().await.expect("a problem");
         assert_eq!(problem["status"], 400);
+        assert_documented(&document, "Problem", &problem);
         let found: Vec<&str> = problem["errors"]
             .as_array()
             .unwrap_or_else(|| panic!("{path}: no errors in {problem}"))
@@ -445,7 +487,14 @@ async fn the_stream_sends_live_alerts_and_resumes_after_last_event_id_without_lo
     // Without an id: only what comes next.
     let mut live = SseClient::connect(base, "", None).await;
     let first = raise(&test.pool, &[spec("c-1"), spec("c-2")]).await;
-    live.expect(&first).await;
+    let event = live.next_event().await.expect("an event");
+    assert_documented(&served_document(base).await, "AlertsEvent", &event.data);
+    assert_eq!(event.data["customerId"], "c-1");
+    assert_eq!(
+        (event.id, event.data["seq"].as_i64()),
+        (first[0].seq, Some(first[0].seq))
+    );
+    live.expect(&first[1..]).await;
     let second = raise(&test.pool, &[spec("c-3")]).await;
     live.expect(&second).await;
     drop(live);

@@ -48,6 +48,9 @@ pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 /// Streams open at once per instance; one more answers 503.
 pub const MAX_STREAMS: usize = 512;
+/// Streams reading Postgres at once per instance: an alert wakes every stream, and
+/// they must not take the whole pool from the risk endpoints.
+pub const STREAM_READERS: usize = 2;
 /// Seconds a client should wait after a 503.
 const RETRY_AFTER_SECONDS: u64 = 1;
 
@@ -56,6 +59,7 @@ struct AlertsApi {
     state: Arc<AppState>,
     signal: AlertSignal,
     streams: Arc<Semaphore>,
+    readers: Arc<Semaphore>,
 }
 
 /// The routes of the alert history and stream; `signal` wakes the streams (and ends
@@ -65,6 +69,7 @@ pub fn routes(state: Arc<AppState>, signal: AlertSignal) -> Router {
         state,
         signal,
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        readers: Arc::new(Semaphore::new(STREAM_READERS)),
     });
     Router::new()
         .route("/v1/alerts", get(history))

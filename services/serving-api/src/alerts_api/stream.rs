@@ -12,7 +12,9 @@
 //! Memory per stream is bounded: alerts are read [`PAGE`] at a time, the next page only
 //! once the client has taken the last, and a stream holds one page at most. Waiting
 //! costs nothing but a watch ([`crate::relay::signal`]): no connection or query per
-//! stream until an alert is committed. A comment line goes out every
+//! stream until an alert is committed, and then at most [`super::STREAM_READERS`]
+//! streams read at a time, so streams never hold more of the Postgres pool than that
+//! (the risk endpoints share it). A comment line goes out every
 //! [`KEEP_ALIVE`] so proxies keep the connection open. Streams end when the service
 //! shuts down; at most [`super::MAX_STREAMS`] are open at once (503 beyond).
 
@@ -29,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use fraud_config::Scope;
 use fraud_service::problem::{FieldError, Problem};
 use sqlx::PgPool;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::{
     AlertRow, AlertsApi, Filter, field_error, invalid_parameters, parameters, parse_customer,
@@ -171,6 +173,7 @@ async fn open(
         filter: request.filter,
         after,
         signal: api.signal.subscribe(),
+        readers: Arc::clone(&api.readers),
         buffer: VecDeque::new(),
         _permit: permit,
     })
@@ -183,6 +186,8 @@ struct Follower {
     /// The `seq` of the last event sent (or the starting point).
     after: i64,
     signal: watch::Receiver<i64>,
+    /// Taken for each read: at most [`super::STREAM_READERS`] streams read at once.
+    readers: Arc<Semaphore>,
     /// At most [`PAGE`] alerts read but not yet sent.
     buffer: VecDeque<AlertRow>,
     _permit: OwnedSemaphorePermit,
@@ -211,7 +216,11 @@ impl Follower {
             }
             // Marked seen before reading: an alert committed from here on wakes the wait.
             self.signal.borrow_and_update();
-            match super::fetch(&self.pool, &self.filter, self.after, PAGE).await {
+            let read = async {
+                let _reader = self.readers.acquire().await;
+                super::fetch(&self.pool, &self.filter, self.after, PAGE).await
+            };
+            match read.await {
                 Ok(rows) if !rows.is_empty() => self.buffer.extend(rows),
                 Ok(_) => self.signal.changed().await.ok()?,
                 Err(error) => {
