@@ -507,6 +507,111 @@ fn assert_exact(scenario: &Scenario, customer: &str, answer: &Value, moment: &st
     );
 }
 
+/// Reads `/daily` of `customer` over the days `first..=last` (day starts) and asserts
+/// each day is exact: the days with events and only them, sums and counts of the
+/// events the merge must count, the source by T_b, and for closed days max, distinct
+/// vendors and the peak by brute force; for the others, max and distinct vendors only
+/// when exact, and the vendors never when both views hold events of the day. Returns
+/// the sources seen.
+async fn check_daily(
+    scenario: &Scenario,
+    base: &str,
+    schemas: &Schemas,
+    customer: &str,
+    first: i64,
+    last: i64,
+) -> HashSet<&'static str> {
+    let (from, to) = (date_of(first), date_of(last));
+    let tb = scenario.watermark.expect("a batch run");
+    let (status, _, answer) = request(
+        base,
+        &format!("/v1/customers/{customer}/daily?from={from}&to={to}"),
+        Some(READ_KEY),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer:#}");
+    schemas.check("CustomerDaily", &answer);
+    assert_eq!(answer["from"], from.to_string());
+    assert_eq!(answer["to"], to.to_string());
+    assert_eq!(answer["freshness"]["batchWatermark"], rfc3339(tb));
+    let as_of = parse_time(&answer["asOf"]);
+    let visible = scenario.visible(customer);
+
+    let mut expected_dates = Vec::new();
+    let mut day = first;
+    while day <= last {
+        let until = (day + DAY - 1).min(as_of);
+        if day <= as_of && totals(&visible, day, until).1 > 0 {
+            expected_dates.push(date_of(day).to_string());
+        }
+        day += DAY;
+    }
+    let days = answer["days"].as_array().expect("days");
+    let dates: Vec<String> = days
+        .iter()
+        .map(|d| d["date"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(dates, expected_dates, "the days with events, in order");
+    let mut seen_sources = HashSet::new();
+    for entry in days {
+        let date = NaiveDate::parse_from_str(entry["date"].as_str().unwrap(), "%Y-%m-%d").unwrap();
+        let day = date
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
+        let until = (day + DAY - 1).min(as_of);
+        let of_day: Vec<_> = visible
+            .iter()
+            .filter(|e| day <= e.0 && e.0 <= until)
+            .cloned()
+            .collect();
+        let (sum, count) = totals(&of_day, day, until);
+        assert_eq!(entry["sum"], money(sum), "{date}");
+        assert_eq!(entry["count"], count, "{date}");
+        let exact_max = money(of_day.iter().map(|e| e.1).max().unwrap());
+        let exact_vendors = of_day.iter().map(|e| &e.2).collect::<HashSet<_>>().len();
+        let source = if day + DAY <= tb {
+            "batch"
+        } else if day <= tb {
+            "both"
+        } else {
+            "speed"
+        };
+        assert_eq!(entry["source"], source, "{date}");
+        seen_sources.insert(source);
+        if source == "batch" {
+            assert_eq!(entry["max"], exact_max, "{date}");
+            assert_eq!(entry["distinctVendors"], exact_vendors, "{date}");
+            let (peak_sum, peak_count, peak_end) = peak(&visible, day);
+            assert_eq!(
+                entry["peak30m"],
+                json!({ "sum": money(peak_sum), "count": peak_count, "end": rfc3339(peak_end) }),
+                "{date}"
+            );
+        } else {
+            assert_eq!(entry["peak30m"], Value::Null, "{date}: not closed");
+            // Given only when exact.
+            if !entry["max"].is_null() {
+                assert_eq!(entry["max"], exact_max, "{date}");
+            }
+            if !entry["distinctVendors"].is_null() {
+                assert_eq!(entry["distinctVendors"], exact_vendors, "{date}");
+            }
+            let batch_part = totals(&visible, day, tb).1;
+            let speed_part = totals(&visible, tb + 1, until).1;
+            if batch_part > 0 && speed_part > 0 {
+                assert_eq!(
+                    entry["distinctVendors"],
+                    Value::Null,
+                    "{date}: cannot unite"
+                );
+            }
+        }
+    }
+    seen_sources
+}
+
 #[tokio::test]
 async fn merged_figures_are_exact_at_the_seam_also_for_late_events() {
     let mut scenario = Scenario::create("risk-seam").await;
@@ -674,12 +779,15 @@ async fn merged_figures_are_exact_at_the_seam_also_for_late_events() {
         &answer,
         "with a late event before the next run",
     );
+    let days = (day_floor(tb) - 2 * DAY, day_floor(now_ms()));
+    check_daily(&scenario, &serving.base, &schemas, customer, days.0, days.1).await;
 
     // A second run with the same T_b reads the late event from the lake: counted once.
     scenario.run_batch(tb).await;
     assert!(scenario.in_batch.contains(&late_id));
     let answer = risk(&serving.base, &schemas, customer).await;
     assert_exact(&scenario, customer, &answer, "after the second run");
+    check_daily(&scenario, &serving.base, &schemas, customer, days.0, days.1).await;
     let in_last24h = hour_floor(parse_time(&answer["asOf"])) - 23 * HOUR <= late_ts;
     assert!(in_last24h, "the late event lies in last24h");
 
@@ -732,18 +840,22 @@ async fn a_run_publishing_meanwhile_is_seen_whole_or_not_at_all() {
         let path = format!("/v1/customers/{customer}/risk");
         tokio::spawn(async move {
             let mut answers = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || answers.is_empty() {
+            loop {
+                // The last request starts after the last run committed.
+                let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
                 let (status, _, body) = request(&base, &path, Some(READ_KEY)).await;
                 assert_eq!(status, 200, "{body:#}");
                 answers.push(body);
+                if stopping {
+                    return answers;
+                }
             }
-            answers
         })
     };
     for tb in watermarks {
         scenario.run_batch(tb).await;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let answers = reader.await.expect("the reader");
     let mut watermarks_seen = HashSet::new();
     for answer in &answers {
@@ -825,94 +937,15 @@ async fn daily_merges_closed_days_from_the_batch_and_today_from_both() {
     scenario.wait_applied().await;
     scenario.run_batch(tb).await;
 
-    let from = date_of(today - 3 * DAY);
-    let to = date_of(today + DAY);
-    let (status, _, answer) = request(
+    let seen_sources = check_daily(
+        &scenario,
         &serving.base,
-        &format!("/v1/customers/{customer}/daily?from={from}&to={to}"),
-        Some(READ_KEY),
+        &schemas,
+        customer,
+        today - 3 * DAY,
+        today + DAY,
     )
     .await;
-    assert_eq!(status, 200, "{answer:#}");
-    schemas.check("CustomerDaily", &answer);
-    assert_eq!(answer["from"], from.to_string());
-    assert_eq!(answer["to"], to.to_string());
-    assert_eq!(answer["freshness"]["batchWatermark"], rfc3339(tb));
-    let as_of = parse_time(&answer["asOf"]);
-    let visible = scenario.visible(customer);
-
-    let mut expected_dates = Vec::new();
-    let mut day = today - 3 * DAY;
-    while day <= today + DAY {
-        let until = (day + DAY - 1).min(as_of);
-        if day <= as_of && totals(&visible, day, until).1 > 0 {
-            expected_dates.push(date_of(day).to_string());
-        }
-        day += DAY;
-    }
-    let days = answer["days"].as_array().expect("days");
-    let dates: Vec<String> = days
-        .iter()
-        .map(|d| d["date"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(dates, expected_dates, "the days with events, in order");
-    let mut seen_sources = HashSet::new();
-    for entry in days {
-        let date = NaiveDate::parse_from_str(entry["date"].as_str().unwrap(), "%Y-%m-%d").unwrap();
-        let day = date
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_utc()
-            .timestamp_millis();
-        let until = (day + DAY - 1).min(as_of);
-        let of_day: Vec<_> = visible
-            .iter()
-            .filter(|e| day <= e.0 && e.0 <= until)
-            .cloned()
-            .collect();
-        let (sum, count) = totals(&of_day, day, until);
-        assert_eq!(entry["sum"], money(sum), "{date}");
-        assert_eq!(entry["count"], count, "{date}");
-        let exact_max = money(of_day.iter().map(|e| e.1).max().unwrap());
-        let exact_vendors = of_day.iter().map(|e| &e.2).collect::<HashSet<_>>().len();
-        let source = if day + DAY <= tb {
-            "batch"
-        } else if day <= tb {
-            "both"
-        } else {
-            "speed"
-        };
-        assert_eq!(entry["source"], source, "{date}");
-        seen_sources.insert(source);
-        if source == "batch" {
-            assert_eq!(entry["max"], exact_max, "{date}");
-            assert_eq!(entry["distinctVendors"], exact_vendors, "{date}");
-            let (peak_sum, peak_count, peak_end) = peak(&visible, day);
-            assert_eq!(
-                entry["peak30m"],
-                json!({ "sum": money(peak_sum), "count": peak_count, "end": rfc3339(peak_end) }),
-                "{date}"
-            );
-        } else {
-            assert_eq!(entry["peak30m"], Value::Null, "{date}: not closed");
-            // Given only when exact.
-            if !entry["max"].is_null() {
-                assert_eq!(entry["max"], exact_max, "{date}");
-            }
-            if !entry["distinctVendors"].is_null() {
-                assert_eq!(entry["distinctVendors"], exact_vendors, "{date}");
-            }
-            let batch_part = totals(&visible, day, tb).1;
-            let speed_part = totals(&visible, tb + 1, until).1;
-            if batch_part > 0 && speed_part > 0 {
-                assert_eq!(
-                    entry["distinctVendors"],
-                    Value::Null,
-                    "{date}: cannot unite"
-                );
-            }
-        }
-    }
     assert!(seen_sources.contains("batch"), "closed days are listed");
     assert!(
         seen_sources.contains("both") || seen_sources.contains("speed"),
