@@ -44,6 +44,8 @@ pub enum Error {
     Nacked { message_id: String },
     #[error("not sent: the channel failed on an earlier message of the batch")]
     NotSent,
+    #[error("the message cannot be sent: its {what} is invalid ({detail})")]
+    Invalid { what: &'static str, detail: String },
 }
 
 fn operation(operation: &'static str) -> impl FnOnce(lapin::Error) -> Error {
@@ -100,7 +102,7 @@ impl AmqpHandle {
 pub async fn declare_topic_exchange(channel: &Channel, exchange: &str) -> Result<(), Error> {
     channel
         .exchange_declare(
-            exchange.into(),
+            short_string("exchange", exchange)?,
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
@@ -173,25 +175,22 @@ impl ConfirmedPublisher {
 
     /// Sends one persistent, mandatory message; the returned future is its confirm.
     async fn send(&self, message: &OutgoingMessage<'_>) -> Result<PublisherConfirm, Error> {
-        let headers: std::collections::BTreeMap<ShortString, AMQPValue> = message
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                (
-                    ShortString::from(name.as_str()),
-                    AMQPValue::LongString(LongString::from(value.as_bytes())),
-                )
-            })
-            .collect();
+        let mut headers = std::collections::BTreeMap::new();
+        for (name, value) in &message.headers {
+            headers.insert(
+                short_string("header name", name)?,
+                AMQPValue::LongString(LongString::from(value.as_bytes())),
+            );
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
-            .with_message_id(message.message_id.into())
-            .with_content_type(message.content_type.into())
+            .with_message_id(short_string("message id", message.message_id)?)
+            .with_content_type(short_string("content type", message.content_type)?)
             .with_headers(FieldTable::from(headers));
         self.channel
             .basic_publish(
-                message.exchange.into(),
-                message.routing_key.into(),
+                short_string("exchange", message.exchange)?,
+                short_string("routing key", message.routing_key)?,
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -202,6 +201,15 @@ impl ConfirmedPublisher {
             .await
             .map_err(operation("publish"))
     }
+}
+
+/// `text` as an AMQP short string (at most 255 bytes): an error, not the client's
+/// panic, for one that is too long, so one bad message cannot bring a publisher down.
+fn short_string(what: &'static str, text: &str) -> Result<ShortString, Error> {
+    ShortString::try_new(text).map_err(|error| Error::Invalid {
+        what,
+        detail: error.to_string(),
+    })
 }
 
 /// What the broker did with a message it confirmed.
@@ -218,9 +226,10 @@ impl ConfirmedPublisher {
     /// Publishes every message (persistent, `mandatory`, like [`Self::publish`]) without
     /// waiting in between, then waits for every confirm. One outcome per message, in
     /// order: `Ok` once the broker acked it (saying whether a queue took it), `Err` when
-    /// it was nacked or its fate is unknown (the channel failed before its confirm; it
-    /// may or may not have reached the broker). After an `Err` other than `Nacked` the
-    /// channel is unusable; the remaining messages are not sent.
+    /// it was nacked, could not be sent at all (`Invalid`: a name longer than AMQP
+    /// allows), or its fate is unknown (the channel failed before its confirm; it may or
+    /// may not have reached the broker). After an `Err` other than `Nacked` or `Invalid`
+    /// the channel is unusable; the remaining messages are not sent.
     ///
     /// A returned message is recognised by its `message_id`, not by which confirm
     /// carried it: the broker may ack several messages at once, and the client then
@@ -243,6 +252,8 @@ impl ConfirmedPublisher {
         for message in messages {
             match self.send(message).await {
                 Ok(confirm) => pending.push(Ok(confirm)),
+                // Refused before anything was sent: the channel is fine.
+                Err(error @ Error::Invalid { .. }) => pending.push(Err(error)),
                 Err(error) => {
                     pending.push(Err(error));
                     break;

@@ -97,6 +97,37 @@ async fn a_batch_of_routed_and_unroutable_messages_gets_one_outcome_each() {
         "every routed message, nothing else"
     );
 
+    // A routing key longer than AMQP allows fails that message alone.
+    let long_key = "routed.".repeat(40);
+    let invalid = OutgoingMessage {
+        routing_key: &long_key,
+        message_id: "too-long",
+        ..messages[0].clone()
+    };
+    let around = OutgoingMessage {
+        message_id: "around",
+        ..messages[0].clone()
+    };
+    let outcomes = publisher
+        .publish_all(&[messages[0].clone(), invalid, around])
+        .await;
+    assert!(
+        matches!(outcomes[0], Ok(Routed::ToQueues)),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(
+        matches!(outcomes[1], Err(fraud_amqp::Error::Invalid { .. })),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        matches!(outcomes[2], Ok(Routed::ToQueues)),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(publisher.is_usable());
+
     // The single-message form still tells the two apart.
     let unroutable = OutgoingMessage {
         routing_key: "nowhere.y",
