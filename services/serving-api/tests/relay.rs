@@ -591,7 +591,7 @@ async fn alerts_raised_while_rabbitmq_is_unreachable_wait_in_the_outbox_and_all_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_alert_backs_off_on_its_own_and_holds_up_no_other() {
+async fn a_refused_or_unsendable_alert_backs_off_on_its_own_and_holds_up_no_other() {
     let test = ServingTest::create("relay-nack").await;
     let exchange = test.settings.rabbitmq.alerts_exchange.clone();
     let mut subscriber = Subscriber::bind(&exchange, "alert.*.ok").await;
@@ -613,6 +613,22 @@ async fn a_refused_alert_backs_off_on_its_own_and_holds_up_no_other() {
     assert!(error.contains("nack"), "{error}");
     assert!(waits, "a refused row waits before its next attempt");
 
+    // A routing key longer than AMQP allows: the row waits with its error, and the
+    // relay (the whole service) keeps running.
+    let long_rule = "r".repeat(300);
+    let unsendable = raise(&test.pool, &[("c-9", long_rule.as_str(), "low")]).await;
+    wait_until(DEADLINE, "the unsendable alert to be retried", || {
+        attempts_at_least(&test.pool, &unsendable, 2)
+    })
+    .await;
+    let error: String =
+        sqlx::query_scalar("SELECT last_error FROM alert_outbox WHERE alert_id = $1")
+            .bind(unsendable[0].alert_id)
+            .fetch_one(&test.pool)
+            .await
+            .expect("read its outbox row");
+    assert!(error.contains("routing key"), "{error}");
+
     // Behind it in seq order, other alerts flow.
     let others = raise(&test.pool, &[("c-2", "ok", "low"), ("c-3", "ok", "high")]).await;
     for (delivery, alert) in subscriber.receive(2).await.iter().zip(&others) {
@@ -620,8 +636,8 @@ async fn a_refused_alert_backs_off_on_its_own_and_holds_up_no_other() {
     }
     wait_until(
         DEADLINE,
-        "only the refused alert to wait in the outbox",
-        || async { outbox_len(&test.pool).await == 1 },
+        "only the refused and unsendable alerts to wait in the outbox",
+        || async { outbox_len(&test.pool).await == 2 },
     )
     .await;
 
@@ -646,7 +662,11 @@ async fn a_refused_alert_backs_off_on_its_own_and_holds_up_no_other() {
         .await
         .expect("bind the refused key to the subscriber's queue");
     assert_is(&subscriber.next().await, &refused[0]);
-    wait_for_empty_outbox(&test.pool).await;
+    wait_until(DEADLINE, "only the unsendable alert to wait", || async {
+        outbox_len(&test.pool).await == 1
+    })
+    .await;
+    assert!(!publication(&test.pool, unsendable[0].alert_id).await.0);
 
     serving.shutdown.trigger();
     subscriber.delete_exchange().await;

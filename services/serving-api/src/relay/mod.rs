@@ -22,9 +22,11 @@
 //!
 //! **RabbitMQ down.** The claimed rows stay, their `attempts` counted and `last_error`
 //! set; the relay retries with a backoff from [`BACKOFF_MIN`] doubling to [`BACKOFF_MAX`]
-//! and the rows flow as soon as the broker is back. A row the broker refuses (nack) is
+//! and the rows flow as soon as the broker is back. A row the broker refuses (nack), or
+//! one that cannot be sent as written (a routing key longer than AMQP's 255 bytes), is
 //! tried again after its own capped backoff (`next_attempt_at`, at most [`RETRY_MAX`]),
-//! so it never holds up the rows behind it.
+//! so it never holds up the rows behind it; it stays in the outbox, with its error,
+//! for an operator to see.
 //!
 //! **Unroutable alerts.** When no queue is bound for a routing key, the broker returns
 //! the `mandatory` message and then confirms it. That means "nobody subscribes to this
@@ -39,7 +41,7 @@
 //! every second) and every second in any case (rows whose retry time came).
 //!
 //! **Metrics.** `serving_relay_published_total{outcome="routed"|"unroutable"}`,
-//! `serving_relay_failed_attempts_total{reason="broker_unavailable"|"nacked"|"unconfirmed"}`
+//! `serving_relay_failed_attempts_total{reason="broker_unavailable"|"nacked"|"invalid"|"unconfirmed"}`
 //! (per row and attempt), `serving_relay_delay_seconds` (from `raised_at` to the
 //! confirm), and the gauges `serving_relay_outbox_depth` and
 //! `serving_relay_outbox_oldest_seconds` (age of the oldest row), refreshed every second.
@@ -248,6 +250,7 @@ impl Relay {
         let mut routed = Vec::new();
         let mut unroutable = Vec::new();
         let mut nacked = Vec::new();
+        let mut invalid = Vec::new();
         let mut unconfirmed = Vec::new();
         let mut first_error: Option<String> = None;
         let confirmed_at = Utc::now();
@@ -264,6 +267,10 @@ impl Relay {
                     metrics::histogram!("serving_relay_delay_seconds").record(delay.as_secs_f64());
                 }
                 Err(fraud_amqp::Error::Nacked { .. }) => nacked.push(row.alert_id),
+                Err(error @ fraud_amqp::Error::Invalid { .. }) => {
+                    tracing::error!(alert_id = %row.alert_id, error = %error, "an alert cannot be published as written; it waits in the outbox");
+                    invalid.push((row.alert_id, error.to_string()));
+                }
                 Err(error) => {
                     first_error.get_or_insert_with(|| error.to_string());
                     unconfirmed.push(row.alert_id);
@@ -296,6 +303,9 @@ impl Relay {
             )
             .await?;
         }
+        for (alert_id, error) in &invalid {
+            failed_attempts(&mut transaction, &[*alert_id], error, Some(RETRY_MAX)).await?;
+        }
         if let Some(error) = &first_error {
             failed_attempts(&mut transaction, &unconfirmed, error, None).await?;
         }
@@ -307,6 +317,8 @@ impl Relay {
             .increment(unroutable.len() as u64);
         metrics::counter!("serving_relay_failed_attempts_total", "reason" => "nacked")
             .increment(nacked.len() as u64);
+        metrics::counter!("serving_relay_failed_attempts_total", "reason" => "invalid")
+            .increment(invalid.len() as u64);
         metrics::counter!("serving_relay_failed_attempts_total", "reason" => "unconfirmed")
             .increment(unconfirmed.len() as u64);
         if let Some(error) = first_error {
