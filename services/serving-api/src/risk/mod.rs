@@ -157,6 +157,10 @@ fn rfc3339(millis: i64) -> String {
         .unwrap_or_else(|| millis.to_string())
 }
 
+fn increments_ttl_ms(app: &AppState) -> i64 {
+    i64::try_from(app.settings.speed.increments_ttl_ms).unwrap_or(i64::MAX)
+}
+
 fn now_millis() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -199,8 +203,16 @@ async fn get_risk(
     respond("risk", risk(&app, &headers, path).await)
 }
 
-/// The reasons a batch read gives, and its watermark's own.
-fn batch_reasons<T>(read: &Result<T, String>, watermark: Option<i64>, now: i64) -> Vec<String> {
+/// Why the batch side of an answer is incomplete: it could not be read, no run has
+/// succeeded, T_b is after now, or T_b is older than the speed layer keeps hourly
+/// increments without a write (`speed.increments_ttl_ms`), so hours between T_b and
+/// the speed layer's oldest may be gone.
+fn batch_reasons<T>(
+    read: &Result<T, String>,
+    watermark: Option<i64>,
+    now: i64,
+    increments_ttl_ms: i64,
+) -> Vec<String> {
     match read {
         Err(error) => {
             tracing::warn!(%error, "could not read the batch view");
@@ -222,6 +234,12 @@ fn batch_reasons<T>(read: &Result<T, String>, watermark: Option<i64>, now: i64) 
                 "the batch watermark {} is after now (clock skew?): figures up to it may \
                  include events after asOf",
                 rfc3339(tb)
+            )],
+            Some(tb) if now.saturating_sub(tb) > increments_ttl_ms => vec![format!(
+                "the batch watermark {} is older than the speed layer keeps hourly figures \
+                 ({} h): figures between it and the speed layer's oldest hour may be missing",
+                rfc3339(tb),
+                increments_ttl_ms / 3_600_000
             )],
             Some(_) => Vec::new(),
         },
@@ -271,7 +289,7 @@ async fn risk(
     .await;
     let rows = batch.as_ref().ok();
     let watermark = rows.and_then(|rows| rows.watermark);
-    let reasons = batch_reasons(&batch, watermark, now);
+    let reasons = batch_reasons(&batch, watermark, now, increments_ttl_ms(app));
     let state = speed.state.as_ref();
 
     let window = merge::window(state, now);
@@ -441,7 +459,7 @@ async fn daily(
     .await;
     let rows = batch.as_ref().ok();
     let watermark = rows.and_then(|rows| rows.watermark);
-    let reasons = batch_reasons(&batch, watermark, now);
+    let reasons = batch_reasons(&batch, watermark, now, increments_ttl_ms(app));
     let mut days = Vec::new();
     let mut date = from;
     while date <= to {
@@ -493,6 +511,22 @@ mod tests {
             from: from.map(str::to_owned),
             to: to.map(str::to_owned),
         })))
+    }
+
+    #[test]
+    fn the_batch_side_says_why_it_is_incomplete() {
+        const HOUR: i64 = 3_600_000;
+        let ttl = 48 * HOUR;
+        let now = 1_795_564_800_000;
+        let read: Result<(), String> = Ok(());
+        assert!(batch_reasons(&read, Some(now - HOUR), now, ttl).is_empty());
+        assert!(batch_reasons(&read, Some(now - ttl), now, ttl).is_empty());
+        let stale = batch_reasons(&read, Some(now - ttl - HOUR), now, ttl);
+        assert!(stale[0].contains("older than"), "{stale:?}");
+        assert!(batch_reasons(&read, None, now, ttl)[0].contains("no batch run"));
+        assert!(batch_reasons(&read, Some(now + HOUR), now, ttl)[0].contains("after now"));
+        let down: Result<(), String> = Err("refused".into());
+        assert!(batch_reasons(&down, None, now, ttl)[0].contains("(refused)"));
     }
 
     #[test]
