@@ -141,7 +141,13 @@ impl Relay {
         loop {
             // Seen before draining: an alert committed from here on wakes the wait below.
             self.wake.borrow_and_update();
-            match self.drain().await {
+            let drained = self.drain().await;
+            // Also (above all) while the broker is down: the outbox grows then.
+            if gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_EVERY) {
+                self.refresh_gauges().await;
+                gauges_at = Some(Instant::now());
+            }
+            match drained {
                 Ok(()) => backoff = BACKOFF_MIN,
                 Err(failure) => {
                     tracing::warn!(error = %failure, retry_in_ms = backoff.as_millis() as u64, "alert relay round failed; alerts wait in the outbox");
@@ -152,10 +158,6 @@ impl Relay {
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
-            }
-            if gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_EVERY) {
-                self.refresh_gauges().await;
-                gauges_at = Some(Instant::now());
             }
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
