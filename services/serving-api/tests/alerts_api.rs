@@ -460,6 +460,21 @@ impl SseClient {
         }
     }
 
+    /// Reads until a comment line arrives; the comment's text.
+    async fn next_comment(&mut self) -> String {
+        loop {
+            if let Some(line) = self.buffer.lines().find(|line| line.starts_with(':')) {
+                return line.trim_start_matches(':').trim().to_owned();
+            }
+            let chunk = tokio::time::timeout(DEADLINE, self.response.chunk())
+                .await
+                .expect("a comment within the deadline")
+                .expect("the stream reads")
+                .expect("the stream is open");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
     /// The next `alerts.len()` events are `alerts`, in order.
     async fn expect(&mut self, alerts: &[Raised]) {
         for alert in alerts {
@@ -585,6 +600,21 @@ async fn both_endpoints_need_a_key_with_the_read_scope() {
             assert_eq!(content_type, wanted, "{path} with {key:?}");
         }
     }
+    serving.shutdown.trigger();
+    test.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_gets_keep_alive_comments() {
+    let test = ServingTest::create("alerts-keepalive").await;
+    let serving = test.start_serving().await;
+    let mut idle = SseClient::connect(&serving.base, "", None).await;
+    let started = std::time::Instant::now();
+    assert_eq!(idle.next_comment().await, "keep-alive");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the keep-alive comes every 15 s"
+    );
     serving.shutdown.trigger();
     test.remove().await;
 }
