@@ -123,6 +123,9 @@ const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
+/// CPUs of other work during a measured process above which the report says so.
+const OTHER_WORK_CORES: f64 = 0.3;
+
 /// Targets of the issue.
 const FULL_VS_DUCKDB_TARGET: f64 = 1.5;
 const MEMORY_TARGET_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -762,6 +765,8 @@ struct Finished {
     stderr: String,
     /// The machine while it ran.
     usage: CpuUsage,
+    /// Cores the PostgreSQL server (every backend, for any client) used on average.
+    postgres_cores: f64,
 }
 
 impl Finished {
@@ -774,15 +779,16 @@ impl Finished {
         self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
     }
 
-    /// Cores everything else used on average (the process's own time taken out of what
-    /// the machine-wide accounting calls other work).
+    /// Cores everything else used on average: the machine's busy time without the
+    /// process's and the PostgreSQL server's.
     fn other_cores(&self) -> f64 {
         (self.usage.other_cores
             + self.usage.bench_cores
             + self.usage.kafka_cores
             + self.usage.redis_cores
-            - self.cores())
-        .max(0.0)
+            - self.cores()
+            - self.postgres_cores)
+            .max(0.0)
     }
 
     fn failure(&self, what: &str) -> anyhow::Error {
@@ -813,6 +819,7 @@ async fn run_measured(
         .stderr(std::fs::File::create(&stderr_path)?);
     let pids = Pids::find(0, [ThreadMatch::None, ThreadMatch::None]);
     let before = CpuSnapshot::take(&pids);
+    let postgres_before = postgres_ticks();
     let started = Instant::now();
     // The child is reaped by wait4 below, not by `Child` (dropping it neither waits nor
     // kills).
@@ -832,6 +839,11 @@ async fn run_measured(
     };
     let wall = started.elapsed();
     let usage = before.usage_until(&CpuSnapshot::take(&pids));
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let postgres_cores = postgres_ticks().saturating_sub(postgres_before) as f64
+        / ticks_per_second
+        / wall.as_secs_f64().max(1e-9);
     let (status, rusage) = waited;
     let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     let seconds = |time: libc::timeval| {
@@ -846,7 +858,39 @@ async fn run_measured(
         stdout: std::fs::read_to_string(&stdout_path).unwrap_or_default(),
         stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
         usage,
+        postgres_cores,
     })
+}
+
+/// CPU time of the PostgreSQL server in jiffies: utime + stime of every `postgres`
+/// process, plus cutime + cstime, where the postmaster keeps the time of the backends
+/// it has reaped (a connection that ended during a phase still counts).
+fn postgres_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ticks = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == "postgres") {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        // Fields after the command name: utime, stime, cutime, cstime are 11 to 14.
+        let Some(rest) = stat.rfind(')').map(|end| &stat[end + 2..]) else {
+            continue;
+        };
+        ticks += rest
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .filter_map(|field| field.parse::<i64>().ok())
+            .map(|value| value.max(0) as u64)
+            .sum::<u64>();
+    }
+    ticks
 }
 
 /// Waits for the child `pid` to end (blocking): its wait status and resource usage.
@@ -1993,13 +2037,15 @@ fn render_report(
     let _ = writeln!(
         r,
         "`process` is the CPU time of the measured process itself (from `wait4`) over its \
-         wall time; `everything else` is the rest of the machine's busy time (the \
-         PostgreSQL server working for the batch layer or psql included), out of {} CPUs.\n",
+         wall time; `PostgreSQL` the server's (all its backends, for any client); \
+         `everything else` the rest of the machine's busy time (Kafka, Redis, this \
+         program, other work), out of {} CPUs.\n",
         machine.cpus
     );
     let _ = writeln!(
         r,
-        "| process | wall | process | everything else | machine busy |\n|---|---|---|---|---|"
+        "| process | wall | process | PostgreSQL | everything else | machine busy |\n\
+         |---|---|---|---|---|---|"
     );
     let phases: [(&str, &Finished); 5] = [
         ("batch-layer run --full", &m.full.process),
@@ -2008,14 +2054,27 @@ fn render_report(
         ("batch-layer run (the night)", &m.incremental.process),
         ("DuckDB as of T_b + 1 day", &m.duck_night.process),
     ];
+    let mut disturbed = Vec::new();
     for (name, process) in phases {
         let _ = writeln!(
             r,
-            "| {name} | {} | {:.2} cores | {:.2} cores | {:.0}% |",
+            "| {name} | {} | {:.2} cores | {:.2} cores | {:.2} cores | {:.0}% |",
             secs(process.wall),
             process.cores(),
+            process.postgres_cores,
             process.other_cores(),
             process.usage.machine_busy_percent
+        );
+        if process.other_cores() > OTHER_WORK_CORES {
+            disturbed.push(format!("{name} ({:.2} cores)", process.other_cores()));
+        }
+    }
+    if !disturbed.is_empty() {
+        let _ = writeln!(
+            r,
+            "\n**Other work ran** during {}: those figures are lower than on a quiet \
+             machine.",
+            disturbed.join(", ")
         );
     }
     let busiest = m
