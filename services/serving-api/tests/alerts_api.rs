@@ -12,13 +12,12 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::sse::SseClient;
 use common::{ADMIN_KEY, ALL_KEY, INGEST_KEY, READ_KEY, ServingTest, get};
 use serde_json::{Value, json};
 use serving_api::evaluate::store::{ALERTS_CHANNEL, ALERTS_LOCK};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-const DEADLINE: Duration = Duration::from_secs(30);
 
 /// One alert to write: customer, severity, and when it was raised (`None`: now).
 struct Spec<'a> {
@@ -386,109 +385,19 @@ async fn bad_parameters_answer_400_problems_naming_each() {
     test.remove().await;
 }
 
-/// One Server-Sent Event.
-#[derive(Debug)]
-struct SseEvent {
-    id: i64,
-    event: String,
-    data: Value,
-}
-
-/// A reader of `GET /v1/alerts/stream`.
-struct SseClient {
-    response: reqwest::Response,
-    buffer: String,
-    /// The id of the last event received (0 before any).
-    last: i64,
-}
-
-impl SseClient {
-    async fn connect(base: &str, query: &str, last_event_id: Option<i64>) -> SseClient {
-        let mut request = reqwest::Client::new()
-            .get(format!("{base}/v1/alerts/stream?{query}"))
-            .bearer_auth(READ_KEY);
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id.to_string());
-        }
-        let response = request.send().await.expect("the stream answers");
-        assert_eq!(response.status().as_u16(), 200);
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        SseClient {
-            response,
-            buffer: String::new(),
-            last: 0,
-        }
-    }
-
-    /// The next event (comments skipped); `None` when the stream ended.
-    async fn next_event(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut id = None;
-                let mut event = String::new();
-                let mut data = None;
-                for line in block.lines() {
-                    if let Some(value) = line.strip_prefix("id:") {
-                        id = Some(value.trim().parse::<i64>().expect("a numeric id"));
-                    } else if let Some(value) = line.strip_prefix("event:") {
-                        event = value.trim().to_owned();
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        data = Some(serde_json::from_str(value.trim()).expect("JSON data"));
-                    }
-                }
-                if let Some(data) = data {
-                    let id = id.expect("every alert event has an id");
-                    assert!(
-                        id > self.last,
-                        "event {id} after {}: out of order or repeated",
-                        self.last
-                    );
-                    self.last = id;
-                    return Some(SseEvent { id, event, data });
-                }
-                continue; // a comment (keep-alive)
-            }
-            let chunk = tokio::time::timeout(DEADLINE, self.response.chunk())
-                .await
-                .expect("an event within the deadline")
-                .expect("the stream reads");
-            match chunk {
-                Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
-                None => return None,
-            }
-        }
-    }
-
-    /// Reads until a comment line arrives; the comment's text.
-    async fn next_comment(&mut self) -> String {
-        loop {
-            if let Some(line) = self.buffer.lines().find(|line| line.starts_with(':')) {
-                return line.trim_start_matches(':').trim().to_owned();
-            }
-            let chunk = tokio::time::timeout(DEADLINE, self.response.chunk())
-                .await
-                .expect("a comment within the deadline")
-                .expect("the stream reads")
-                .expect("the stream is open");
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-
-    /// The next `alerts.len()` events are `alerts`, in order.
-    async fn expect(&mut self, alerts: &[Raised]) {
-        for alert in alerts {
-            let event = self.next_event().await.expect("the stream is open");
-            assert_eq!(event.event, "alert");
-            assert_eq!(
-                (event.id, event.data["alertId"].as_str().unwrap_or_default()),
-                (alert.seq, alert.alert_id.as_str()),
-                "expected seq {} next, got {event:?}",
-                alert.seq
-            );
-            assert_eq!(event.data["seq"], alert.seq);
-            assert!(event.data["raisedAt"].is_string());
-        }
+/// The next `alerts.len()` events of `client` are `alerts`, in order.
+async fn expect(client: &mut SseClient, alerts: &[Raised]) {
+    for alert in alerts {
+        let event = client.next_event().await.expect("the stream is open");
+        assert_eq!(event.event, "alert");
+        assert_eq!(
+            (event.id, event.data["alertId"].as_str().unwrap_or_default()),
+            (alert.seq, alert.alert_id.as_str()),
+            "expected seq {} next, got {event:?}",
+            alert.seq
+        );
+        assert_eq!(event.data["seq"], alert.seq);
+        assert!(event.data["raisedAt"].is_string());
     }
 }
 
@@ -509,22 +418,22 @@ async fn the_stream_sends_live_alerts_and_resumes_after_last_event_id_without_lo
         (event.id, event.data["seq"].as_i64()),
         (first[0].seq, Some(first[0].seq))
     );
-    live.expect(&first[1..]).await;
+    expect(&mut live, &first[1..]).await;
     let second = raise(&test.pool, &[spec("c-3")]).await;
-    live.expect(&second).await;
+    expect(&mut live, &second).await;
     drop(live);
 
     // Missed while disconnected, then resumed after the last id seen: the missed ones,
     // then live ones, nothing twice.
     let missed = raise(&test.pool, &[spec("c-1"), spec("c-2"), spec("c-1")]).await;
     let mut resumed = SseClient::connect(base, "", Some(second[0].seq)).await;
-    resumed.expect(&missed).await;
+    expect(&mut resumed, &missed).await;
     let after = raise(&test.pool, &[spec("c-2")]).await;
-    resumed.expect(&after).await;
+    expect(&mut resumed, &after).await;
 
     // A notification lost: the stream still gets the alert (the poll finds it).
     let silent = raise_with(&test.pool, &[spec("c-4")], false).await;
-    resumed.expect(&silent).await;
+    expect(&mut resumed, &silent).await;
 
     // ?lastEventId=0 replays everything; the header wins over the query.
     let everything: Vec<Raised> = [&old, &first, &second, &missed, &after, &silent]
@@ -533,9 +442,9 @@ async fn the_stream_sends_live_alerts_and_resumes_after_last_event_id_without_lo
         .cloned()
         .collect();
     let mut replay = SseClient::connect(base, "lastEventId=0", None).await;
-    replay.expect(&everything).await;
+    expect(&mut replay, &everything).await;
     let mut header_wins = SseClient::connect(base, "lastEventId=0", Some(after[0].seq)).await;
-    header_wins.expect(&silent).await;
+    expect(&mut header_wins, &silent).await;
 
     // One customer's alerts only.
     let mut customer = SseClient::connect(base, "customerId=c-1&lastEventId=0", None).await;
@@ -544,15 +453,15 @@ async fn the_stream_sends_live_alerts_and_resumes_after_last_event_id_without_lo
         .filter(|alert| alert.customer == "c-1")
         .cloned()
         .collect();
-    customer.expect(&of_c1).await;
+    expect(&mut customer, &of_c1).await;
     let mixed = raise(&test.pool, &[spec("c-2"), spec("c-1")]).await;
-    customer.expect(&mixed[1..]).await;
+    expect(&mut customer, &mixed[1..]).await;
 
     // A replay longer than a page (100 alerts) comes whole and in order.
     let specs: Vec<Spec<'_>> = (0..250).map(|_| spec("c-9")).collect();
     let many = raise(&test.pool, &specs).await;
     let mut long = SseClient::connect(base, "customerId=c-9", Some(0)).await;
-    long.expect(&many).await;
+    expect(&mut long, &many).await;
 
     // Every stream ends when the service shuts down (so the drain does not wait);
     // alerts not sent yet may still come before the end, never one sent before.

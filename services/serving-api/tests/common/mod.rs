@@ -3,6 +3,9 @@
 //! speed layer and a serving API in this process; producing transactions.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod amqp;
+pub mod sse;
+
 use std::time::Duration;
 
 use fraud_config::{ApiKeyConfig, Scope, Settings};
@@ -129,6 +132,64 @@ impl ServingTest {
         .await
     }
 
+    /// Whether the serving group has committed every record of the updates topic so
+    /// far: every update published is evaluated and its alerts are committed.
+    pub async fn is_caught_up(&self) -> bool {
+        use rdkafka::ClientConfig;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::topic_partition_list::TopicPartitionList;
+
+        let kafka = self.settings.kafka.clone();
+        let topic = self.settings.kafka.window_updates_topic.clone();
+        let group = self.settings.serving.group.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &kafka.brokers)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("a consumer");
+            let timeout = Duration::from_secs(5);
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .expect("the topic's metadata");
+            let partitions: Vec<i32> = metadata.topics()[0]
+                .partitions()
+                .iter()
+                .map(|partition| partition.id())
+                .collect();
+            let mut list = TopicPartitionList::new();
+            for &partition in &partitions {
+                list.add_partition(&topic, partition);
+            }
+            let committed = consumer
+                .committed_offsets(list, timeout)
+                .expect("committed offsets");
+            partitions.iter().all(|&partition| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, partition, timeout)
+                    .expect("watermarks");
+                high == 0
+                    || committed
+                        .find_partition(&topic, partition)
+                        .and_then(|element| element.offset().to_raw())
+                        == Some(high)
+            })
+        })
+        .await
+        .expect("read the group's offsets")
+    }
+
+    /// Waits until [`ServingTest::is_caught_up`].
+    pub async fn caught_up(&self) {
+        fraud_testkit::wait_until(
+            Duration::from_secs(30),
+            "the serving group evaluated every update",
+            || self.is_caught_up(),
+        )
+        .await;
+    }
+
     /// Publishes `watermark` (UTC ms, hour-aligned) as a succeeded batch run's T_b.
     pub async fn publish_watermark(&self, watermark: i64) {
         sqlx::query(
@@ -165,6 +226,35 @@ impl ServingTest {
         self.pool.close().await;
         fraud_testkit::postgres::drop_database(self.settings.postgres.url.expose()).await;
     }
+}
+
+/// A transaction of `customer` at `vendor` for `amount` minor units, at `ts` (UTC ms),
+/// ingested at `ts`.
+pub fn transaction(
+    id: &str,
+    customer: &str,
+    vendor: &str,
+    amount: i64,
+    ts: i64,
+) -> TransactionEvent {
+    use fraud_domain::{Currency, CustomerId, EventTime, Money, TransactionId, VendorId};
+    TransactionEvent {
+        transaction_id: TransactionId::parse(id).expect("a transaction id"),
+        customer_id: CustomerId::parse(customer).expect("a customer id"),
+        vendor_id: VendorId::parse(vendor).expect("a vendor id"),
+        amount: Money::from_minor(amount),
+        currency: Currency::EUR,
+        event_time: EventTime::from_millis(ts).expect("an event time"),
+        ingest_time: EventTime::from_millis(ts).expect("an ingest time"),
+    }
+}
+
+/// The wall clock in UTC ms.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
 }
 
 /// `GET base + path` with `key` as the bearer: status and JSON body (`Null` if not JSON).
