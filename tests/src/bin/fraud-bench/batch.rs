@@ -98,8 +98,8 @@ pub(super) struct BatchArgs {
     /// end.
     #[arg(long, default_value_t = 60)]
     quiet_wait_seconds: u64,
-    /// Seed of the generator (the lake is the same for the same seed, shifted to end
-    /// the day before the run).
+    /// Seed of the generator (the lake is the same for the same seed, shifted so that
+    /// the night's day is the day before the run).
     #[arg(long, default_value_t = 20_190_530)]
     seed: u64,
     /// The batch-layer binary (default: `batch-layer` next to this program).
