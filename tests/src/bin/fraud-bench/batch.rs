@@ -266,6 +266,8 @@ struct BatchStack {
     /// The `\copy` reference's database, once made.
     copy_database: std::sync::Mutex<Option<String>>,
     topic_created: bool,
+    /// The configured database's URL, only to look at the catalog (`pg_database`).
+    admin_url: String,
 }
 
 impl BatchStack {
@@ -281,6 +283,7 @@ impl BatchStack {
             database: String::new(),
             copy_database: std::sync::Mutex::new(None),
             topic_created: false,
+            admin_url: settings.postgres.url.expose().clone(),
         };
         progress(format!(
             "creating the empty topic {} ({} partitions) for the completeness check",
@@ -346,7 +349,27 @@ impl BatchStack {
             ));
         } else {
             for url in &databases {
+                // drop_database is best effort and says nothing: look whether it is gone.
                 fraud_testkit::postgres::drop_database(url).await;
+                let name = database_name(url);
+                let left = psql(
+                    &self.admin_url,
+                    &[
+                        "-qAt",
+                        "-c",
+                        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+                    ],
+                )
+                .await;
+                if !matches!(left.as_deref().map(str::trim), Ok("0")) {
+                    problems.push(format!(
+                        "database {name} may not have been dropped ({}); drop it by hand",
+                        left.map_or_else(
+                            |error| error.to_string(),
+                            |count| format!("{} left", count.trim())
+                        )
+                    ));
+                }
             }
             if let Err(error) = std::fs::remove_dir_all(&self.dir)
                 && error.kind() != std::io::ErrorKind::NotFound
