@@ -9,7 +9,7 @@ use fraud_config::Settings;
 use fraud_lake::{Lake, LakeRoot};
 
 use crate::completeness::{Behind, KafkaTopic};
-use crate::compute::{HOUR_MS, WINDOW_MS, compute_day};
+use crate::compute::{DAY_MS, Event, HOUR_MS, WINDOW_MS, compute_day};
 use crate::lake::{LakeView, date_of, day_start};
 use crate::store::{self, Publication};
 
@@ -208,9 +208,10 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
     }
 }
 
-/// Computes `days` one after another (memory holds one day and the previous day's last
-/// 30 minutes) and publishes them in one transaction; returns (rows, input files, the
-/// phases' times).
+/// Computes `days` in order and publishes them in one transaction; returns (rows, input
+/// files, the phases' times). Day d + 1 is read and computed on a task of its own while
+/// day d is copied into Postgres, so the two overlap; memory holds at most two days'
+/// events and one day's rows (and a day's last 30 minutes for the next day's windows).
 async fn publish(
     pool: &sqlx::PgPool,
     lake: &Lake,
@@ -226,32 +227,50 @@ async fn publish(
     times.copy += phase.elapsed();
     let mut fingerprints = BTreeMap::new();
     let mut input_files = 0;
-    let mut previous: Option<(NaiveDate, Vec<crate::compute::Event>)> = None;
-    for &date in days {
-        let start = day_start(date);
-        phase = Instant::now();
-        let events = view.day_events(lake, date, watermark).await?;
-        let before = match (date.pred_opt(), previous.take()) {
-            (Some(yesterday), Some((held, events))) if held == yesterday => events,
-            (Some(yesterday), _) => view.day_events(lake, yesterday, watermark).await?,
-            (None, _) => Vec::new(),
+    let files_of = |date: NaiveDate| {
+        view.days
+            .get(&date)
+            .map(|day| day.files.clone())
+            .unwrap_or_default()
+    };
+    // A day's windows reach into the day before it: its tail comes from the day just
+    // computed, or is read from the lake with the day.
+    let prepare = |date: NaiveDate, tail: Option<Vec<Event>>| {
+        let tail = match tail {
+            Some(tail) => Tail::Known(tail),
+            None => match date.pred_opt() {
+                Some(yesterday) => Tail::Read(yesterday, files_of(yesterday)),
+                None => Tail::Known(Vec::new()),
+            },
         };
-        times.read += phase.elapsed();
+        tokio::spawn(prepare_day(
+            lake.clone(),
+            files_of(date),
+            date,
+            watermark,
+            tail,
+        ))
+    };
+    let mut next = days.first().map(|&date| prepare(date, None));
+    for (index, &date) in days.iter().enumerate() {
+        let prepared = next
+            .take()
+            .expect("a day is being prepared")
+            .await
+            .context("computing a day panicked")??;
+        times.read += prepared.read;
+        times.compute += prepared.compute;
+        if let Some(&following) = days.get(index + 1) {
+            let tail = (date.succ_opt() == Some(following)).then_some(prepared.tail);
+            next = Some(prepare(following, tail));
+        }
         phase = Instant::now();
-        let tail = before
-            .into_iter()
-            .filter(|event| event.ts > start - WINDOW_MS)
-            .collect();
-        let aggregates = compute_day(start, events.clone(), tail)?;
-        times.compute += phase.elapsed();
-        phase = Instant::now();
-        publication.add_day(date, &aggregates).await?;
+        publication.add_day(date, &prepared.aggregates).await?;
         times.copy += phase.elapsed();
         let lake_day = &view.days[&date];
         input_files += lake_day.files.len();
         fingerprints.insert(date, (lake_day.fingerprint.clone(), lake_day.files.len()));
-        previous = Some((date, events));
-        tracing::debug!(%date, customers = aggregates.days.len(), "day computed");
+        tracing::debug!(%date, customers = prepared.aggregates.days.len(), "day computed");
     }
     phase = Instant::now();
     let rows = publication
@@ -259,6 +278,61 @@ async fn publish(
         .await?;
     times.commit += phase.elapsed();
     Ok((rows, input_files, times))
+}
+
+/// One day read and computed, with the tail the next day's windows need.
+struct PreparedDay {
+    aggregates: crate::compute::DayAggregates,
+    tail: Vec<Event>,
+    read: Duration,
+    compute: Duration,
+}
+
+/// Where a day's windows find the previous day's last 30 minutes.
+enum Tail {
+    Known(Vec<Event>),
+    /// Read from these files of that day.
+    Read(NaiveDate, Vec<fraud_lake::ListedFile>),
+}
+
+/// Reads `date`'s `files` (and the previous day's, when its tail is not known) and
+/// computes the day's aggregates.
+async fn prepare_day(
+    lake: Lake,
+    files: Vec<fraud_lake::ListedFile>,
+    date: NaiveDate,
+    watermark: i64,
+    tail: Tail,
+) -> anyhow::Result<PreparedDay> {
+    let started = Instant::now();
+    let tail = match tail {
+        Tail::Known(tail) => tail,
+        Tail::Read(yesterday, files) => {
+            let events = crate::lake::files_events(lake.clone(), files, watermark).await?;
+            tail_of(&events, yesterday)
+        }
+    };
+    let events = crate::lake::files_events(lake, files, watermark).await?;
+    let read = started.elapsed();
+    let started = Instant::now();
+    let next_tail = tail_of(&events, date);
+    let aggregates = compute_day(day_start(date), events, tail)?;
+    Ok(PreparedDay {
+        aggregates,
+        tail: next_tail,
+        read,
+        compute: started.elapsed(),
+    })
+}
+
+/// The events of `date` the next day's 30-minute windows can reach.
+fn tail_of(events: &[Event], date: NaiveDate) -> Vec<Event> {
+    let from = day_start(date) + DAY_MS - WINDOW_MS;
+    events
+        .iter()
+        .filter(|event| event.ts > from)
+        .cloned()
+        .collect()
 }
 
 /// How long after its timestamp (the ingest time, taken when the request arrives) a

@@ -1,7 +1,7 @@
 //! What the batch layer reads from the lake: the files of complete chunks, grouped by
 //! `event_date`, each day with a fingerprint; and a day's events, deduplicated.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::NaiveDate;
 use fraud_lake::{Lake, ListedFile, PartitionState};
@@ -72,41 +72,51 @@ impl LakeView {
         date: NaiveDate,
         watermark: i64,
     ) -> Result<Vec<Event>, fraud_lake::Error> {
-        self.read_day(lake, date, |ts| ts <= watermark).await
-    }
-
-    async fn read_day(
-        &self,
-        lake: &Lake,
-        date: NaiveDate,
-        keep: impl Fn(i64) -> bool,
-    ) -> Result<Vec<Event>, fraud_lake::Error> {
         let Some(day) = self.days.get(&date) else {
             return Ok(Vec::new());
         };
-        let mut rows = Vec::new();
-        for listed in &day.files {
-            rows.extend(lake.read_file(listed).await?);
-        }
-        rows.sort_by_key(|row| (row.kafka_partition, row.kafka_offset));
-        let mut first: HashMap<String, ()> = HashMap::with_capacity(rows.len());
-        let mut events = Vec::with_capacity(rows.len());
-        for row in rows {
-            if first.insert(row.transaction_id, ()).is_some() {
-                metrics::counter!("batch_duplicates_total").increment(1);
-                continue;
-            }
-            if keep(row.event_time_millis) {
-                events.push(Event {
-                    customer: row.customer_id,
-                    vendor: row.vendor_id,
-                    amount: row.amount_minor,
-                    ts: row.event_time_millis,
-                });
-            }
-        }
-        Ok(events)
+        read_files(lake, &day.files, |ts| ts <= watermark).await
     }
+}
+
+/// The events of `files` (one day's) with `ts <= watermark`, deduplicated by transaction
+/// id as [`LakeView::day_events`] does; owned arguments, so it can run on a task of its
+/// own.
+pub async fn files_events(
+    lake: Lake,
+    files: Vec<ListedFile>,
+    watermark: i64,
+) -> Result<Vec<Event>, fraud_lake::Error> {
+    read_files(&lake, &files, |ts| ts <= watermark).await
+}
+
+async fn read_files(
+    lake: &Lake,
+    files: &[ListedFile],
+    keep: impl Fn(i64) -> bool,
+) -> Result<Vec<Event>, fraud_lake::Error> {
+    let mut rows = Vec::new();
+    for listed in files {
+        rows.extend(lake.read_file(listed).await?);
+    }
+    rows.sort_by_key(|row| (row.kafka_partition, row.kafka_offset));
+    let mut first: HashSet<String> = HashSet::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        if !first.insert(row.transaction_id) {
+            metrics::counter!("batch_duplicates_total").increment(1);
+            continue;
+        }
+        if keep(row.event_time_millis) {
+            events.push(Event {
+                customer: row.customer_id,
+                vendor: row.vendor_id,
+                amount: row.amount_minor,
+                ts: row.event_time_millis,
+            });
+        }
+    }
+    Ok(events)
 }
 
 /// The start of `date`, UTC ms.

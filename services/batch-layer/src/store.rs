@@ -1,7 +1,7 @@
 //! The batch layer's Postgres side: the run lock, the run log, what was computed from
 //! which files, and publishing a run's rows in one transaction through `COPY`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -99,6 +99,10 @@ pub async fn fail_run(
 pub struct Publication {
     transaction: sqlx::Transaction<'static, Postgres>,
     pub rows: u64,
+    /// Per (customer, vendor), the first use among the days copied: merged into
+    /// `batch_vendors` at the commit, one row each (a customer's vendor recurs on many
+    /// days; staging a row per day and vendor sent Postgres ten times the rows).
+    vendors: HashMap<(String, String), i64>,
 }
 
 impl Publication {
@@ -133,6 +137,7 @@ impl Publication {
         Ok(Self {
             transaction,
             rows: 0,
+            vendors: HashMap::new(),
         })
     }
 
@@ -176,20 +181,19 @@ impl Publication {
                 rfc3339(*peak_end)
             )?;
         }
-        let mut vendors = String::new();
         for VendorRow {
             customer,
             vendor,
             first_seen,
         } in &day.vendors
         {
-            writeln!(
-                vendors,
-                "{},{},{}",
-                csv(customer),
-                csv(vendor),
-                rfc3339(*first_seen)
-            )?;
+            match self.vendors.get_mut(&(customer.clone(), vendor.clone())) {
+                Some(first) => *first = (*first).min(*first_seen),
+                None => {
+                    self.vendors
+                        .insert((customer.clone(), vendor.clone()), *first_seen);
+                }
+            }
         }
         self.rows += self
             .copy(
@@ -206,11 +210,6 @@ impl Publication {
                 days,
             )
             .await?;
-        self.copy(
-            "COPY new_vendors (customer_id, vendor_id, first_seen) FROM STDIN (FORMAT csv)",
-            vendors,
-        )
-        .await?;
         Ok(())
     }
 
@@ -232,13 +231,28 @@ impl Publication {
         fingerprints: &BTreeMap<NaiveDate, (String, usize)>,
         input_files: usize,
     ) -> anyhow::Result<u64> {
+        let mut vendors = String::new();
+        for ((customer, vendor), first_seen) in std::mem::take(&mut self.vendors) {
+            writeln!(
+                vendors,
+                "{},{},{}",
+                csv(&customer),
+                csv(&vendor),
+                rfc3339(first_seen)
+            )?;
+        }
+        self.copy(
+            "COPY new_vendors (customer_id, vendor_id, first_seen) FROM STDIN (FORMAT csv)",
+            vendors,
+        )
+        .await?;
         let tx = &mut self.transaction;
         self.rows += sqlx::query(
             "INSERT INTO batch_vendors (customer_id, vendor_id, first_seen) \
-             SELECT customer_id, vendor_id, min(first_seen) FROM new_vendors \
-             GROUP BY customer_id, vendor_id \
+             SELECT customer_id, vendor_id, first_seen FROM new_vendors \
              ON CONFLICT (customer_id, vendor_id) DO UPDATE \
-             SET first_seen = LEAST(batch_vendors.first_seen, EXCLUDED.first_seen)",
+             SET first_seen = LEAST(batch_vendors.first_seen, EXCLUDED.first_seen) \
+             WHERE EXCLUDED.first_seen < batch_vendors.first_seen",
         )
         .execute(&mut **tx)
         .await?
