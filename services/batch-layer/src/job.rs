@@ -39,7 +39,9 @@ pub struct RunReport {
 }
 
 /// The wall time of a run's phases, summed over its days (the benchmark compares the
-/// load with `psql \copy`; the run logs them with its result).
+/// load with `psql \copy`; the run logs them with its result). A day is read and
+/// computed while the day before it is copied, so the phases overlap: their sum is
+/// more than the run's wall time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunTimes {
     /// Reading the days' lake files (and a day before, for the windows that reach into
