@@ -61,6 +61,9 @@ mod encoding;
 #[path = "fraud-bench/batch.rs"]
 mod batch;
 
+#[path = "fraud-bench/serving.rs"]
+mod serving;
+
 /// The platform's benchmarks (a measurement, not a test: exits 0 when a target is missed).
 #[derive(Parser)]
 #[command(version)]
@@ -84,6 +87,9 @@ enum Benchmark {
     /// wall time and peak memory, against DuckDB over the same files and `psql \copy`
     /// of the same rows.
     Batch(batch::BatchArgs),
+    /// Serving API: risk reads against a fixed-body axum handler, and the delay from a
+    /// POSTed transaction to its alert on a bound queue.
+    Serving(serving::ServingArgs),
 }
 
 #[derive(Args, Clone)]
@@ -143,6 +149,7 @@ async fn main() -> ExitCode {
         Benchmark::Speed(args) => speed::speed_benchmark(args).await,
         Benchmark::Encoding(args) => encoding::encoding_benchmark(args),
         Benchmark::Batch(args) => batch::batch_benchmark(args).await,
+        Benchmark::Serving(args) => serving::serving_benchmark(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
