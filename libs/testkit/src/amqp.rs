@@ -1,4 +1,5 @@
-//! A subscriber of the tests' own: a queue bound to a test's alerts exchange.
+//! A subscriber of a test's own: a queue bound to the test's alerts exchange, on a
+//! direct connection to the local RabbitMQ.
 
 use std::time::Duration;
 
@@ -27,11 +28,7 @@ impl Subscriber {
     /// Declares the exchange (as the relay does) and an exclusive queue bound with
     /// `pattern`, on a direct connection to RabbitMQ.
     pub async fn bind(exchange: &str, pattern: &str) -> Subscriber {
-        let url = fraud_testkit::local_settings()
-            .rabbitmq
-            .url
-            .expose()
-            .clone();
+        let url = crate::local_settings().rabbitmq.url.expose().clone();
         let connection = Connection::connect(&url, ConnectionProperties::default())
             .await
             .expect("connect to RabbitMQ");
@@ -82,6 +79,7 @@ impl Subscriber {
         }
     }
 
+    /// The next message (fails the test after 30 s).
     pub async fn next(&mut self) -> Delivery {
         tokio::time::timeout(DEADLINE, self.consumer.next())
             .await
@@ -157,6 +155,7 @@ impl Subscriber {
         queue.name().as_str().to_owned()
     }
 
+    /// Deletes the exchange (a test's clean-up).
     pub async fn delete_exchange(&self) {
         let _ = self
             .channel
@@ -168,6 +167,7 @@ impl Subscriber {
     }
 }
 
+/// The `message_id` of `delivery` (the alert id), empty when it has none.
 pub fn message_id(delivery: &Delivery) -> String {
     delivery
         .properties
@@ -177,6 +177,7 @@ pub fn message_id(delivery: &Delivery) -> String {
         .unwrap_or_default()
 }
 
+/// The text header `name` of `delivery`, if present.
 pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
     let headers = delivery.properties.headers().as_ref()?;
     headers

@@ -150,3 +150,47 @@ pub async fn produce_transactions(
     }
     landed
 }
+
+/// Whether consumer `group` has committed every record of `topic` so far (each
+/// partition's committed offset is its high watermark; an empty partition needs none).
+pub async fn group_caught_up(config: &KafkaConfig, group: &str, topic: &str) -> bool {
+    let config = config.clone();
+    let group = group.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
+        let timeout = Duration::from_secs(5);
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .expect("the topic's metadata");
+        let partitions: Vec<i32> = metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|partition| partition.id())
+            .collect();
+        let mut list = TopicPartitionList::new();
+        for &partition in &partitions {
+            list.add_partition(&topic, partition);
+        }
+        let committed = consumer
+            .committed_offsets(list, timeout)
+            .expect("committed offsets");
+        partitions.iter().all(|&partition| {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, partition, timeout)
+                .expect("watermarks");
+            high == 0
+                || committed
+                    .find_partition(&topic, partition)
+                    .and_then(|element| element.offset().to_raw())
+                    == Some(high)
+        })
+    })
+    .await
+    .expect("read the group's offsets")
+}

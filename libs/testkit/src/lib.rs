@@ -6,11 +6,13 @@
 //! (a service binary, a private `redis-server`) and stops them with real signals;
 //! [`service`] holds the checks every service binary must pass.
 
+pub mod amqp;
 pub mod kafka;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod service;
+pub mod sse;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

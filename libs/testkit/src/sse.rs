@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::READ_KEY;
-
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// One Server-Sent Event.
@@ -25,10 +23,17 @@ pub struct SseClient {
 }
 
 impl SseClient {
-    pub async fn connect(base: &str, query: &str, last_event_id: Option<i64>) -> SseClient {
+    /// Opens the stream of the serving API at `base` with `key` (scope `read`), the
+    /// query string `query` and, if given, a `Last-Event-ID` header.
+    pub async fn connect(
+        base: &str,
+        key: &str,
+        query: &str,
+        last_event_id: Option<i64>,
+    ) -> SseClient {
         let mut request = reqwest::Client::new()
             .get(format!("{base}/v1/alerts/stream?{query}"))
-            .bearer_auth(READ_KEY);
+            .bearer_auth(key);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }

@@ -7,21 +7,28 @@ mod common;
 
 use std::time::Duration;
 
-use common::amqp::{Subscriber, message_id};
-use common::sse::SseClient;
 use common::{READ_KEY, ServingTest, get, now_millis, transaction};
+use fraud_testkit::amqp::{Subscriber, message_id};
+use fraud_testkit::sse::SseClient;
 
 const MINUTE: i64 = 60_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_crossing_the_limit_raises_one_alert_on_the_queue_the_stream_and_the_history() {
     let test = ServingTest::create("alert-delivery").await;
+    // The batch layer knows the customer at shop-1: only the window rule is in play. (A
+    // first 2000.00 at a new vendor would raise the new-vendor alert too, every event of
+    // a speed batch being judged.)
+    sqlx::query("INSERT INTO batch_vendors VALUES ('crosser', 'shop-1', now())")
+        .execute(&test.pool)
+        .await
+        .expect("a known vendor");
     let exchange = test.settings.rabbitmq.alerts_exchange.clone();
     let mut everything = Subscriber::bind(&exchange, "alert.#").await;
     let mut high = Subscriber::bind(&exchange, "alert.high.*").await;
     let speed = test.start_speed().await;
     let serving = test.start_serving().await;
-    let mut stream = SseClient::connect(&serving.base, "lastEventId=0", None).await;
+    let mut stream = SseClient::connect(&serving.base, READ_KEY, "lastEventId=0", None).await;
 
     // 5000.00 in the window is not over the limit; one more cent is. The speed layer
     // may apply them in one batch or several: either way one episode, one alert, and

@@ -12,8 +12,8 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::sse::SseClient;
 use common::{ADMIN_KEY, ALL_KEY, INGEST_KEY, READ_KEY, ServingTest, get};
+use fraud_testkit::sse::SseClient;
 use serde_json::{Value, json};
 use serving_api::evaluate::store::{ALERTS_CHANNEL, ALERTS_LOCK};
 use sqlx::PgPool;
@@ -409,7 +409,7 @@ async fn the_stream_sends_live_alerts_and_resumes_after_last_event_id_without_lo
     let old = raise(&test.pool, &[spec("c-1"), spec("c-2")]).await;
 
     // Without an id: only what comes next.
-    let mut live = SseClient::connect(base, "", None).await;
+    let mut live = SseClient::connect(base, READ_KEY, "", None).await;
     let first = raise(&test.pool, &[spec("c-1"), spec("c-2")]).await;
     let event = live.next_event().await.expect("an event");
     assert_documented(&served_document(base).await, "AlertsEvent", &event.data);
@@ -426,7 +426,7 @@ async fn the_stream_sends_live_alerts_and_resumes_after_last_event_id_without_lo
     // Missed while disconnected, then resumed after the last id seen: the missed ones,
     // then live ones, nothing twice.
     let missed = raise(&test.pool, &[spec("c-1"), spec("c-2"), spec("c-1")]).await;
-    let mut resumed = SseClient::connect(base, "", Some(second[0].seq)).await;
+    let mut resumed = SseClient::connect(base, READ_KEY, "", Some(second[0].seq)).await;
     expect(&mut resumed, &missed).await;
     let after = raise(&test.pool, &[spec("c-2")]).await;
     expect(&mut resumed, &after).await;
@@ -441,13 +441,15 @@ async fn the_stream_sends_live_alerts_and_resumes_after_last_event_id_without_lo
         .flatten()
         .cloned()
         .collect();
-    let mut replay = SseClient::connect(base, "lastEventId=0", None).await;
+    let mut replay = SseClient::connect(base, READ_KEY, "lastEventId=0", None).await;
     expect(&mut replay, &everything).await;
-    let mut header_wins = SseClient::connect(base, "lastEventId=0", Some(after[0].seq)).await;
+    let mut header_wins =
+        SseClient::connect(base, READ_KEY, "lastEventId=0", Some(after[0].seq)).await;
     expect(&mut header_wins, &silent).await;
 
     // One customer's alerts only.
-    let mut customer = SseClient::connect(base, "customerId=c-1&lastEventId=0", None).await;
+    let mut customer =
+        SseClient::connect(base, READ_KEY, "customerId=c-1&lastEventId=0", None).await;
     let of_c1: Vec<Raised> = everything
         .iter()
         .filter(|alert| alert.customer == "c-1")
@@ -460,7 +462,7 @@ async fn the_stream_sends_live_alerts_and_resumes_after_last_event_id_without_lo
     // A replay longer than a page (100 alerts) comes whole and in order.
     let specs: Vec<Spec<'_>> = (0..250).map(|_| spec("c-9")).collect();
     let many = raise(&test.pool, &specs).await;
-    let mut long = SseClient::connect(base, "customerId=c-9", Some(0)).await;
+    let mut long = SseClient::connect(base, READ_KEY, "customerId=c-9", Some(0)).await;
     expect(&mut long, &many).await;
 
     // Every stream ends when the service shuts down (so the drain does not wait);
@@ -517,7 +519,7 @@ async fn both_endpoints_need_a_key_with_the_read_scope() {
 async fn an_idle_stream_gets_keep_alive_comments() {
     let test = ServingTest::create("alerts-keepalive").await;
     let serving = test.start_serving().await;
-    let mut idle = SseClient::connect(&serving.base, "", None).await;
+    let mut idle = SseClient::connect(&serving.base, READ_KEY, "", None).await;
     let started = std::time::Instant::now();
     assert_eq!(idle.next_comment().await, "keep-alive");
     assert!(

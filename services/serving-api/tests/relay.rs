@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::ServingTest;
-use common::amqp::{Subscriber, header, message_id};
 use fraud_config::Settings;
+use fraud_testkit::amqp::{Subscriber, header, message_id};
 use fraud_testkit::service::Binary;
 use fraud_testkit::{get_json, get_text, local_settings, wait_until};
 use lapin::message::Delivery;

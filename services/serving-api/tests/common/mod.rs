@@ -1,10 +1,8 @@
 //! The harness of the serving API's integration tests: a database, topics, Redis prefix,
 //! consumer groups and alerts exchange of the test's own; API keys of each scope; a
-//! speed layer and a serving API in this process; producing transactions.
+//! speed layer and a serving API in this process; producing transactions. A queue bound
+//! to the exchange and the alert stream's reader are `fraud_testkit::{amqp, sse}`.
 #![allow(dead_code)] // each test file uses a different part
-
-pub mod amqp;
-pub mod sse;
 
 use std::time::Duration;
 
@@ -135,49 +133,12 @@ impl ServingTest {
     /// Whether the serving group has committed every record of the updates topic so
     /// far: every update published is evaluated and its alerts are committed.
     pub async fn is_caught_up(&self) -> bool {
-        use rdkafka::ClientConfig;
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::topic_partition_list::TopicPartitionList;
-
-        let kafka = self.settings.kafka.clone();
-        let topic = self.settings.kafka.window_updates_topic.clone();
-        let group = self.settings.serving.group.clone();
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &kafka.brokers)
-                .set("group.id", &group)
-                .set("enable.auto.commit", "false")
-                .create()
-                .expect("a consumer");
-            let timeout = Duration::from_secs(5);
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), timeout)
-                .expect("the topic's metadata");
-            let partitions: Vec<i32> = metadata.topics()[0]
-                .partitions()
-                .iter()
-                .map(|partition| partition.id())
-                .collect();
-            let mut list = TopicPartitionList::new();
-            for &partition in &partitions {
-                list.add_partition(&topic, partition);
-            }
-            let committed = consumer
-                .committed_offsets(list, timeout)
-                .expect("committed offsets");
-            partitions.iter().all(|&partition| {
-                let (_, high) = consumer
-                    .fetch_watermarks(&topic, partition, timeout)
-                    .expect("watermarks");
-                high == 0
-                    || committed
-                        .find_partition(&topic, partition)
-                        .and_then(|element| element.offset().to_raw())
-                        == Some(high)
-            })
-        })
+        fraud_testkit::kafka::group_caught_up(
+            &self.settings.kafka,
+            &self.settings.serving.group,
+            &self.settings.kafka.window_updates_topic,
+        )
         .await
-        .expect("read the group's offsets")
     }
 
     /// Waits until [`ServingTest::is_caught_up`].
