@@ -14,13 +14,23 @@
 -- ARGV[6]  the records, in offset order: n x (offset i8, ts i8, amount i8, vendor c8, txn c8)
 --
 -- The cost of a call does not grow with the events held: they stay one string, copied
--- as is, searched with string.find for a duplicate, and unpacked only to trim.
+-- as is, searched with string.find for a duplicate and for the vendor, and unpacked
+-- only to trim.
 --
--- Returns { state, applied, late, duplicates, replayed }.
+-- Returns { state, applied, late, duplicates, replayed, outcomes }: `outcomes` has one
+-- byte per record, in the records' order: 'r' replayed, 'l' late, 'd' duplicate, and for
+-- an applied record 's' when the customer had used its vendor before it, 'n' when not.
+-- "Used before" means: among the events the duplicate check consults for the record
+-- (every event applied before it, in an earlier call or earlier in this run, with
+-- ts > C - retention, C the customer's clock before the record), one has the record's
+-- vendor digest. Such an event is of another transaction, or the record would be a
+-- duplicate. The answer depends only on the records in offset order, like every other
+-- decision here, not on batching or on when trimming ran.
 local HEADER = '<c2c8i8i8Bi8I4I4'
 local HEADER_SIZE = 43
 local EVENT = '<i8i8c8c8'
 local EVENT_SIZE = 32
+local VENDOR_AT = 16 -- the vendor digest's place in an event
 local TXN_AT = 24 -- the transaction digest's place in an event
 local HOUR = '<i8i8i8i8i8'
 local HOUR_SIZE = 40
@@ -87,27 +97,54 @@ local function holds(events, txn, floor)
   end
 end
 
+-- Whether `events` (packed) holds an event at vendor `vendor` with ts > floor.
+local function uses(events, vendor, floor)
+  local from = 1
+  while true do
+    local at = string.find(events, vendor, from, true)
+    if not at then return false end
+    if (at - 1) % EVENT_SIZE == VENDOR_AT then
+      local ts = struct.unpack('<i8', events, at - VENDOR_AT)
+      if ts > floor then return true end
+    end
+    from = at + 1
+  end
+end
+
 local added = {}
+local outcomes = {}
 local applied, late, duplicates, replayed = 0, 0, 0, 0
 local pos = 1
-for _ = 1, #records / RECORD_SIZE do
+for i = 1, #records / RECORD_SIZE do
   local offset, ts, amount, vendor, txn
   offset, ts, amount, vendor, txn, pos = struct.unpack(RECORD, records, pos)
   if offset <= last_offset then
     -- Already applied (a replay after a crash or a rebalance, or a zombie's batch).
     replayed = replayed + 1
+    outcomes[i] = 'r'
+  elseif clock and ts <= clock - retention then
+    last_offset = offset
+    late = late + 1
+    outcomes[i] = 'l'
   else
     last_offset = offset
-    if clock and ts <= clock - retention then
-      late = late + 1
     -- Only among the events still inside the retention (ts > clock - retention): one
     -- held past it counts as trimmed, whether or not it still is, so decisions depend
-    -- neither on batching nor on when trimming ran.
-    elseif clock and (holds(held, txn, clock - retention)
-        or (#added > 0 and holds(table.concat(added), txn, clock - retention))) then
+    -- neither on batching nor on when trimming ran. The same events tell whether the
+    -- customer used the vendor before.
+    local floor = clock and clock - retention
+    local fresh = '' -- the events applied earlier in this run, packed
+    if clock and #added > 0 then fresh = table.concat(added) end
+    if clock and (holds(held, txn, floor) or holds(fresh, txn, floor)) then
       duplicates = duplicates + 1
+      outcomes[i] = 'd'
     else
       applied = applied + 1
+      if clock and (uses(held, vendor, floor) or uses(fresh, vendor, floor)) then
+        outcomes[i] = 's'
+      else
+        outcomes[i] = 'n'
+      end
       added[#added + 1] = struct.pack(EVENT, ts, amount, vendor, txn)
       if not clock or ts > clock then clock = ts end
       if not oldest or ts < oldest then oldest = ts end
@@ -158,4 +195,4 @@ local state = struct.pack(HEADER, 'W2', generation, last_offset, clock or 0,
 local ttl = ttl_window
 if #hour_keys > 0 then ttl = ttl_hours end
 redis.call('SET', key, state, 'PX', ttl)
-return { state, applied, late, duplicates, replayed }
+return { state, applied, late, duplicates, replayed, table.concat(outcomes) }

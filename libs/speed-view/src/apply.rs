@@ -40,11 +40,47 @@ pub struct Tuning {
     pub increments_ttl_ms: i64,
 }
 
+/// What the script decided for one record of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Applied. `vendor_seen_before`: the customer had used the record's vendor before
+    /// it, inside the retention (defined in [`crate::update::AppliedEvent`]).
+    Applied { vendor_seen_before: bool },
+    /// Skipped: older than the customer's clock minus the retention.
+    Late,
+    /// Skipped: a transaction already applied.
+    Duplicate,
+    /// Skipped: at or before the last applied offset (already applied earlier).
+    Replayed,
+}
+
+impl RecordOutcome {
+    /// The script's byte for it.
+    fn from_byte(byte: u8) -> Option<RecordOutcome> {
+        Some(match byte {
+            b'n' => RecordOutcome::Applied {
+                vendor_seen_before: false,
+            },
+            b's' => RecordOutcome::Applied {
+                vendor_seen_before: true,
+            },
+            b'l' => RecordOutcome::Late,
+            b'd' => RecordOutcome::Duplicate,
+            b'r' => RecordOutcome::Replayed,
+            _ => return None,
+        })
+    }
+}
+
 /// What applying one run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutcome {
     /// The customer's state after the run.
     pub state: CustomerState,
+    /// One per record of the run, in the run's (offset) order. The state alone cannot
+    /// tell: a duplicate of a held transaction leaves no trace, and the run may trim
+    /// events it applied itself.
+    pub records: Vec<RecordOutcome>,
     pub applied: u64,
     /// Skipped: older than the customer's clock minus the retention.
     pub late: u64,
@@ -84,7 +120,8 @@ impl ApplyScript {
     }
 
     /// Applies each `(key, records)` run in one pipeline, one script call per customer;
-    /// outcomes in the same order. Safe to repeat: replays change nothing.
+    /// outcomes in the same order, each with one [`RecordOutcome`] per record. Safe to
+    /// repeat: replays change nothing.
     pub async fn apply<C: ConnectionLike + Send + Sync>(
         &self,
         connection: &mut C,
@@ -124,15 +161,26 @@ impl ApplyScript {
             }
             Err(error) => return Err(error.into()),
         };
-        replies.into_iter().map(outcome).collect()
+        if replies.len() != runs.len() {
+            return Err(ApplyError::Reply(format!(
+                "{} replies to {} runs",
+                replies.len(),
+                runs.len()
+            )));
+        }
+        replies
+            .into_iter()
+            .zip(runs)
+            .map(|(reply, (_, records))| outcome(reply, records.len()))
+            .collect()
     }
 }
 
-fn outcome(reply: Value) -> Result<ApplyOutcome, ApplyError> {
+fn outcome(reply: Value, records: usize) -> Result<ApplyOutcome, ApplyError> {
     let Value::Array(items) = reply else {
         return Err(ApplyError::Reply(format!("{reply:?}")));
     };
-    let [state, applied, late, duplicates, replayed] = <[Value; 5]>::try_from(items)
+    let [state, applied, late, duplicates, replayed, verdicts] = <[Value; 6]>::try_from(items)
         .map_err(|items| ApplyError::Reply(format!("{} items", items.len())))?;
     let Value::BulkString(state) = state else {
         return Err(ApplyError::Reply(format!("state {state:?}")));
@@ -141,11 +189,49 @@ fn outcome(reply: Value) -> Result<ApplyOutcome, ApplyError> {
         Value::Int(n) if n >= 0 => Ok(n as u64),
         other => Err(ApplyError::Reply(format!("count {other:?}"))),
     };
-    Ok(ApplyOutcome {
+    // An empty Lua string may come back as an empty bulk string or as nil.
+    let verdicts = match verdicts {
+        Value::BulkString(bytes) => bytes,
+        Value::Nil => Vec::new(),
+        other => return Err(ApplyError::Reply(format!("outcomes {other:?}"))),
+    };
+    let per_record = verdicts
+        .iter()
+        .map(|&byte| RecordOutcome::from_byte(byte))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ApplyError::Reply(format!("outcomes {verdicts:?}")))?;
+    let outcome = ApplyOutcome {
         state: CustomerState::decode(&state)?,
+        records: per_record,
         applied: count(applied)?,
         late: count(late)?,
         duplicates: count(duplicates)?,
         replayed: count(replayed)?,
-    })
+    };
+    let tally = |wanted: fn(&RecordOutcome) -> bool| {
+        outcome
+            .records
+            .iter()
+            .filter(|record| wanted(record))
+            .count() as u64
+    };
+    let tallied = (
+        tally(|record| matches!(record, RecordOutcome::Applied { .. })),
+        tally(|record| *record == RecordOutcome::Late),
+        tally(|record| *record == RecordOutcome::Duplicate),
+        tally(|record| *record == RecordOutcome::Replayed),
+    );
+    let counted = (
+        outcome.applied,
+        outcome.late,
+        outcome.duplicates,
+        outcome.replayed,
+    );
+    if outcome.records.len() != records || tallied != counted {
+        return Err(ApplyError::Reply(format!(
+            "{} outcomes {tallied:?} for {records} records counted {counted:?}",
+            outcome.records.len()
+        )));
+    }
+    Ok(outcome)
 }

@@ -57,7 +57,7 @@ pub mod meta;
 pub mod state;
 pub mod update;
 
-pub use apply::{ApplyOutcome, ApplyScript, Record, Tuning};
+pub use apply::{ApplyOutcome, ApplyScript, Record, RecordOutcome, Tuning};
 pub use meta::{Generation, PartitionStatus, SpeedMeta};
 pub use state::{CustomerState, HourIncrement, WindowAggregates, WindowEvent};
 pub use update::WindowUpdate;

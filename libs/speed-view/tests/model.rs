@@ -7,7 +7,7 @@ mod support;
 use fraud_speed_view::meta::{Progress, meta_key};
 use fraud_speed_view::{
     ApplyScript, CustomerState, Generation, HOUR_MS, HourIncrement, PartitionStatus, Record,
-    SpeedMeta, WINDOW_MS, WindowAggregates, WindowEvent, customer_key,
+    RecordOutcome, SpeedMeta, WINDOW_MS, WindowAggregates, WindowEvent, customer_key,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -403,7 +403,15 @@ async fn drive(
         prop_assert_eq!(outcomes.len(), runs.len());
         for ((c, (_, run)), outcome) in owners.into_iter().zip(&runs).zip(outcomes) {
             let model = &mut models[c];
-            let verdicts: Vec<Verdict> = run.iter().map(|record| model.apply(record)).collect();
+            let verdicts: Vec<RecordOutcome> =
+                run.iter().map(|record| model.apply(record)).collect();
+            prop_assert_eq!(
+                &outcome.records,
+                &verdicts,
+                "each record's outcome in customer {}'s run {:?}",
+                c,
+                run
+            );
             prop_assert_eq!(
                 (
                     outcome.applied,
@@ -1354,4 +1362,171 @@ async fn a_trimmed_duplicate_is_decided_the_same_in_one_call_or_two() {
     }
     assert_eq!(outcomes[0], outcomes[1], "one call vs two calls");
     assert_eq!(outcomes[0], (3, 0));
+}
+
+/// Each record's outcome comes back in the run's order, and an applied record says
+/// whether the customer used its vendor before it: an event applied earlier (in an
+/// earlier call or earlier in the run) inside the retention of the clock before the
+/// record. Skipped records never count as a use.
+#[tokio::test]
+async fn each_record_s_outcome_says_whether_its_vendor_was_used_before() {
+    let mut connection = connect().await;
+    let prefix = TestPrefix::new("speed-view-vendor-seen");
+    let key = customer_key(&prefix, "c");
+    let generation = Generation::random();
+    let retention = TUNING.retention_ms;
+    let applied = |vendor_seen_before| RecordOutcome::Applied { vendor_seen_before };
+    let t = T0 + 40 * MINUTE_MS;
+
+    let first = apply(
+        &mut connection,
+        generation,
+        None,
+        &key,
+        vec![record(1, t - 10 * MINUTE_MS, 5, 0, "a")],
+    )
+    .await;
+    assert_eq!(
+        first.records,
+        vec![applied(false)],
+        "a customer's first event"
+    );
+
+    let second = apply(
+        &mut connection,
+        generation,
+        None,
+        &key,
+        vec![
+            // Vendor 1: new.
+            record(2, t - 5 * MINUTE_MS, 7, 1, "b"),
+            // Vendor 0: "a", applied in the earlier call.
+            record(3, t - 4 * MINUTE_MS, 7, 0, "c"),
+            // A duplicate of "b": skipped.
+            record(4, t - 5 * MINUTE_MS, 7, 1, "b"),
+            // Vendor 1: "b", applied earlier in this run.
+            record(5, t, 7, 1, "d"),
+            // Late (exactly the clock minus the retention), at vendor 2.
+            record(6, t - retention, 7, 2, "late"),
+            // Vendor 2: the late record was not applied, so it is new.
+            record(7, t - MINUTE_MS, 7, 2, "e"),
+            // A replay of "a".
+            record(1, t - 10 * MINUTE_MS, 5, 0, "a"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        second.records,
+        vec![
+            applied(false),
+            applied(true),
+            RecordOutcome::Duplicate,
+            applied(true),
+            RecordOutcome::Late,
+            applied(false),
+            RecordOutcome::Replayed,
+        ]
+    );
+    assert_eq!(
+        (
+            second.applied,
+            second.late,
+            second.duplicates,
+            second.replayed
+        ),
+        (4, 1, 1, 1)
+    );
+
+    // The retention's edge: "a" (vendor 0, at t - 10 min) is held but exactly at the
+    // clock minus the retention once the clock is t - 10 min + retention; one ms less
+    // and it is inside.
+    let edge = t - 10 * MINUTE_MS + retention;
+    let third = apply(
+        &mut connection,
+        generation,
+        None,
+        &key,
+        vec![
+            record(8, edge - 1, 1, 3, "f"),
+            record(9, edge - 1, 1, 0, "g"),
+            record(10, edge, 1, 3, "h"),
+            // The clock is now `edge`: "a" is not inside any more, "g" is.
+            record(11, edge, 1, 0, "i"),
+        ],
+    )
+    .await;
+    assert!(
+        third
+            .state
+            .events
+            .iter()
+            .any(|event| event.transaction == fraud_speed_view::digest("a")),
+        "\"a\" is still held (not trimmed within the slack)"
+    );
+    assert_eq!(
+        third.records,
+        vec![applied(false), applied(true), applied(true), applied(true)]
+    );
+    // "e" (vendor 2, at t - 1 min) exactly at the clock minus the retention: not a use.
+    let e_edge = t - MINUTE_MS + retention;
+    let fourth = apply(
+        &mut connection,
+        generation,
+        None,
+        &key,
+        vec![
+            record(12, e_edge, 1, 3, "k"),
+            record(13, e_edge + MINUTE_MS, 1, 2, "j"),
+        ],
+    )
+    .await;
+    assert_eq!(fourth.records, vec![applied(true), applied(false)]);
+    assert_eq!(delete_prefix(&mut connection, &prefix).await, 1);
+}
+
+/// The state after a run cannot tell what the run decided: here the run applies two
+/// events and trims both (with the event that made the first one's vendor known), yet
+/// the outcomes say each was applied and whether its vendor was known, the same in one
+/// call as in two.
+#[tokio::test]
+async fn a_run_that_trims_what_it_applied_still_reports_it() {
+    let mut connection = connect().await;
+    let slack = TUNING.retention_ms / 4;
+    let t = T0 + 10 * MINUTE_MS;
+    let records = [
+        record(1, t, 100, 0, "X"),
+        // Vendor 0 again, five minutes later: known.
+        record(2, t + 5 * MINUTE_MS, 100, 0, "Y"),
+        // The clock jumps past both by the retention and the slack: both are trimmed.
+        record(
+            3,
+            t + TUNING.retention_ms + slack + 5 * MINUTE_MS,
+            100,
+            1,
+            "Z",
+        ),
+    ];
+    let applied = |vendor_seen_before| RecordOutcome::Applied { vendor_seen_before };
+    for split in [1, 3] {
+        let prefix = TestPrefix::new("speed-view-trimmed-run");
+        let key = customer_key(&prefix, "c");
+        let generation = Generation::random();
+        let mut outcomes = Vec::new();
+        let mut last = None;
+        for part in [&records[..split], &records[split..]] {
+            if part.is_empty() {
+                continue;
+            }
+            let outcome = apply(&mut connection, generation, None, &key, part.to_vec()).await;
+            outcomes.extend(outcome.records.iter().copied());
+            last = Some(outcome.state);
+        }
+        assert_eq!(
+            outcomes,
+            vec![applied(false), applied(true), applied(false)],
+            "split after {split}"
+        );
+        let held: Vec<i64> = last.unwrap().events.iter().map(|event| event.ts).collect();
+        assert_eq!(held, vec![records[2].ts], "split after {split}");
+    }
 }

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fraud_speed_view::{HOUR_MS, HourIncrement, Record, Tuning, WINDOW_MS, WindowAggregates};
+use fraud_speed_view::{
+    HOUR_MS, HourIncrement, Record, RecordOutcome, Tuning, WINDOW_MS, WindowAggregates,
+};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -139,23 +141,16 @@ pub fn record(offset: i64, ts: i64, amount: i64, vendor_n: u8, txn: &str) -> Rec
     }
 }
 
-/// What the script decided for one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Replayed,
-    Late,
-    Duplicate,
-    Applied,
-}
-
 /// Counts as an `ApplyOutcome` reports them: (applied, late, duplicates, replayed).
-pub fn counts(verdicts: &[Verdict]) -> (u64, u64, u64, u64) {
-    let count = |wanted| verdicts.iter().filter(|v| **v == wanted).count() as u64;
+pub fn counts(verdicts: &[RecordOutcome]) -> (u64, u64, u64, u64) {
+    let count = |wanted: fn(&RecordOutcome) -> bool| {
+        verdicts.iter().filter(|verdict| wanted(verdict)).count() as u64
+    };
     (
-        count(Verdict::Applied),
-        count(Verdict::Late),
-        count(Verdict::Duplicate),
-        count(Verdict::Replayed),
+        count(|v| matches!(v, RecordOutcome::Applied { .. })),
+        count(|v| *v == RecordOutcome::Late),
+        count(|v| *v == RecordOutcome::Duplicate),
+        count(|v| *v == RecordOutcome::Replayed),
     )
 }
 
@@ -180,26 +175,31 @@ impl Model {
         }
     }
 
-    pub fn apply(&mut self, record: &Record) -> Verdict {
+    pub fn apply(&mut self, record: &Record) -> RecordOutcome {
         if self.last_offset.is_some_and(|last| record.offset <= last) {
-            return Verdict::Replayed;
+            return RecordOutcome::Replayed;
         }
         self.last_offset = Some(record.offset);
         if self
             .clock
             .is_some_and(|clock| record.ts <= clock - self.retention)
         {
-            return Verdict::Late;
+            return RecordOutcome::Late;
         }
         if self
             .kept()
             .any(|event| event.transaction == record.transaction)
         {
-            return Verdict::Duplicate;
+            return RecordOutcome::Duplicate;
         }
+        // The documented definition: an event applied before this one, inside the
+        // retention of the clock before it, at the same vendor, of another transaction.
+        let vendor_seen_before = self
+            .kept()
+            .any(|event| event.vendor == record.vendor && event.transaction != record.transaction);
         self.applied.push(*record);
         self.clock = Some(self.clock.map_or(record.ts, |clock| clock.max(record.ts)));
-        Verdict::Applied
+        RecordOutcome::Applied { vendor_seen_before }
     }
 
     /// The applied events with `ts > clock - retention`.
