@@ -152,8 +152,9 @@ pub enum RuleCondition {
         multiple_percent: i64,
         min_sum_minor: i64,
     },
-    /// The latest event's amount is over `limit_minor` at a vendor the customer had not
-    /// used before it (neither in the batch layer's vendors nor earlier in the window).
+    /// An event's amount is over `limit_minor` at a vendor the customer had not used
+    /// before it (neither in the batch layer's vendors nor earlier in the speed layer's
+    /// retention). Judged for every event a window update lists.
     NewVendorAmountOver { limit_minor: i64 },
 }
 

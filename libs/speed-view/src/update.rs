@@ -1,17 +1,37 @@
 //! Window updates: what the speed layer publishes, per touched customer, after each
 //! applied batch (topic `speed.updates_topic`, keyed by customer), so that rules are
 //! evaluated on every change.
+//!
+//! # Encoding
+//! JSON, with the header `schema-version` = [`UPDATE_SCHEMA_VERSION`]; a reader skips
+//! versions it does not know. Version 2 (money in minor units, times in UTC ms):
+//!
+//! ```json
+//! {"customerId":"42","asOf":1780000060000,"sumMinor":151000,"count":2,"maxMinor":150000,
+//!  "distinctVendors":2,
+//!  "events":[
+//!   {"offset":17,"transactionId":"t-1","vendorId":"v-9","amountMinor":150000,
+//!    "ts":1780000000000,"vendorSeenBefore":false},
+//!   {"offset":19,"transactionId":"t-2","vendorId":"v-1","amountMinor":1000,
+//!    "ts":1780000060000,"vendorSeenBefore":true}],
+//!  "sourcePartition":3,"sourceOffset":19,"generation":"00000000000000aa"}
+//! ```
+//!
+//! `events` lists every record of the customer's run in the batch that the apply script
+//! applied, in offset order; records it skipped (late, duplicate, replayed) are not
+//! listed, so a batch that applied nothing new for the customer (a replay) gives an
+//! update with no events. Version 1 had `lastEvent` (the run's last record only) in
+//! place of `events`.
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest;
-use crate::state::{CustomerState, WindowAggregates};
+use crate::state::WindowAggregates;
 
 /// The encoding version of [`WindowUpdate`], sent as the `schema-version` header.
-pub const UPDATE_SCHEMA_VERSION: &str = "1";
+pub const UPDATE_SCHEMA_VERSION: &str = "2";
 
 /// A customer's window after a batch: the aggregates of `W(c, asOf)` with `asOf` the
-/// customer's clock, money in minor units.
+/// customer's clock, money in minor units, and the events the batch applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WindowUpdate {
@@ -22,54 +42,43 @@ pub struct WindowUpdate {
     pub count: i64,
     pub max_minor: i64,
     pub distinct_vendors: i64,
-    /// The customer's last applied record (its vendor id, amount and whether the vendor
-    /// was seen before it), for rules about the event that caused the update; `None`
-    /// when the batch applied nothing new for the customer (a replay).
-    pub last_event: Option<LastEvent>,
+    /// Every record of the customer's run that the batch applied, in offset order, for
+    /// rules about single events; empty when it applied none (a replay, or only late and
+    /// duplicate records).
+    pub events: Vec<AppliedEvent>,
     /// Where the update comes from: the transactions partition and the customer's last
-    /// applied offset there (later updates of a customer have larger offsets).
+    /// applied (or skipped) offset there (later updates of a customer have larger
+    /// offsets).
     pub source_partition: i32,
     pub source_offset: i64,
     /// The speed layer's generation (hex).
     pub generation: String,
 }
 
-/// The record that caused an update.
+/// A record a batch applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LastEvent {
+pub struct AppliedEvent {
+    /// The record's offset in `sourcePartition`.
+    pub offset: i64,
     pub transaction_id: String,
     pub vendor_id: String,
     pub amount_minor: i64,
+    /// Event time, UTC ms.
     pub ts: i64,
-    /// Whether the speed state held, inside the retention, another transaction of the
-    /// customer at the same vendor when this update was computed (see
-    /// [`vendor_seen_before`]). Records written before the field existed read as false.
-    #[serde(default)]
+    /// Whether the customer had used this vendor before this event, inside the
+    /// retention R (window plus allowed lateness). Precisely, with C the customer's
+    /// clock (largest event time applied) just before this record: some event applied
+    /// before this one — in an earlier batch, or earlier in the same run — has
+    /// `ts > C - R` and the same vendor digest ([`crate::digest`]) as this one. Those are
+    /// exactly the events the duplicate check consults, so that event is of another
+    /// transaction (else this record would have been a duplicate, not applied); late,
+    /// duplicate and replayed records were never applied and never count. Before the
+    /// customer's first applied event (no clock) it is false. The answer depends only
+    /// on the customer's records in offset order: not on how they were batched, nor on
+    /// when the script trimmed old events. Vendors used before the retention are the
+    /// batch layer's (`batch_vendors`).
     pub vendor_seen_before: bool,
-}
-
-/// Whether `state` holds, inside the retention (`ts > clock - retention_ms`), an event
-/// at `vendor_id` of another transaction than `transaction_id`: the customer used the
-/// vendor earlier in the speed view. Only the state is consulted, so the answer is the
-/// same whenever the same state is read; vendors older than the retention are the batch
-/// layer's (`batch_vendors`).
-pub fn vendor_seen_before(
-    state: &CustomerState,
-    vendor_id: &str,
-    transaction_id: &str,
-    retention_ms: i64,
-) -> bool {
-    let Some(clock) = state.clock else {
-        return false;
-    };
-    let vendor = digest(vendor_id);
-    let transaction = digest(transaction_id);
-    state.events.iter().any(|event| {
-        event.vendor == vendor
-            && event.transaction != transaction
-            && event.ts > clock.saturating_sub(retention_ms)
-    })
 }
 
 impl WindowUpdate {
@@ -86,74 +95,54 @@ impl WindowUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::Generation;
-    use crate::state::WindowEvent;
-
-    const RETENTION: i64 = 35 * 60 * 1000;
-
-    fn event(ts: i64, vendor: &str, transaction: &str) -> WindowEvent {
-        WindowEvent {
-            ts,
-            amount: 100,
-            vendor: digest(vendor),
-            transaction: digest(transaction),
-        }
-    }
-
-    fn state(clock: i64, events: Vec<WindowEvent>) -> CustomerState {
-        CustomerState {
-            generation: Generation::from_bytes([1; 8]),
-            last_offset: 0,
-            clock: Some(clock),
-            events,
-            hours: Vec::new(),
-        }
-    }
 
     #[test]
-    fn a_vendor_is_seen_before_only_through_another_transaction_inside_the_retention() {
-        let now = 10 * RETENTION;
-        let alone = state(now, vec![event(now, "v1", "t2")]);
-        assert!(!vendor_seen_before(&alone, "v1", "t2", RETENTION));
-
-        let earlier = state(
-            now,
-            vec![event(now - 1000, "v1", "t1"), event(now, "v1", "t2")],
-        );
-        assert!(vendor_seen_before(&earlier, "v1", "t2", RETENTION));
-
-        let other_vendor = state(
-            now,
-            vec![event(now - 1000, "v9", "t1"), event(now, "v1", "t2")],
-        );
-        assert!(!vendor_seen_before(&other_vendor, "v1", "t2", RETENTION));
-
-        // Held but past the retention (not trimmed yet): not counted.
-        let at_edge = state(
-            now,
-            vec![event(now - RETENTION, "v1", "t1"), event(now, "v1", "t2")],
-        );
-        assert!(!vendor_seen_before(&at_edge, "v1", "t2", RETENTION));
-        let inside = state(
-            now,
-            vec![
-                event(now - RETENTION + 1, "v1", "t1"),
-                event(now, "v1", "t2"),
+    fn the_encoding_is_the_documented_one() {
+        let update = WindowUpdate {
+            customer_id: "42".into(),
+            as_of: 1_780_000_060_000,
+            sum_minor: 151_000,
+            count: 2,
+            max_minor: 150_000,
+            distinct_vendors: 2,
+            events: vec![
+                AppliedEvent {
+                    offset: 17,
+                    transaction_id: "t-1".into(),
+                    vendor_id: "v-9".into(),
+                    amount_minor: 150_000,
+                    ts: 1_780_000_000_000,
+                    vendor_seen_before: false,
+                },
+                AppliedEvent {
+                    offset: 19,
+                    transaction_id: "t-2".into(),
+                    vendor_id: "v-1".into(),
+                    amount_minor: 1_000,
+                    ts: 1_780_000_060_000,
+                    vendor_seen_before: true,
+                },
             ],
+            source_partition: 3,
+            source_offset: 19,
+            generation: "00000000000000aa".into(),
+        };
+        let documented: String = include_str!("update.rs")
+            .lines()
+            .skip_while(|line| *line != "//! ```json")
+            .skip(1)
+            .take_while(|line| *line != "//! ```")
+            .map(|line| line.trim_start_matches("//!").trim())
+            .collect();
+        assert_eq!(serde_json::to_string(&update).unwrap(), documented);
+        assert_eq!(
+            serde_json::from_str::<WindowUpdate>(&documented).unwrap(),
+            update
         );
-        assert!(vendor_seen_before(&inside, "v1", "t2", RETENTION));
-    }
-
-    #[test]
-    fn records_without_the_field_decode_as_not_seen() {
-        let old = r#"{"transactionId":"t","vendorId":"v","amountMinor":5,"ts":1}"#;
-        let last: LastEvent = serde_json::from_str(old).unwrap();
-        assert!(!last.vendor_seen_before);
-        let new = serde_json::to_value(LastEvent {
-            vendor_seen_before: true,
-            ..last
-        })
-        .unwrap();
-        assert_eq!(new["vendorSeenBefore"], true);
+        // Version 1 does not read as version 2.
+        let v1 = r#"{"customerId":"42","asOf":1,"sumMinor":1,"count":1,"maxMinor":1,
+            "distinctVendors":1,"lastEvent":null,"sourcePartition":0,"sourceOffset":0,
+            "generation":"00"}"#;
+        assert!(serde_json::from_str::<WindowUpdate>(v1).is_err());
     }
 }

@@ -4,8 +4,10 @@
 //! The set in force is the highest version in `rule_sets`, or the configured defaults
 //! (`serving.rules`, version 0) before any `PUT /v1/rules`. Every instance re-reads it
 //! every [`REFRESH`], so a change reaches every instance without a restart.
-//! [`evaluate`] is the one place rules are applied: to window updates (alerts) and to
-//! risk requests (score, level, reasons) alike.
+//! `verdict` is the one place a rule is applied: to window updates (alerts) and to
+//! risk requests (score, level, reasons) alike. On a window update a rule of
+//! [`Scope::Window`] judges the window once, and one of [`Scope::Event`] judges each
+//! event the update applied, one at a time ([`verdicts_in`]).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -35,11 +37,11 @@ pub struct Observation {
     /// The batch layer's baseline peak: the 95th percentile of the customer's daily
     /// 30-minute peaks, in minor units; `None` without a baseline.
     pub baseline_peak_minor: Option<i64>,
-    /// The event that caused the update, when rules about one event apply.
+    /// The one event judged, for rules of [`Scope::Event`]; `None` for the window.
     pub event: Option<ObservedEvent>,
 }
 
-/// The event that caused a window update.
+/// An event a window update applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedEvent {
     pub transaction_id: String,
@@ -116,13 +118,43 @@ pub struct Assessment {
     pub reasons: Vec<Verdict>,
 }
 
+/// What a rule judges on a window update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The window, once per update.
+    Window,
+    /// Each event the update applied, one at a time (the observation's `event`).
+    Event,
+}
+
+impl Scope {
+    pub fn of(condition: &RuleCondition) -> Scope {
+        match condition {
+            RuleCondition::WindowSumOver { .. }
+            | RuleCondition::WindowCountOver { .. }
+            | RuleCondition::WindowSumOverBaselinePeak { .. } => Scope::Window,
+            RuleCondition::NewVendorAmountOver { .. } => Scope::Event,
+        }
+    }
+}
+
 /// Every enabled rule's verdict on `observation` (rules that cannot apply, such as a
-/// baseline rule without a baseline, give none).
+/// baseline rule without a baseline or an event rule without an event, give none).
 pub fn verdicts(rules: &RuleSet, observation: &Observation) -> Vec<Verdict> {
     rules
         .rules
         .iter()
         .filter(|rule| rule.enabled)
+        .filter_map(|rule| verdict(rule, observation))
+        .collect()
+}
+
+/// The verdicts of the enabled rules of `scope` on `observation`.
+pub fn verdicts_in(rules: &RuleSet, scope: Scope, observation: &Observation) -> Vec<Verdict> {
+    rules
+        .rules
+        .iter()
+        .filter(|rule| rule.enabled && Scope::of(&rule.condition) == scope)
         .filter_map(|rule| verdict(rule, observation))
         .collect()
 }
@@ -399,6 +431,40 @@ mod tests {
             vec!["new-vendor-large-amount"]
         );
         assert_eq!(fired(&vendor(100_001, true)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn window_rules_judge_the_window_and_event_rules_each_event() {
+        let rules = rules();
+        let big = ObservedEvent {
+            transaction_id: "t".into(),
+            vendor_id: "v".into(),
+            amount_minor: 100_001,
+            known_vendor: false,
+        };
+        let observation = Observation {
+            window: window(500_001, 21),
+            baseline_peak_minor: None,
+            event: Some(big),
+        };
+        let fired = |scope| -> Vec<String> {
+            verdicts_in(&rules, scope, &observation)
+                .into_iter()
+                .filter(|verdict| verdict.fires)
+                .map(|verdict| verdict.rule)
+                .collect()
+        };
+        assert_eq!(
+            fired(Scope::Window),
+            vec!["sum-30m-over-limit", "count-30m-over-limit"]
+        );
+        assert_eq!(fired(Scope::Event), vec!["new-vendor-large-amount"]);
+        // Without an event, no event rule has a verdict.
+        let window_only = Observation {
+            event: None,
+            ..observation.clone()
+        };
+        assert!(verdicts_in(&rules, Scope::Event, &window_only).is_empty());
     }
 
     #[test]

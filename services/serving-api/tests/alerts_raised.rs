@@ -16,8 +16,9 @@ use common::ServingTest;
 use fraud_config::Settings;
 use fraud_domain::{CustomerId, EventTime, Money, TransactionId, VendorId};
 use fraud_events::TransactionEvent;
+use fraud_speed_view::AppliedEvent;
 use fraud_speed_view::WindowUpdate;
-use fraud_speed_view::update::LastEvent;
+use fraud_speed_view::update::UPDATE_SCHEMA_VERSION;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -44,7 +45,7 @@ fn update(customer: &str, as_of: i64, sum: i64, count: i64) -> WindowUpdate {
         count,
         max_minor: sum,
         distinct_vendors: 1,
-        last_event: None,
+        events: Vec::new(),
         source_partition: 3,
         source_offset: as_of % 1_000_000,
         generation: "00000000000000aa".to_owned(),
@@ -57,7 +58,8 @@ fn with_event(
     amount: i64,
     seen_before: bool,
 ) -> WindowUpdate {
-    update.last_event = Some(LastEvent {
+    update.events.push(AppliedEvent {
+        offset: update.source_offset,
         transaction_id: format!("{}-{}", update.customer_id, update.as_of),
         vendor_id: vendor.to_owned(),
         amount_minor: amount,
@@ -76,7 +78,8 @@ fn traceparent(update: &WindowUpdate) -> String {
     format!("00-{}-00f067aa0ba902b7-01", trace.simple())
 }
 
-/// Publishes `updates` as the speed layer does (keyed by customer, schema-version 1),
+/// Publishes `updates` as the speed layer does (keyed by customer, schema-version
+/// [`UPDATE_SCHEMA_VERSION`]),
 /// each with its own traceparent and a fixed tracestate.
 async fn publish(test: &ServingTest, updates: &[WindowUpdate]) {
     for update in updates {
@@ -89,7 +92,7 @@ async fn publish(test: &ServingTest, updates: &[WindowUpdate]) {
                 OwnedHeaders::new()
                     .insert(Header {
                         key: "schema-version",
-                        value: Some("1"),
+                        value: Some(UPDATE_SCHEMA_VERSION),
                     })
                     .insert(Header {
                         key: "traceparent",
@@ -340,13 +343,13 @@ async fn each_default_rule_fires_just_over_its_threshold_and_not_at_it() {
         (&Value::from(21), &Value::from(20))
     );
     assert_eq!(count.body["kind"], "window_count_over");
-    assert_eq!(count.body["lastEvent"], Value::Null);
+    assert_eq!(count.body["event"], Value::Null);
     let vendor = alerts
         .iter()
         .find(|alert| alert.customer == "vendor-over")
         .unwrap();
     assert_eq!(
-        vendor.body["lastEvent"],
+        vendor.body["event"],
         serde_json::json!({
             "transactionId": format!("vendor-over-{t}"),
             "vendorId": "v-new",
@@ -582,7 +585,7 @@ async fn through_the_speed_layer_a_vendor_used_earlier_in_the_window_is_known() 
         updates
             .iter()
             .filter(|update| update.customer_id == customer && update.as_of == t + MINUTE)
-            .find_map(|update| update.last_event.clone())
+            .find_map(|update| update.events.last().cloned())
             .unwrap()
     };
     assert!(last("seen").vendor_seen_before);
@@ -611,13 +614,144 @@ async fn through_the_speed_layer_a_vendor_used_earlier_in_the_window_is_known() 
     test.remove().await;
 }
 
+/// Under load a customer's records share a speed batch, and its one update lists them
+/// all: a large amount at a new vendor followed, in the same batch, by a small purchase
+/// still raises the new-vendor alert, about the large one. A large amount at a vendor
+/// used earlier in the same batch raises none.
+#[tokio::test]
+async fn a_new_vendor_large_amount_followed_in_the_same_batch_still_raises_its_alert() {
+    // A speed batch waits 3 s after its first record: records produced together share one.
+    let test = ServingTest::create_with("alerts-one-batch", |settings| {
+        settings.speed.max_batch_wait_ms = 3_000;
+    })
+    .await;
+    let speed = test.start_speed().await;
+    let serving = test.start_serving_with(&without_broker(&test)).await;
+    let t = now() - 5 * MINUTE;
+    let produced = test
+        .produce(&[
+            // 1500.00 at a vendor never used, then 10.00 elsewhere.
+            event("burst-1", "burst", "v-new", 150_000, t),
+            event("burst-2", "burst", "v-usual", 1_000, t + MINUTE),
+            // 1500.00 at a vendor used a minute earlier in the same batch.
+            event("known-1", "known", "v1", 1_000, t),
+            event("known-2", "known", "v1", 150_000, t + MINUTE),
+            event("known-3", "known", "v2", 500, t + 2 * MINUTE),
+        ])
+        .await;
+    assert_eq!(produced.len(), 5);
+    let kafka = test.settings.kafka.clone();
+    let topic = test.settings.kafka.window_updates_topic.clone();
+    let updates: Vec<WindowUpdate> =
+        fraud_testkit::poll_for(DEADLINE, "both customers' updates", || {
+            let (kafka, topic) = (kafka.clone(), topic.clone());
+            async move {
+                let records = tokio::task::spawn_blocking(move || {
+                    fraud_testkit::kafka::read_all(&kafka, &topic)
+                })
+                .await
+                .unwrap();
+                let updates: Vec<WindowUpdate> = records
+                    .iter()
+                    .map(|record| {
+                        assert_eq!(
+                            record.header("schema-version"),
+                            Some(UPDATE_SCHEMA_VERSION.as_bytes())
+                        );
+                        serde_json::from_slice(&record.value).unwrap()
+                    })
+                    .collect();
+                let done = [("burst", t + MINUTE), ("known", t + 2 * MINUTE)]
+                    .iter()
+                    .all(|(customer, as_of)| {
+                        updates
+                            .iter()
+                            .any(|update| update.customer_id == *customer && update.as_of == *as_of)
+                    });
+                done.then_some(updates)
+            }
+        })
+        .await;
+    // The premise: one update per customer, listing every record in order.
+    let listed = |customer: &str| -> Vec<Vec<(String, bool)>> {
+        updates
+            .iter()
+            .filter(|update| update.customer_id == customer)
+            .map(|update| {
+                update
+                    .events
+                    .iter()
+                    .map(|event| (event.transaction_id.clone(), event.vendor_seen_before))
+                    .collect()
+            })
+            .collect()
+    };
+    let seen = |id: &str, before: bool| (id.to_owned(), before);
+    assert_eq!(
+        listed("burst"),
+        vec![vec![seen("burst-1", false), seen("burst-2", false)]]
+    );
+    assert_eq!(
+        listed("known"),
+        vec![vec![
+            seen("known-1", false),
+            seen("known-2", true),
+            seen("known-3", false)
+        ]]
+    );
+    caught_up(&test, &test.settings.serving.group).await;
+
+    let raised = alerts(&test).await;
+    assert_eq!(
+        fired(&raised),
+        BTreeSet::from([pair("burst", "new-vendor-large-amount")]),
+        "{raised:#?}"
+    );
+    assert_eq!(raised.len(), 1);
+    let alert = &raised[0];
+    // The episode is the update's (asOf: the customer's clock after the batch).
+    assert_eq!((alert.episode_start, alert.as_of), (t + MINUTE, t + MINUTE));
+    assert_eq!(
+        alert.alert_id,
+        alert_id("burst", "new-vendor-large-amount", t + MINUTE)
+    );
+    assert_eq!(
+        alert.routing_key.as_deref(),
+        Some("alert.high.new-vendor-large-amount")
+    );
+    assert_eq!(alert.body["observed"], "1500.00");
+    assert_eq!(alert.body["threshold"], "1000.00");
+    assert_eq!(
+        alert.body["event"],
+        serde_json::json!({
+            "transactionId": "burst-1",
+            "vendorId": "v-new",
+            "amount": "1500.00",
+            "ts": EventTime::from_millis(t).unwrap().to_rfc3339(),
+            "knownVendor": false,
+        })
+    );
+    // It points at the large purchase's record, not at the batch's last one.
+    assert_eq!(alert.body["sourcePartition"], produced[0].0);
+    assert_eq!(alert.body["sourceOffset"], produced[0].1);
+    assert_eq!(alert.body["window"]["count"], 2);
+
+    serving.shutdown.trigger();
+    speed.trigger();
+    test.remove().await;
+}
+
 #[tokio::test]
 async fn an_undecodable_update_is_counted_and_skipped() {
     let test = ServingTest::create("alerts-undecodable").await;
     let serving = test.start_serving_with(&without_broker(&test)).await;
     let topic = test.settings.kafka.window_updates_topic.clone();
     let valid = serde_json::to_vec(&update("garbled", now(), 1, 1)).unwrap();
-    for (payload, version) in [(&b"{not json"[..], "1"), (&valid[..], "2")] {
+    // Version 1 is a version this reader no longer knows.
+    for (payload, version) in [
+        (&b"{not json"[..], UPDATE_SCHEMA_VERSION),
+        (&valid[..], "1"),
+    ] {
         let record = FutureRecord::to(&topic)
             .key("garbled")
             .payload(payload)

@@ -307,7 +307,7 @@ async fn publish(test: &ServingTest, update: &WindowUpdate) {
         .payload(&payload)
         .headers(OwnedHeaders::new().insert(Header {
             key: "schema-version",
-            value: Some("1"),
+            value: Some(fraud_speed_view::update::UPDATE_SCHEMA_VERSION),
         }));
     test.producer
         .send(record, Duration::from_secs(10))
@@ -384,7 +384,7 @@ async fn a_changed_rule_set_takes_effect_on_evaluation_without_a_restart() {
         count: 1,
         max_minor: 1_001,
         distinct_vendors: 1,
-        last_event: None,
+        events: Vec::new(),
         source_partition: 0,
         source_offset: 1,
         generation: "00000000000000aa".to_owned(),

@@ -5,8 +5,9 @@
 //! partitions. Each instance polls batches of records on a thread of its own
 //! ([`pipeline`]), applies every customer's run of records with one script call (the
 //! encoding and its invariants live in [`fraud_speed_view`], shared with the serving
-//! API), publishes one window update per touched customer to
-//! `kafka.window_updates_topic`, and only then commits the offsets.
+//! API), publishes one window update per touched customer (its window and the events
+//! the batch applied) to `kafka.window_updates_topic`, and only then commits the
+//! offsets.
 //!
 //! When Redis loses its data the meta key goes with it; the instance that notices
 //! starts a new generation and every instance rebuilds its partitions from Kafka, by

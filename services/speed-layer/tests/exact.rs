@@ -1,18 +1,21 @@
 //! The speed layer in process against the real Kafka and Redis: random streams (out of
 //! order, duplicated, spanning several days of event time) leave exactly the windows and
 //! increments an independent model computes, and every touched customer gets a window
-//! update.
+//! update listing exactly the records applied.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Model, SpeedTest, assert_exact, event};
+use fraud_speed_view::WindowUpdate;
 use fraud_testkit::wait_until;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRng, TestRunner};
 
 const DEADLINE: Duration = Duration::from_secs(120);
+const MINUTE: i64 = 60 * 1000;
 
 /// A random stream: customers, vendors, event times rising over `days` with disorder of
 /// up to 50 minutes, ~5% duplicates (same transaction, same content), some events exactly
@@ -74,6 +77,153 @@ async fn random_streams_give_exactly_the_model_s_windows_and_increments() {
     })
     .await;
     assert_exact(&test, &model, retention).await;
+    // The updates list every applied record once, in offset order, with the model's
+    // vendorSeenBefore, and nothing else (no late or duplicate record).
+    let listed = fraud_testkit::poll_for(DEADLINE, "every update published", || async {
+        let listed = listed_events(&test.updates().await);
+        (listed == model.listed).then_some(listed)
+    })
+    .await;
+    assert_eq!(listed, model.listed);
+    shutdown.trigger();
+    shutdown.wait().await.expect("a clean stop");
+    test.remove().await;
+}
+
+/// Per customer, the events `updates` list, in order, as the model's `listed`; checks
+/// that each update's events are in offset order, at or before its source offset.
+fn listed_events(updates: &[WindowUpdate]) -> BTreeMap<String, Vec<(i64, String, bool)>> {
+    let mut listed: BTreeMap<String, Vec<(i64, String, bool)>> = BTreeMap::new();
+    for update in updates {
+        let offsets: Vec<i64> = update.events.iter().map(|event| event.offset).collect();
+        assert!(
+            offsets.is_sorted()
+                && offsets
+                    .last()
+                    .is_none_or(|last| *last <= update.source_offset),
+            "{update:?}"
+        );
+        listed
+            .entry(update.customer_id.clone())
+            .or_default()
+            .extend(update.events.iter().map(|event| {
+                (
+                    event.offset,
+                    event.transaction_id.clone(),
+                    event.vendor_seen_before,
+                )
+            }));
+    }
+    listed
+}
+
+/// A customer's records that land in one batch give one update listing exactly the
+/// records the batch applied, in offset order, each saying whether the customer had
+/// used its vendor before it: through an event of an earlier batch, or one earlier in
+/// the same batch. The duplicate and the late record are not listed.
+#[tokio::test]
+async fn one_update_lists_every_record_its_batch_applied_in_order() {
+    // A batch waits 3 s after its first record: records produced together share one.
+    let test = SpeedTest::create_with("speed-events", 1, |settings| {
+        settings.speed.max_batch_wait_ms = 3_000;
+    })
+    .await;
+    let retention = test.settings.speed.retention_ms();
+    let run = fraud_testkit::unique_name("tx");
+    let id = |name: &str| format!("{run}-{name}");
+    let t = fraud_domain::EventTime::now().as_millis() - 5 * MINUTE;
+    let shutdown = test.start().await;
+    let first = test
+        .produce(vec![event(&id("a"), "multi", "v1", 1_000, t - 10 * MINUTE)])
+        .await;
+    let update_of = |offset: i64| {
+        let test = &test;
+        async move {
+            test.updates()
+                .await
+                .into_iter()
+                .find(|update| update.customer_id == "multi" && update.source_offset == offset)
+        }
+    };
+    let earlier = fraud_testkit::poll_for(DEADLINE, "the first batch's update", || {
+        update_of(first[0].offset)
+    })
+    .await;
+    assert_eq!(earlier.events.len(), 1);
+    assert!(!earlier.events[0].vendor_seen_before, "{earlier:?}");
+
+    let b = event(&id("b"), "multi", "v2", 150_000, t - 5 * MINUTE);
+    let produced = test
+        .produce(vec![
+            // A vendor never used: not seen before.
+            b.clone(),
+            // v1, used by "a" in the earlier batch.
+            event(&id("c"), "multi", "v1", 500, t - 4 * MINUTE),
+            // A duplicate of "b": not applied, not listed.
+            b,
+            // v2, used by "b" earlier in this batch.
+            event(&id("d"), "multi", "v2", 700, t),
+            // Exactly the retention behind the clock (t): late, not listed.
+            event(&id("late"), "multi", "v3", 300, t - retention),
+            // v3: the late record was never applied, so not seen before.
+            event(&id("e"), "multi", "v3", 900, t - MINUTE),
+        ])
+        .await;
+    let last = produced.last().unwrap().offset;
+    let update =
+        fraud_testkit::poll_for(DEADLINE, "the second batch's update", || update_of(last)).await;
+    let listed: Vec<(i64, String, i64, i64, String, bool)> = update
+        .events
+        .iter()
+        .map(|event| {
+            (
+                event.offset,
+                event.transaction_id.clone(),
+                event.amount_minor,
+                event.ts,
+                event.vendor_id.clone(),
+                event.vendor_seen_before,
+            )
+        })
+        .collect();
+    let expected = |index: usize, seen: bool| {
+        let record = &produced[index];
+        (
+            record.offset,
+            record.event.transaction_id.as_str().to_owned(),
+            record.event.amount.minor(),
+            record.event.event_time.as_millis(),
+            record.event.vendor_id.as_str().to_owned(),
+            seen,
+        )
+    };
+    assert_eq!(
+        listed,
+        vec![
+            expected(0, false),
+            expected(1, true),
+            expected(3, true),
+            expected(5, false),
+        ]
+    );
+    // One update for the whole batch: no other update of the customer after the first.
+    let after_first: Vec<WindowUpdate> = test
+        .updates()
+        .await
+        .into_iter()
+        .filter(|update| update.customer_id == "multi" && update.source_offset > first[0].offset)
+        .collect();
+    assert_eq!(after_first, vec![update.clone()], "one batch, one update");
+    assert_eq!(
+        (
+            update.as_of,
+            update.sum_minor,
+            update.count,
+            update.max_minor
+        ),
+        (t, 1_000 + 150_000 + 500 + 700 + 900, 5, 150_000)
+    );
+    assert_eq!(update.distinct_vendors, 3);
     shutdown.trigger();
     shutdown.wait().await.expect("a clean stop");
     test.remove().await;
@@ -136,10 +286,12 @@ async fn the_trace_context_of_a_transaction_travels_to_its_window_update() {
         (update.sum_minor, update.count, update.as_of),
         (12_345, 1, now)
     );
-    let last = update
-        .last_event
-        .expect("the transaction that caused the update");
-    assert_eq!(last.vendor_id, "v1");
+    assert_eq!(
+        update.events.len(),
+        1,
+        "the transaction that caused the update"
+    );
+    assert_eq!(update.events[0].vendor_id, "v1");
     shutdown.trigger();
     shutdown.wait().await.expect("a clean stop");
     test.remove().await;

@@ -24,14 +24,20 @@
 //! which evaluates them again: harmless.
 //!
 //! # One evaluation
-//! For each update, the [`Observation`] is the update's window, the customer's baseline
-//! peak ([`store::Baselines`], cached per batch run) and the update's last event, whose
-//! vendor is known when the speed layer saw the customer use it earlier in the retention
-//! (`vendorSeenBefore`) or the batch layer lists it in `batch_vendors` (asked only when
-//! the new-vendor rule would fire otherwise). [`crate::rules::verdicts`] under the rule
-//! set in force gives the rules that fire; [`episode::advance`] decides, per firing
-//! (customer, rule), whether it extends the latest episode, starts a new one (an alert
-//! with id [`episode::alert_id`]) or is a replay.
+//! Each update is judged under the rule set in force ([`crate::rules::verdicts_in`]):
+//! the rules of [`Scope::Window`] once, on an [`Observation`] of the update's window and
+//! the customer's baseline peak ([`store::Baselines`], cached per batch run); the rules
+//! of [`Scope::Event`] (`new_vendor_amount_over`) once for every event the update lists
+//! (every record the speed layer's batch applied for the customer, in offset order), so
+//! a large first purchase at a new vendor is judged even when later records of the
+//! customer shared its batch. An event's vendor is known when the speed layer saw the
+//! customer use it before that event inside the retention (`vendorSeenBefore`) or the
+//! batch layer lists it in `batch_vendors` (asked only when the new-vendor rule would
+//! fire otherwise). Every firing, window or event, is a firing of the update at its
+//! `asOf`: [`episode::advance`] decides, per firing (customer, rule), whether it extends
+//! the latest episode, starts a new one (an alert with id [`episode::alert_id`]) or is a
+//! replay, so several firing events of one update make one episode, whose alert
+//! describes the first of them.
 //!
 //! # Exactly one alert per episode
 //! A batch's firings are judged in one transaction that first takes the advisory lock
@@ -50,8 +56,10 @@
 //! `alertId`, `customerId`, `rule`, `ruleVersion`, `severity`, `kind`, `observed` and
 //! `threshold` (money as decimal strings, counts as integers), `asOf`, `episodeStart`,
 //! `raisedAt` (RFC 3339 UTC), `window` {`sum`, `count`, `max`, `distinctVendors`},
-//! `lastEvent` ({`transactionId`, `vendorId`, `amount`, `ts`, `knownVendor`} or null),
-//! `sourcePartition` and `sourceOffset` (of the transaction in its topic). Its
+//! `event` ({`transactionId`, `vendorId`, `amount`, `ts`, `knownVendor`}: for an event
+//! rule the event that fired it, for a window rule the last event the update applied, or
+//! null when it applied none), `sourcePartition` and `sourceOffset` (the transactions
+//! record: an event rule's event, a window rule's update's source offset). Its
 //! `trace_context` is the update record's `traceparent` and `tracestate` headers as a
 //! JSON object.
 //!
@@ -73,8 +81,8 @@ use fraud_config::RuleCondition;
 use fraud_domain::{EventTime, Money};
 use fraud_kafka::rebalance::{self, RebalanceLog};
 use fraud_service::Shutdown;
-use fraud_speed_view::WindowUpdate;
 use fraud_speed_view::update::UPDATE_SCHEMA_VERSION;
+use fraud_speed_view::{AppliedEvent, WindowUpdate};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -84,7 +92,7 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 
 use crate::AppState;
-use crate::rules::{Observation, ObservedEvent, RuleSet, Verdict, verdicts};
+use crate::rules::{Observation, ObservedEvent, RuleSet, Scope, Verdict, verdicts_in};
 use episode::{Episode, Step};
 use store::{Baselines, Judgement, NewAlert};
 
@@ -340,11 +348,24 @@ struct Evaluator {
     baselines: Baselines,
 }
 
-/// A rule that fired on an update.
+/// A rule that fired on an update: a window rule on its window, or an event rule on
+/// one of its events.
 struct Firing<'a> {
     incoming: &'a Incoming,
+    scope: Scope,
     verdict: Verdict,
-    observation: Observation,
+    /// The alert body's event: the event judged (an event rule) or the last event the
+    /// update applied (a window rule; `None` when it applied none).
+    event: Option<Described<'a>>,
+}
+
+/// An event of an update, as an alert describes it.
+#[derive(Debug, Clone, Copy)]
+struct Described<'a> {
+    event: &'a AppliedEvent,
+    /// Whether the customer had used the vendor before it (speed view, or the batch
+    /// layer's vendors where they were asked).
+    known_vendor: bool,
 }
 
 impl Evaluator {
@@ -372,52 +393,82 @@ impl Evaluator {
         } else {
             HashMap::new()
         };
-        let mut observations: Vec<Observation> = updates
+        let windows: Vec<Observation> = updates
             .iter()
-            .map(|(_, incoming)| observe(&incoming.update, &peaks))
+            .map(|(_, incoming)| observe(&incoming.update, &peaks, None))
+            .collect();
+        // One observation per applied event, for the event rules.
+        let mut events: Vec<Vec<Observation>> = updates
+            .iter()
+            .map(|(_, incoming)| {
+                let update = &incoming.update;
+                update
+                    .events
+                    .iter()
+                    .map(|event| observe(update, &peaks, Some(event)))
+                    .collect()
+            })
             .collect();
         // The batch layer's vendors, only where they decide a firing.
-        let unsure: Vec<(String, String)> = observations
+        let unsure: Vec<(String, String)> = events
             .iter()
             .zip(updates)
-            .filter(|(observation, _)| {
-                verdicts(&rules, observation)
+            .flat_map(|(observations, (_, incoming))| {
+                observations
                     .iter()
-                    .any(|verdict| verdict.fires && verdict.kind == NEW_VENDOR)
-            })
-            .map(|(_, (_, incoming))| {
-                let vendor = incoming
-                    .update
-                    .last_event
-                    .as_ref()
-                    .map(|event| event.vendor_id.clone())
-                    .unwrap_or_default();
-                (incoming.update.customer_id.clone(), vendor)
+                    .filter(|observation| {
+                        verdicts_in(&rules, Scope::Event, observation)
+                            .iter()
+                            .any(|verdict| verdict.fires && verdict.kind == NEW_VENDOR)
+                    })
+                    .filter_map(|observation| {
+                        let event = observation.event.as_ref()?;
+                        Some((incoming.update.customer_id.clone(), event.vendor_id.clone()))
+                    })
             })
             .collect();
         let known = store::known_vendors(pool, &unsure)
             .await
             .context("failed to read known vendors")?;
-        for (observation, (_, incoming)) in observations.iter_mut().zip(updates) {
-            if let Some(event) = observation.event.as_mut() {
+        for (observations, (_, incoming)) in events.iter_mut().zip(updates) {
+            for event in observations.iter_mut().filter_map(|o| o.event.as_mut()) {
                 let pair = (incoming.update.customer_id.clone(), event.vendor_id.clone());
                 event.known_vendor |= known.contains(&pair);
             }
         }
 
         let mut firings = Vec::new();
-        for (observation, (_, incoming)) in observations.into_iter().zip(updates) {
+        for ((window, observations), (_, incoming)) in windows.iter().zip(&events).zip(updates) {
             metrics::counter!("serving_window_updates_total", "outcome" => "evaluated")
                 .increment(1);
-            for verdict in verdicts(&rules, &observation) {
-                if verdict.fires {
-                    metrics::counter!("serving_rules_fired_total", "rule" => verdict.rule.clone())
-                        .increment(1);
-                    firings.push(Firing {
-                        incoming,
-                        verdict,
-                        observation: observation.clone(),
-                    });
+            let update = &incoming.update;
+            let described = |index: usize| {
+                let observed = observations[index].event.as_ref();
+                Described {
+                    event: &update.events[index],
+                    known_vendor: observed.is_some_and(|observed| observed.known_vendor),
+                }
+            };
+            // The window once; then each event, in offset order, so that the first
+            // event of an episode is the one its alert describes.
+            let last = update.events.len().checked_sub(1).map(described);
+            let judged = std::iter::once((Scope::Window, window, last)).chain(
+                observations.iter().enumerate().map(|(index, observation)| {
+                    (Scope::Event, observation, Some(described(index)))
+                }),
+            );
+            for (scope, observation, event) in judged {
+                for verdict in verdicts_in(&rules, scope, observation) {
+                    if verdict.fires {
+                        metrics::counter!("serving_rules_fired_total", "rule" => verdict.rule.clone())
+                            .increment(1);
+                        firings.push(Firing {
+                            incoming,
+                            scope,
+                            verdict,
+                            event,
+                        });
+                    }
                 }
             }
         }
@@ -430,11 +481,17 @@ impl Evaluator {
 
 const NEW_VENDOR: &str = "new_vendor_amount_over";
 
-fn observe(update: &WindowUpdate, peaks: &HashMap<String, Option<i64>>) -> Observation {
+/// What the rules see of `update`: its window, the baseline, and `event` (one of its
+/// events, for the event rules) with its vendor as the speed layer knew it.
+fn observe(
+    update: &WindowUpdate,
+    peaks: &HashMap<String, Option<i64>>,
+    event: Option<&AppliedEvent>,
+) -> Observation {
     Observation {
         window: update.window(),
         baseline_peak_minor: peaks.get(&update.customer_id).copied().flatten(),
-        event: update.last_event.as_ref().map(|event| ObservedEvent {
+        event: event.map(|event| ObservedEvent {
             transaction_id: event.transaction_id.clone(),
             vendor_id: event.vendor_id.clone(),
             amount_minor: event.amount_minor,
@@ -540,7 +597,7 @@ pub struct AlertBody<'a> {
     episode_start: String,
     raised_at: String,
     window: WindowBody,
-    last_event: Option<LastEventBody<'a>>,
+    event: Option<EventBody<'a>>,
     source_partition: i32,
     source_offset: i64,
 }
@@ -556,7 +613,7 @@ struct WindowBody {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct LastEventBody<'a> {
+struct EventBody<'a> {
     transaction_id: &'a str,
     vendor_id: &'a str,
     amount: String,
@@ -569,16 +626,12 @@ fn new_alert(rules: &RuleSet, firing: &Firing<'_>, episode: Episode, raised_at: 
     let update = &firing.incoming.update;
     let verdict = &firing.verdict;
     let window = update.window();
-    let last_event = update.last_event.as_ref().map(|event| LastEventBody {
-        transaction_id: &event.transaction_id,
-        vendor_id: &event.vendor_id,
-        amount: Money::from_minor(event.amount_minor).to_string(),
-        ts: rfc3339(event.ts),
-        known_vendor: firing
-            .observation
-            .event
-            .as_ref()
-            .is_some_and(|observed| observed.known_vendor),
+    let event = firing.event.map(|described| EventBody {
+        transaction_id: &described.event.transaction_id,
+        vendor_id: &described.event.vendor_id,
+        amount: Money::from_minor(described.event.amount_minor).to_string(),
+        ts: rfc3339(described.event.ts),
+        known_vendor: described.known_vendor,
     });
     let body = AlertBody {
         alert_id: episode.alert_id,
@@ -598,9 +651,13 @@ fn new_alert(rules: &RuleSet, firing: &Firing<'_>, episode: Episode, raised_at: 
             max: Money::from_minor(window.max).to_string(),
             distinct_vendors: window.distinct_vendors,
         },
-        last_event,
+        event,
         source_partition: update.source_partition,
-        source_offset: update.source_offset,
+        // An event rule's alert points at its event's record.
+        source_offset: match (firing.scope, firing.event) {
+            (Scope::Event, Some(described)) => described.event.offset,
+            _ => update.source_offset,
+        },
     };
     NewAlert {
         alert_id: episode.alert_id,

@@ -16,8 +16,9 @@ pub(crate) struct Run {
     pub customer: String,
     pub partition: i32,
     pub records: Vec<Record>,
-    /// The last record's event, to describe it in the update.
-    pub last: TransactionEvent,
+    /// Each record's event (beside `records`), to describe the applied ones in the
+    /// update.
+    pub events: Vec<TransactionEvent>,
     /// The last record's trace headers.
     pub trace: super::worker::TraceHeaders,
 }
@@ -81,7 +82,7 @@ impl Batch {
             Some(&index) => {
                 let run = &mut self.runs[index];
                 run.records.push(record);
-                run.last = event;
+                run.events.push(event);
                 run.trace = trace;
             }
             None => {
@@ -90,7 +91,7 @@ impl Batch {
                     customer,
                     partition,
                     records: vec![record],
-                    last: event,
+                    events: vec![event],
                     trace,
                 });
             }

@@ -4,10 +4,15 @@
 //! For every batch: (1) check that the meta key still names this instance's generation
 //! (else Redis lost its data: start or join a new generation and rebuild, discarding the
 //! batch); (2) apply every customer's run with one script call each, in one pipeline;
-//! (3) publish one window update per touched customer and wait for the brokers; (4)
-//! commit the batch's offsets. A crash anywhere replays from the last commit: the
-//! script's offset fence makes the replay change nothing, and the updates are published
-//! again (at least once; a consumer keeps the one with the largest source offset).
+//! (3) publish one window update per touched customer and wait for the brokers: its
+//! window, and every record of the customer's run the script applied, in offset order,
+//! each with whether the customer had used its vendor before
+//! ([`fraud_speed_view::update`]); (4) commit the batch's offsets. A crash anywhere
+//! replays from the last commit: the script's offset fence makes the replay change
+//! nothing, and the updates are published again (at least once; a consumer keeps the one
+//! with the largest source offset). A replayed record is not applied again, so it is not
+//! listed again either: after a crash between (2) and (3) the replayed batch's updates
+//! carry the right windows but no events.
 //! A failure of Redis or Kafka retries the same batch with backoff until it succeeds or
 //! the service stops.
 //!

@@ -8,8 +8,10 @@ use anyhow::Context;
 use fraud_events::SCHEMA_VERSION_HEADER;
 use fraud_redis::RedisHandle;
 use fraud_speed_view::meta::{PartitionStatus, Progress, SpeedMeta};
-use fraud_speed_view::update::{LastEvent, UPDATE_SCHEMA_VERSION, vendor_seen_before};
-use fraud_speed_view::{ApplyOutcome, ApplyScript, Generation, WindowUpdate, customer_key, digest};
+use fraud_speed_view::update::UPDATE_SCHEMA_VERSION;
+use fraud_speed_view::{
+    AppliedEvent, ApplyOutcome, ApplyScript, Generation, RecordOutcome, WindowUpdate, customer_key,
+};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -403,12 +405,26 @@ impl Worker {
                 let state = &outcome.state;
                 let as_of = state.clock?;
                 let window = state.window_at(as_of);
-                let last = &run.last;
-                let last_digest = digest(last.transaction_id.as_str());
-                let last_applied = outcome.applied > 0
-                    && state.events.iter().any(|event| {
-                        event.transaction == last_digest && event.ts == last.event_time.as_millis()
-                    });
+                // The script's outcome per record says which were applied, and whether
+                // the customer had used each one's vendor before it (see
+                // `AppliedEvent::vendor_seen_before`).
+                let events = run
+                    .records
+                    .iter()
+                    .zip(&run.events)
+                    .zip(&outcome.records)
+                    .filter_map(|((record, event), verdict)| match *verdict {
+                        RecordOutcome::Applied { vendor_seen_before } => Some(AppliedEvent {
+                            offset: record.offset,
+                            transaction_id: event.transaction_id.as_str().to_owned(),
+                            vendor_id: event.vendor_id.as_str().to_owned(),
+                            amount_minor: record.amount,
+                            ts: record.ts,
+                            vendor_seen_before,
+                        }),
+                        _ => None,
+                    })
+                    .collect();
                 let update = WindowUpdate {
                     customer_id: run.customer.clone(),
                     as_of,
@@ -416,20 +432,7 @@ impl Worker {
                     count: window.count,
                     max_minor: window.max,
                     distinct_vendors: window.distinct_vendors,
-                    last_event: last_applied.then(|| LastEvent {
-                        transaction_id: last.transaction_id.as_str().to_owned(),
-                        vendor_id: last.vendor_id.as_str().to_owned(),
-                        amount_minor: last.amount.minor(),
-                        ts: last.event_time.as_millis(),
-                        // From the state the script returned, which holds every event
-                        // of the customer inside the retention.
-                        vendor_seen_before: vendor_seen_before(
-                            state,
-                            last.vendor_id.as_str(),
-                            last.transaction_id.as_str(),
-                            self.config.tuning.retention_ms,
-                        ),
-                    }),
+                    events,
                     source_partition: run.partition,
                     source_offset: state.last_offset,
                     generation: generation.clone(),

@@ -162,7 +162,10 @@ impl SpeedTest {
         records
             .iter()
             .map(|record| {
-                assert_eq!(record.header("schema-version"), Some(&b"1"[..]));
+                assert_eq!(
+                    record.header("schema-version"),
+                    Some(fraud_speed_view::update::UPDATE_SCHEMA_VERSION.as_bytes())
+                );
                 serde_json::from_slice(&record.value).expect("a window update")
             })
             .collect()
@@ -224,6 +227,9 @@ pub fn event(
 #[derive(Debug, Default)]
 pub struct Model {
     pub applied: BTreeMap<String, Vec<(i64, i64, String)>>,
+    /// Per customer, what the window updates must list, in offset order: every applied
+    /// record's (offset, transaction id, whether the customer used its vendor before).
+    pub listed: BTreeMap<String, Vec<(i64, String, bool)>>,
     pub last_offsets: BTreeMap<String, i64>,
     pub late: u64,
     pub duplicates: u64,
@@ -252,6 +258,19 @@ impl Model {
                 model.duplicates += 1;
                 continue;
             }
+            // Used before: an applied event with the same vendor, inside the retention of
+            // the clock before this one (`AppliedEvent::vendor_seen_before`).
+            let vendor = record.event.vendor_id.as_str();
+            let seen_before = clock.is_some_and(|clock| {
+                applied
+                    .iter()
+                    .any(|(at, _, used)| used == vendor && *at > clock - retention_ms)
+            });
+            model.listed.entry(customer.clone()).or_default().push((
+                record.offset,
+                transaction.clone(),
+                seen_before,
+            ));
             ids.push((transaction, ts));
             applied.push((
                 ts,
