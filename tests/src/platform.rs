@@ -15,6 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use fraud_config::Settings;
+
+use crate::reference::LakeRow;
 use fraud_testkit::amqp::Subscriber;
 use fraud_testkit::sse::SseClient;
 use fraud_testkit::{ChildProcess, free_port, local_settings, unique_name, wait_until};
@@ -250,30 +252,23 @@ impl Platform {
     /// posted so far is in place.
     pub async fn caught_up(&self, deadline: Duration) {
         let kafka = &self.settings.kafka;
-        wait_until(
-            deadline,
-            "the speed layer applied every transaction",
-            || {
-                fraud_testkit::kafka::group_caught_up(
-                    kafka,
-                    &self.settings.speed.group,
-                    &kafka.transactions_topic,
-                )
-            },
-        )
-        .await;
-        wait_until(
-            deadline,
-            "the serving API evaluated every window update",
-            || {
-                fraud_testkit::kafka::group_caught_up(
-                    kafka,
-                    &self.settings.serving.group,
-                    &kafka.window_updates_topic,
-                )
-            },
-        )
-        .await;
+        for (group, topic, what) in [
+            (
+                &self.settings.speed.group,
+                &kafka.transactions_topic,
+                "the speed layer applied every transaction",
+            ),
+            (
+                &self.settings.serving.group,
+                &kafka.window_updates_topic,
+                "the serving API evaluated every window update",
+            ),
+        ] {
+            wait_until(deadline, what, || {
+                fraud_testkit::kafka::group_caught_up(kafka, group, topic)
+            })
+            .await;
+        }
     }
 
     /// Waits until the lake writer has committed every record of the topic: it commits
@@ -291,9 +286,8 @@ impl Platform {
         .await;
     }
 
-    /// Every row of the lake, read by DuckDB (an independent reader):
-    /// `(transactionId, customerId, vendorId, amount minor, event time ms)`.
-    pub fn lake_rows(&self) -> Vec<(String, String, String, i64, i64)> {
+    /// Every row of the lake, read by DuckDB (an independent reader).
+    pub fn lake_rows(&self) -> Vec<LakeRow> {
         const SCRIPT: &str = r#"
 import duckdb, json, sys
 rows = duckdb.connect().execute(f"""

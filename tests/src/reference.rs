@@ -22,6 +22,23 @@ pub struct Event {
     pub ts: i64,
 }
 
+/// A row of the lake as a test compares it:
+/// `(transactionId, customerId, vendorId, amount minor, event time ms)`.
+pub type LakeRow = (String, String, String, i64, i64);
+
+impl Event {
+    /// The row the lake should hold for this event.
+    pub fn lake_row(&self) -> LakeRow {
+        (
+            self.id.clone(),
+            self.customer.clone(),
+            self.vendor.clone(),
+            self.amount,
+            self.ts,
+        )
+    }
+}
+
 /// Sum, count, max and distinct vendors of some events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {

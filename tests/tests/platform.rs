@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use platform_tests::platform::Platform;
-use platform_tests::reference::{self, Event, HOUR_MS, check_daily, check_risk, instant};
+use platform_tests::reference::{self, Event, HOUR_MS, LakeRow, check_daily, check_risk, instant};
 use serde_json::{Value, json};
 
 const MINUTE: i64 = 60_000;
@@ -62,26 +62,29 @@ async fn transactions_posted_to_ingest_come_back_as_risk_alerts_lake_rows_and_me
         event("b-3", b, "shop-9", 5_001, now - MINUTE),
     ];
 
-    // One transaction alone, then a batch, then the last two once the batch is
+    // One transaction alone, then batches, each posted once the one before is
     // evaluated: the speed layer publishes one window update per customer and applied
-    // batch, at the customer's latest event, so `a-5` must not share a batch with the
-    // events of the episode (its window alone would be judged).
+    // batch, at the customer's latest event, so the rules see every window below only
+    // when each request is a batch of its own. `a-2`, judged by the event rule, is the
+    // last of `a`'s events in its request.
     let (status, answer) = platform.post_transactions(&body(&posted[0])).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer, json!({"transactionId": "a-1", "replayed": false}));
-    let batch: Vec<Value> = posted[1..7]
-        .iter()
-        .filter(|e| e.id != "a-5")
-        .map(body)
-        .collect();
-    let (status, answer) = platform.post_transactions(&Value::Array(batch)).await;
-    assert_eq!(status, 202, "{answer}");
-    assert_eq!(answer["accepted"], 5, "{answer}");
-    assert_eq!(answer["replayed"], 0, "{answer}");
-    platform.caught_up(DEADLINE).await;
-    for event in [&posted[4], &posted[7]] {
-        let (status, answer) = platform.post_transactions(&body(event)).await;
+    for (ids, accepted) in [
+        (&["b-1", "a-2"][..], 2),
+        (&["a-3", "a-4", "b-2"], 3),
+        (&["a-5", "b-3"], 2),
+    ] {
+        platform.caught_up(DEADLINE).await;
+        let batch: Vec<Value> = posted
+            .iter()
+            .filter(|event| ids.contains(&event.id.as_str()))
+            .map(body)
+            .collect();
+        let (status, answer) = platform.post_transactions(&Value::Array(batch)).await;
         assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["accepted"], accepted, "{answer}");
+        assert_eq!(answer["replayed"], 0, "{answer}");
     }
     // The same transaction again is an idempotent replay; other content under its id
     // is a conflict; neither is counted again anywhere below.
@@ -156,18 +159,7 @@ async fn transactions_posted_to_ingest_come_back_as_risk_alerts_lake_rows_and_me
     // The lake holds every accepted event once, exactly as posted.
     platform.lake_complete(DEADLINE).await;
     let lake = platform.lake_rows();
-    let expected: BTreeSet<(String, String, String, i64, i64)> = posted
-        .iter()
-        .map(|event| {
-            (
-                event.id.clone(),
-                event.customer.clone(),
-                event.vendor.clone(),
-                event.amount,
-                event.ts,
-            )
-        })
-        .collect();
+    let expected: BTreeSet<LakeRow> = posted.iter().map(Event::lake_row).collect();
     assert_eq!(lake.len(), posted.len(), "{lake:?}");
     assert_eq!(lake.into_iter().collect::<BTreeSet<_>>(), expected);
 

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use platform_tests::platform::Platform;
-use platform_tests::reference::{self, Event, WINDOW_MS, check_daily, check_risk, instant};
+use platform_tests::reference::{
+    self, Event, LakeRow, WINDOW_MS, check_daily, check_risk, instant,
+};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -113,20 +115,8 @@ async fn replaying_the_sparkov_sample_leaves_every_figure_equal_to_the_file() {
     // The lake: every row once, exactly as in the file.
     platform.caught_up(DEADLINE).await;
     platform.lake_complete(DEADLINE).await;
-    let lake: BTreeSet<(String, String, String, i64, i64)> =
-        platform.lake_rows().into_iter().collect();
-    let expected: BTreeSet<(String, String, String, i64, i64)> = events
-        .iter()
-        .map(|e| {
-            (
-                e.id.clone(),
-                e.customer.clone(),
-                e.vendor.clone(),
-                e.amount,
-                e.ts,
-            )
-        })
-        .collect();
+    let lake: BTreeSet<LakeRow> = platform.lake_rows().into_iter().collect();
+    let expected: BTreeSet<LakeRow> = events.iter().map(Event::lake_row).collect();
     assert_eq!(lake.len(), 5116);
     assert_eq!(lake, expected);
 
