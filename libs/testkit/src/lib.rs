@@ -54,6 +54,13 @@ pub fn duckdb_json(script: &str, args: &[&str]) -> serde_json::Value {
 /// an independent reader: `DUCKDB_PYTHON` (set by `deploy/dev test`), else the venv in
 /// the cache. Missing is a failure, not a skip.
 pub fn duckdb_python() -> std::path::PathBuf {
+    test_python()
+}
+
+/// The tests' Python, a venv in the cache that `deploy/dev up` fills from PyPI (DuckDB,
+/// schemathesis): `DUCKDB_PYTHON` when set (`deploy/dev test` sets it), else
+/// `~/.cache/fraud-platform/venv/bin/python`.
+pub fn test_python() -> std::path::PathBuf {
     if let Some(python) = std::env::var_os("DUCKDB_PYTHON") {
         return std::path::PathBuf::from(python);
     }
@@ -62,6 +69,23 @@ pub fn duckdb_python() -> std::path::PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cache")))
         .expect("HOME or XDG_CACHE_HOME is set");
     cache.join("fraud-platform/venv/bin/python")
+}
+
+/// [`test_python`], checked to import `module` (e.g. `schemathesis`); a failure says how
+/// to install it.
+pub fn test_python_with(module: &str) -> std::path::PathBuf {
+    let python = test_python();
+    let imports = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    assert!(
+        imports,
+        "{} cannot `import {module}`: run `deploy/dev up --servers-only` (it installs the \
+         tests' Python packages from PyPI into a venv)",
+        python.display()
+    );
+    python
 }
 
 /// A name no other test (or earlier run) uses: `prefix-` and 12 random hex digits.
