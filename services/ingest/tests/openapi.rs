@@ -42,9 +42,17 @@ async fn the_document_matches_the_implementation() {
         .json()
         .await
         .expect("the document is JSON");
+    // The document with this instance's limits (a batch of at most 2).
+    let config = &ingest.settings.ingest;
+    let expected = ingest::api::document(
+        fraud_domain::Currency::parse(&config.currency).unwrap(),
+        fraud_domain::Money::from_minor(config.max_amount_minor),
+        2,
+    );
+    assert_eq!(spec, serde_json::from_str::<Value>(&expected).unwrap());
     assert_eq!(
-        spec,
-        serde_json::from_str::<Value>(ingest::api::OPENAPI).unwrap()
+        spec["components"]["schemas"]["Transaction"]["properties"]["currency"]["enum"],
+        json!([config.currency, null])
     );
 
     // Every documented operation answers (not 404 or 405).

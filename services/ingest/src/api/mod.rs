@@ -32,8 +32,28 @@ use crate::idempotency::{Idempotency, Reservation};
 use crate::publish::{PublishError, Publisher};
 use decode::{Framing, Rules};
 
-/// The OpenAPI document of this API, served at `/openapi.json`.
+/// The OpenAPI document of this API with the default configuration; `/openapi.json`
+/// serves it with the instance's limits ([`document`]).
 pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// [`OPENAPI`] for an instance that accepts `currency` only, amounts up to `max_amount`
+/// and batches of up to `max_items`: what its `/openapi.json` serves, so the schema
+/// says exactly what it takes.
+pub fn document(currency: Currency, max_amount: Money, max_items: usize) -> String {
+    let mut document: serde_json::Value =
+        serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    if let Some(batch) = document.pointer_mut(
+        "/paths/~1v1~1transactions/post/requestBody/content/application~1json/schema/oneOf/1",
+    ) {
+        batch["maxItems"] = serde_json::json!(max_items);
+    }
+    let fields = &mut document["components"]["schemas"]["Transaction"]["properties"];
+    fields["currency"]["enum"] = serde_json::json!([currency.as_str(), null]);
+    // Minor units as a decimal number of major units; exact for any realistic limit.
+    fields["transactionSum"]["oneOf"][0]["maximum"] =
+        serde_json::json!(max_amount.minor() as f64 / 100.0);
+    document.to_string()
+}
 
 /// Media type of newline-delimited JSON.
 pub const NDJSON: &str = "application/x-ndjson";
@@ -52,6 +72,7 @@ pub struct Ingest {
     max_body_bytes: usize,
     idempotency: Idempotency,
     publisher: Publisher,
+    openapi: String,
 }
 
 impl Ingest {
@@ -62,13 +83,17 @@ impl Ingest {
         publisher: Publisher,
     ) -> anyhow::Result<Self> {
         let config = &settings.ingest;
+        let currency = Currency::parse(&config.currency)?;
+        let max_amount = Money::from_minor(config.max_amount_minor);
+        let max_items = usize::try_from(config.max_batch_items).unwrap_or(usize::MAX);
         Ok(Self {
             keys: ApiKeys::from_config(&settings.auth),
             limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
-            currency: Currency::parse(&config.currency)?,
-            max_amount: Money::from_minor(config.max_amount_minor),
+            openapi: document(currency, max_amount, max_items),
+            currency,
+            max_amount,
             max_future_skew_ms: i64::try_from(config.max_future_skew_ms).unwrap_or(i64::MAX),
-            max_items: usize::try_from(config.max_batch_items).unwrap_or(usize::MAX),
+            max_items,
             max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
             idempotency,
             publisher,
@@ -84,8 +109,11 @@ pub fn routes(ingest: Arc<Ingest>) -> Router {
         .with_state(ingest)
 }
 
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+async fn openapi(State(ingest): State<Arc<Ingest>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ingest.openapi.clone(),
+    )
 }
 
 /// One transaction of the answer.
