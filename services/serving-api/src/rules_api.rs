@@ -400,10 +400,14 @@ fn parse_condition(value: &Value, at: &str, errors: &mut Vec<FieldError>) -> Opt
             format!("unknown field; this kind has {}", fields.join(", ")),
         ));
     }
+    // The condition with each integer as an integer literal (`17016.0` becomes `17016`).
+    let mut normalised = object.clone();
     for field in fields {
-        match object.get(*field) {
-            Some(value) if value.as_i64().is_some() => {}
-            Some(_) => errors.push(field_error(
+        match object.get(*field).map(exact_integer) {
+            Some(Some(integer)) => {
+                normalised.insert((*field).to_owned(), Value::from(integer));
+            }
+            Some(None) => errors.push(field_error(
                 format!("{at}/{field}"),
                 "must be an integer (money in minor units)",
             )),
@@ -413,13 +417,26 @@ fn parse_condition(value: &Value, at: &str, errors: &mut Vec<FieldError>) -> Opt
     if errors.len() > before {
         return None;
     }
-    match serde_json::from_value::<RuleCondition>(value.clone()) {
+    match serde_json::from_value::<RuleCondition>(Value::Object(normalised)) {
         Ok(condition) => Some(condition),
         Err(error) => {
             errors.push(field_error(at.to_owned(), error.to_string()));
             None
         }
     }
+}
+
+/// The integer `value` is, as JSON Schema counts integers: an integer literal, or a
+/// number with a zero fraction (`17016.0`) when its float is exact (below 2^53), so
+/// that no digit is lost on the way.
+fn exact_integer(value: &Value) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    value.as_i64().or_else(|| {
+        let float = value.as_f64()?;
+        // In range and whole, so the cast is exact.
+        #[allow(clippy::cast_possible_truncation)]
+        (float.fract() == 0.0 && float.abs() < EXACT).then_some(float as i64)
+    })
 }
 
 /// A key as a JSON Pointer reference token (RFC 6901).
@@ -488,6 +505,21 @@ mod tests {
             ],
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn a_whole_number_with_a_zero_fraction_is_an_integer_as_json_schema_says() {
+        let body = json!({"rules": [
+            {"id": "a", "severity": "high", "condition": {"kind": "window_sum_over", "limit_minor": 17016.0}},
+        ]});
+        let rules = parse_rule_set(&body).unwrap();
+        let back = serde_json::to_value(&rules).unwrap();
+        assert_eq!(back[0]["condition"]["limit_minor"], json!(17016));
+        // Beyond 2^53 a float may have lost digits: not taken as an integer.
+        let errors = pointers(json!({"rules": [
+            {"id": "a", "severity": "high", "condition": {"kind": "window_sum_over", "limit_minor": 1e17}},
+        ]}));
+        assert_eq!(errors[0].0, "/rules/0/condition/limit_minor", "{errors:?}");
     }
 
     #[test]
