@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use fraud_config::Settings;
 
-use crate::reference::LakeRow;
+use crate::reference::{self, Event, LakeRow};
 use fraud_testkit::amqp::Subscriber;
 use fraud_testkit::sse::SseClient;
 use fraud_testkit::{ChildProcess, free_port, local_settings, unique_name, wait_until};
@@ -197,6 +197,33 @@ impl Platform {
             .expect("the serving API answers");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Reads `/risk` and `/daily?from=&to=` (UTC dates) of `customer` and checks them
+    /// against `events` at each answer's `asOf` ([`crate::reference::check_risk`],
+    /// [`crate::reference::check_daily`]), and that both name the batch watermark
+    /// `watermark` (`None`: no batch run yet); returns the risk answer.
+    pub async fn check_customer(
+        &self,
+        customer: &str,
+        events: &[Event],
+        watermark: Option<i64>,
+        (from, to): (&str, &str),
+    ) -> Value {
+        let watermark = watermark.map_or(Value::Null, |ms| Value::from(reference::instant(ms)));
+        let (status, risk) = self.read(&format!("/v1/customers/{customer}/risk")).await;
+        assert_eq!(status, 200, "{risk}");
+        assert_eq!(risk["freshness"]["batchWatermark"], watermark, "{risk}");
+        reference::check_risk(&risk, events, customer);
+        let (status, daily) = self
+            .read(&format!(
+                "/v1/customers/{customer}/daily?from={from}&to={to}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{daily}");
+        assert_eq!(daily["freshness"]["batchWatermark"], watermark, "{daily}");
+        reference::check_daily(&daily, events, customer);
+        risk
     }
 
     /// Every alert of the history (`GET /v1/alerts`, every page), oldest first.

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use platform_tests::platform::Platform;
-use platform_tests::reference::{self, Event, HOUR_MS, LakeRow, check_daily, check_risk, instant};
+use platform_tests::reference::{self, Event, HOUR_MS, LakeRow, instant};
 use serde_json::{Value, json};
 
 const MINUTE: i64 = 60_000;
@@ -143,18 +143,20 @@ async fn transactions_posted_to_ingest_come_back_as_risk_alerts_lake_rows_and_me
     on_stream.sort();
     assert_eq!(on_stream, on_queue);
 
-    // Risk from the speed layer alone (no batch run yet) is exact at its asOf.
+    // Risk and /daily from the speed layer alone (no batch run yet) are exact at their
+    // asOf.
     platform.caught_up(DEADLINE).await;
+    let days = (
+        reference::date(reference::day_of(now) - reference::DAY_MS),
+        reference::date(reference::day_of(now)),
+    );
+    let days = (days.0.as_str(), days.1.as_str());
     for customer in [a, b] {
-        let (status, risk) = platform
-            .read(&format!("/v1/customers/{customer}/risk"))
-            .await;
-        assert_eq!(status, 200, "{risk}");
-        assert_eq!(risk["freshness"]["batchWatermark"], Value::Null, "{risk}");
-        check_risk(&risk, &posted, customer);
+        let risk = platform.check_customer(customer, &posted, None, days).await;
+        if customer == a {
+            assert_eq!(risk["window30m"]["sum"], "1500.00", "{risk}");
+        }
     }
-    let (_, risk) = platform.read(&format!("/v1/customers/{a}/risk")).await;
-    assert_eq!(risk["window30m"]["sum"], "1500.00", "{risk}");
 
     // The lake holds every accepted event once, exactly as posted.
     platform.lake_complete(DEADLINE).await;
@@ -176,25 +178,9 @@ async fn transactions_posted_to_ingest_come_back_as_risk_alerts_lake_rows_and_me
         reference::daily_all(&posted, watermark)
     );
     for customer in [a, b] {
-        let (status, risk) = platform
-            .read(&format!("/v1/customers/{customer}/risk"))
+        platform
+            .check_customer(customer, &posted, Some(watermark), days)
             .await;
-        assert_eq!(status, 200, "{risk}");
-        assert_eq!(
-            risk["freshness"]["batchWatermark"],
-            instant(watermark),
-            "{risk}"
-        );
-        check_risk(&risk, &posted, customer);
-        let from = reference::date(reference::day_of(now) - reference::DAY_MS);
-        let to = reference::date(reference::day_of(now));
-        let (status, daily) = platform
-            .read(&format!(
-                "/v1/customers/{customer}/daily?from={from}&to={to}"
-            ))
-            .await;
-        assert_eq!(status, 200, "{daily}");
-        check_daily(&daily, &posted, customer);
     }
 
     // The history holds the two alerts and nothing else; nothing more was delivered.
