@@ -60,12 +60,21 @@ pub struct Platform {
     pub admin_key: String,
     dir: PathBuf,
     env: Vec<(String, String)>,
+    /// Whether [`Platform::stop`] removed everything (else dropping it does, e.g. when
+    /// the test fails).
+    removed: bool,
 }
 
 impl Platform {
     /// Creates the namespaces of `name` (made unique) and starts the services; returns
     /// once each answers `/readyz` with 200.
     pub async fn start(name: &str) -> Platform {
+        Self::start_with(name, &[]).await
+    }
+
+    /// [`Platform::start`], with the variables `extra` set for every service too (e.g.
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub async fn start_with(name: &str, extra: &[(&str, &str)]) -> Platform {
         let own = unique_name(name);
         let dir = std::env::temp_dir().join(&own);
         let lake = dir.join("lake");
@@ -153,6 +162,11 @@ impl Platform {
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
+        .chain(
+            extra
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+        )
         .collect();
 
         let ingest = start_service("ingest", "FRAUD_INGEST__LISTEN", &env).await;
@@ -170,6 +184,7 @@ impl Platform {
             admin_key,
             dir,
             env,
+            removed: false,
         }
     }
 
@@ -329,9 +344,9 @@ print(json.dumps(rows))
 
     /// Stops the services (SIGTERM; each must exit cleanly) and removes every
     /// namespace: topics, groups, Redis keys, exchange, database and directory.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let mut unclean = Vec::new();
-        for mut service in [self.serving, self.speed, self.ingest] {
+        for service in [&mut self.serving, &mut self.speed, &mut self.ingest] {
             service.process.signal(libc::SIGTERM);
             let status = service.process.wait_for_exit(Duration::from_secs(40));
             if !status.success() {
@@ -342,10 +357,9 @@ print(json.dumps(rows))
                 ));
             }
         }
-        remove_namespaces(&self.settings).await;
         self.pool.close().await;
-        fraud_testkit::postgres::drop_database(self.settings.postgres.url.expose()).await;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_everything(&self.settings, &self.dir).await;
+        self.removed = true;
         assert!(unclean.is_empty(), "{}", unclean.join("\n"));
     }
 
@@ -353,6 +367,42 @@ print(json.dumps(rows))
     fn command(&self, name: &str) -> Command {
         service_command(name, &self.env)
     }
+}
+
+impl Drop for Platform {
+    /// A platform not stopped (a failed test): its services are killed and its
+    /// namespaces removed all the same, on a thread of its own (this may run inside the
+    /// test's runtime, which cannot block).
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        for service in [&mut self.serving, &mut self.speed, &mut self.ingest] {
+            if service.process.is_running() {
+                service.process.signal(libc::SIGKILL);
+                service.process.wait_for_exit(Duration::from_secs(10));
+            }
+        }
+        let settings = self.settings.clone();
+        let dir = self.dir.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(remove_everything(&settings, &dir));
+            }
+        })
+        .join();
+    }
+}
+
+/// Deletes the topics, groups, Redis keys, exchange and database of `settings`, and
+/// the directory `dir`.
+async fn remove_everything(settings: &Settings, dir: &std::path::Path) {
+    remove_namespaces(settings).await;
+    fraud_testkit::postgres::drop_database(settings.postgres.url.expose()).await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Deletes the topics, groups, Redis keys and exchange of `settings`.
