@@ -1242,38 +1242,52 @@ async fn run_load(
             part
         }));
     }
-    let mut result = LoadResult {
-        requests: 0,
-        accepted_events: 0,
-        statuses: BTreeMap::new(),
-        transport_errors: 0,
-        first_failure: None,
-        latency: latency_histogram(),
-        window: Duration::ZERO,
-        exhausted: false,
-        cut_short: false,
-    };
-    let mut last = record_from;
+    let mut parts = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let Ok(part) = task.await else { continue };
-        result.requests += part.requests;
-        result.accepted_events += part.accepted_events;
-        result.transport_errors += part.transport_errors;
-        for (status, count) in part.statuses {
-            *result.statuses.entry(status).or_default() += count;
-        }
-        if result.first_failure.is_none() {
-            result.first_failure = part.first_failure;
-        }
-        let _ = result.latency.add(&part.latency);
-        if let Some(done) = part.last {
-            last = last.max(done);
+        if let Ok(part) = task.await {
+            parts.push(part);
         }
     }
-    result.window = last.saturating_duration_since(record_from);
+    let mut result = LoadResult::merge(parts, record_from);
     result.exhausted = exhausted.load(Ordering::Relaxed);
     result.cut_short = !result.exhausted && next.load(Ordering::Relaxed) < bodies.len();
     result
+}
+
+impl LoadResult {
+    /// The parts of a phase's tasks as one result; its window runs from `record_from` to
+    /// the last answer.
+    fn merge(parts: Vec<Part>, record_from: Instant) -> LoadResult {
+        let mut result = LoadResult {
+            requests: 0,
+            accepted_events: 0,
+            statuses: BTreeMap::new(),
+            transport_errors: 0,
+            first_failure: None,
+            latency: latency_histogram(),
+            window: Duration::ZERO,
+            exhausted: false,
+            cut_short: false,
+        };
+        let mut last = record_from;
+        for part in parts {
+            result.requests += part.requests;
+            result.accepted_events += part.accepted_events;
+            result.transport_errors += part.transport_errors;
+            for (status, count) in part.statuses {
+                *result.statuses.entry(status).or_default() += count;
+            }
+            if result.first_failure.is_none() {
+                result.first_failure = part.first_failure;
+            }
+            let _ = result.latency.add(&part.latency);
+            if let Some(done) = part.last {
+                last = last.max(done);
+            }
+        }
+        result.window = last.saturating_duration_since(record_from);
+        result
+    }
 }
 
 struct Part {

@@ -1105,38 +1105,15 @@ async fn run_gets(
             (part, ok)
         }));
     }
-    let mut load = LoadResult {
-        requests: 0,
-        accepted_events: 0,
-        statuses: BTreeMap::new(),
-        transport_errors: 0,
-        first_failure: None,
-        latency: latency_histogram(),
-        window: Duration::ZERO,
-        exhausted: false,
-        cut_short: false,
-    };
+    let mut parts = Vec::with_capacity(tasks.len());
     let mut ok = 0;
-    let mut last = record_from;
     for task in tasks {
-        let Ok((part, part_ok)) = task.await else {
-            continue;
-        };
-        ok += part_ok;
-        load.requests += part.requests;
-        load.transport_errors += part.transport_errors;
-        for (status, count) in part.statuses {
-            *load.statuses.entry(status).or_default() += count;
-        }
-        if load.first_failure.is_none() {
-            load.first_failure = part.first_failure;
-        }
-        let _ = load.latency.add(&part.latency);
-        if let Some(done) = part.last {
-            last = last.max(done);
+        if let Ok((part, part_ok)) = task.await {
+            ok += part_ok;
+            parts.push(part);
         }
     }
-    load.window = last.saturating_duration_since(record_from);
+    let load = LoadResult::merge(parts, record_from);
     let kept = std::mem::take(&mut *lock(&kept));
     GetPhase { load, kept, ok }
 }
@@ -2040,11 +2017,8 @@ async fn measure(
                 fmt_micros(alerts.delay.value_at_quantile(0.50)),
                 fmt_micros(alerts.delay.value_at_quantile(0.99))
             ));
-            cpu.push((
-                "ingest probe (maximum rate)".to_owned(),
-                alerts.cpu_probe.clone(),
-            ));
-            cpu.push(("alert phase".to_owned(), alerts.cpu.clone()));
+            cpu.push(("ingest probe".to_owned(), alerts.cpu_probe.clone()));
+            cpu.push(("alerts".to_owned(), alerts.cpu.clone()));
             Ok(alerts)
         }
         Err(error) => {
