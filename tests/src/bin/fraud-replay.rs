@@ -11,7 +11,10 @@ use clap::Parser;
 use platform_tests::replay::{self, Columns, Options};
 
 #[derive(Parser)]
-#[command(about = "Post a CSV file of transactions through the ingest API")]
+#[command(
+    about = "Post a CSV file of transactions through the ingest API",
+    args_override_self = true
+)]
 struct Args {
     /// The CSV file (a header line, then one transaction per line).
     file: PathBuf,
