@@ -364,19 +364,11 @@ async fn schemathesis_finds_nothing_in_either_api_with_any_key() {
             examples,
             max_seconds: seconds,
         });
-        runs.push(Run {
-            api,
-            base,
-            key: wrong_scope,
-            exclude_checks: refused,
-            examples: examples / 5 + 1,
-            max_seconds: seconds / 3 + 1,
-        });
-        for bad in BAD_KEYS {
+        for key in [wrong_scope].into_iter().chain(BAD_KEYS) {
             runs.push(Run {
                 api,
                 base,
-                key: bad,
+                key,
                 exclude_checks: refused,
                 examples: examples / 5 + 1,
                 max_seconds: seconds / 3 + 1,
