@@ -10,7 +10,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Wraps every route of `router` with the span and the metrics.
 pub fn instrument(router: Router) -> Router {
@@ -24,15 +23,21 @@ async fn observe(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = request.method().as_str().to_owned();
-    let span = tracing::info_span!("http request", http.method = %method, http.route = %route, http.status = tracing::field::Empty);
-    let parent = fraud_telemetry::propagation::context_from_headers(
-        request
-            .headers()
-            .iter()
-            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+    // `otel.name` and `otel.kind` name the exported span as HTTP's conventions do
+    // (`POST /v1/transactions`, a server span).
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.method = %method,
+        http.route = %route,
+        http.status = tracing::field::Empty
     );
-    // Without an OpenTelemetry layer installed this is a no-op.
-    let _ = span.set_parent(parent);
+    let received: Vec<(&str, &str)> = fraud_telemetry::propagation::TRACE_HEADERS
+        .iter()
+        .filter_map(|name| Some((*name, request.headers().get(*name)?.to_str().ok()?)))
+        .collect();
+    fraud_telemetry::propagation::follow(&span, &received);
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();

@@ -1,8 +1,9 @@
 //! Telemetry for every service: logs, traces and metrics, set up in one call.
 //!
-//! [`init`] installs the `tracing` subscriber (an env filter, pretty or JSON logs, and an
-//! OpenTelemetry layer exporting spans over OTLP/HTTP when the standard
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set) and the W3C trace-context propagator.
+//! [`init`] installs the `tracing` subscriber (pretty or JSON logs under the log filter,
+//! and an OpenTelemetry layer exporting `info` spans over OTLP/HTTP when the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set, whatever the log filter) and the W3C
+//! trace-context propagator.
 //! [`metrics`] owns the process's Prometheus recorder, rendered by `/metrics`.
 //! [`propagation`] carries the trace context through Kafka and AMQP headers, so an
 //! alert traces back to the POST that caused it.
@@ -14,9 +15,10 @@ use fraud_config::{LogFormat, TelemetryConfig};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// The standard variable that switches OTLP export on.
 pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -63,30 +65,29 @@ pub fn init(
         Ok(endpoint) if !endpoint.trim().is_empty() => Some(otlp_tracer_provider(service_name)?),
         _ => None,
     };
-    let otel_layer = tracer_provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name)));
+    // Spans are exported at `info` whatever the log filter says: a quiet log must not
+    // break the trace (the context a hop sends on is its span's).
+    let otel_layer = tracer_provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name))
+            .with_filter(LevelFilter::INFO)
+    });
     if let Some(provider) = &tracer_provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
     }
 
-    let (pretty, json) = match config.log_format {
-        LogFormat::Pretty => (Some(tracing_subscriber::fmt::layer()), None),
-        LogFormat::Json => (
-            None,
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true),
-            ),
-        ),
+    let logs = match config.log_format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_filter(filter)
+            .boxed(),
     };
     tracing_subscriber::registry()
-        .with(filter)
+        .with(logs)
         .with(otel_layer)
-        .with(pretty)
-        .with(json)
         .try_init()?;
     metrics::install();
     Ok(TelemetryGuard { tracer_provider })

@@ -70,13 +70,17 @@ impl Publisher {
         })
     }
 
-    /// Produces every event and waits for the brokers; one result per event, in order.
-    pub async fn publish_all(&self, events: &[&TransactionEvent]) -> Vec<Result<(), PublishError>> {
-        let trace_headers = fraud_telemetry::propagation::current_context_headers();
+    /// Produces every event, with the W3C trace context pairs `trace` in its headers, and
+    /// waits for the brokers; one result per event, in order.
+    pub async fn publish_all(
+        &self,
+        events: &[&TransactionEvent],
+        trace: &[(String, String)],
+    ) -> Vec<Result<(), PublishError>> {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let payload = fraud_events::encode(event);
-            let headers = record_headers(&trace_headers);
+            let headers = record_headers(trace);
             let record = FutureRecord::to(&self.topic)
                 .key(event.customer_id.as_str())
                 .payload(&payload)

@@ -170,7 +170,7 @@ async fn accept(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Resp
         now: EventTime::now(),
     };
     let events = decode::validate(framing, &items, &rules)?;
-    let replayed = store(ingest, &events).await?;
+    let replayed = store(ingest, &events, &trace_headers(headers)).await?;
 
     let accepted_count = replayed.iter().filter(|was| !**was).count();
     metrics::counter!("ingest_transactions_total", "outcome" => "accepted")
@@ -209,8 +209,24 @@ async fn accept(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Resp
     Ok(response)
 }
 
-/// Makes every event durable exactly once; returns, per event, whether it was a replay.
-async fn store(ingest: &Ingest, events: &[TransactionEvent]) -> Result<Vec<bool>, Problem> {
+/// The trace context the records carry: the request span's (which continues the
+/// caller's `traceparent`, or starts a trace), or the caller's headers as they came when
+/// spans are not traced.
+fn trace_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let received: Vec<(&str, &str)> = fraud_telemetry::propagation::TRACE_HEADERS
+        .iter()
+        .filter_map(|name| Some((*name, headers.get(*name)?.to_str().ok()?)))
+        .collect();
+    fraud_telemetry::propagation::headers_for(&tracing::Span::current(), &received)
+}
+
+/// Makes every event durable exactly once (each record carrying `trace`); returns, per
+/// event, whether it was a replay.
+async fn store(
+    ingest: &Ingest,
+    events: &[TransactionEvent],
+    trace: &[(String, String)],
+) -> Result<Vec<bool>, Problem> {
     let fingerprints: Vec<String> = events
         .iter()
         .map(TransactionEvent::content_fingerprint)
@@ -287,7 +303,7 @@ async fn store(ingest: &Ingest, events: &[TransactionEvent]) -> Result<Vec<bool>
         .map(|(&i, _)| i)
         .collect();
     let batch: Vec<&TransactionEvent> = to_produce.iter().map(|&i| &events[i]).collect();
-    let results = ingest.publisher.publish_all(&batch).await;
+    let results = ingest.publisher.publish_all(&batch, trace).await;
 
     let mut produced = Vec::new();
     let mut failed = Vec::new();
