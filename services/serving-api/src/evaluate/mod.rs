@@ -60,8 +60,15 @@
 //! rule the event that fired it, for a window rule the last event the update applied, or
 //! null when it applied none), `sourcePartition` and `sourceOffset` (the transactions
 //! record: an event rule's event, a window rule's update's source offset). Its
-//! `trace_context` is the update record's `traceparent` and `tracestate` headers as a
-//! JSON object.
+//! `trace_context` is the W3C `traceparent` and `tracestate` of the update's evaluation
+//! as a JSON object.
+//!
+//! # Tracing
+//! Each update is evaluated in a span `evaluate window update`, a child of the trace
+//! context in the update record's headers (the speed layer's span that published it);
+//! the span lasts until the update's batch is committed, and an alert's
+//! `trace_context` is that span's context, which the relay continues. Untraced (no
+//! OTLP export) the record's headers are stored as they came.
 //!
 //! # Metrics
 //! `serving_window_updates_total{outcome}` (`evaluated`, `undecodable`),
@@ -106,8 +113,6 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// Trace-context headers copied from an update record to its alerts.
-const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 const SCHEMA_VERSION_HEADER: &str = fraud_events::SCHEMA_VERSION_HEADER;
 
 /// Starts the consumer as the thread task `evaluate` of `shutdown`.
@@ -175,11 +180,12 @@ impl ConsumerContext for UpdatesContext {
     }
 }
 
-/// A decoded update and where it came from.
+/// A decoded update, the span of its evaluation and that span's trace context.
 #[derive(Debug, Clone)]
 struct Incoming {
     update: WindowUpdate,
     trace_context: serde_json::Map<String, serde_json::Value>,
+    span: tracing::Span,
 }
 
 /// A polled batch: its decoded updates in order and, per partition, the last offset.
@@ -237,16 +243,27 @@ fn decode(message: &BorrowedMessage<'_>) -> Result<Incoming, String> {
     }
     let update: WindowUpdate = serde_json::from_slice(message.payload().unwrap_or_default())
         .map_err(|error| error.to_string())?;
-    let trace_context = TRACE_HEADERS
+    let span = tracing::info_span!(
+        parent: None,
+        "evaluate window update",
+        otel.kind = "consumer",
+        partition = message.partition(),
+        offset = message.offset(),
+        events = update.events.len(),
+    );
+    let received: Vec<(&str, &str)> = fraud_telemetry::propagation::TRACE_HEADERS
         .iter()
-        .filter_map(|name| {
-            let value = std::str::from_utf8(header(message, name)?).ok()?;
-            Some(((*name).to_owned(), serde_json::Value::from(value)))
-        })
+        .filter_map(|name| Some((*name, std::str::from_utf8(header(message, name)?).ok()?)))
+        .collect();
+    fraud_telemetry::propagation::follow(&span, &received);
+    let trace_context = fraud_telemetry::propagation::headers_for(&span, &received)
+        .into_iter()
+        .map(|(name, value)| (name, serde_json::Value::from(value)))
         .collect();
     Ok(Incoming {
         update,
         trace_context,
+        span,
     })
 }
 
@@ -546,6 +563,7 @@ async fn judge(pool: &sqlx::PgPool, rules: &RuleSet, firings: &[Firing<'_>]) -> 
         {
             severities.push(alert.severity);
             tracing::info!(
+                parent: &firing.incoming.span,
                 alert_id = %alert.alert_id,
                 customer = %alert.customer_id,
                 rule = %alert.rule_id,

@@ -5,8 +5,13 @@
 //! by the relay) with the row's routing key (`alert.<severity>.<rule>`), persistent
 //! delivery, `mandatory`, `message_id` = the alert id, content type `application/json`,
 //! the alert's body as payload, and as headers the W3C `traceparent` and `tracestate` of
-//! the alert (when it has them) and `alert-seq` (the alert's `seq`, for subscribers that
-//! want the commit order).
+//! the alert's publication (when the alert has a trace context) and `alert-seq` (the
+//! alert's `seq`, for subscribers that want the commit order).
+//!
+//! **Tracing.** Each message is published in a span `publish alert` (with its outcome),
+//! a child of the alert's stored trace context (its evaluation's span), and its headers
+//! carry that span's context: the alert's trace runs from the POST to the message.
+//! Untraced (no OTLP export) the stored context is sent as it is.
 //!
 //! **Claiming.** Rows are claimed in `alerts.seq` order with `FOR UPDATE SKIP LOCKED` in
 //! a transaction that stays open while the batch is published and confirmed, and that
@@ -217,19 +222,36 @@ impl Relay {
         };
         let ids: Vec<String> = rows.iter().map(|row| row.alert_id.to_string()).collect();
         let seqs: Vec<String> = rows.iter().map(|row| row.seq.to_string()).collect();
+        // One span per alert published, a child of its evaluation (the alert's stored
+        // trace context); the message's headers carry the span's context.
+        let spans: Vec<tracing::Span> = rows
+            .iter()
+            .map(|row| {
+                tracing::info_span!(
+                    parent: None,
+                    "publish alert",
+                    otel.kind = "producer",
+                    alert_id = %row.alert_id,
+                    routing_key = %row.routing_key,
+                    outcome = tracing::field::Empty,
+                )
+            })
+            .collect();
         let messages: Vec<OutgoingMessage<'_>> = rows
             .iter()
             .zip(ids.iter().zip(&seqs))
-            .map(|(row, (id, seq))| {
-                let mut headers = vec![("alert-seq".to_owned(), seq.clone())];
-                for (name, value) in [
+            .zip(&spans)
+            .map(|((row, (id, seq)), span)| {
+                let received: Vec<(&str, &str)> = [
                     ("traceparent", &row.traceparent),
                     ("tracestate", &row.tracestate),
-                ] {
-                    if let Some(value) = value.as_ref().filter(|value| !value.is_empty()) {
-                        headers.push((name.to_owned(), value.clone()));
-                    }
-                }
+                ]
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, value.as_deref()?)))
+                .collect();
+                fraud_telemetry::propagation::follow(span, &received);
+                let mut headers = vec![("alert-seq".to_owned(), seq.clone())];
+                headers.extend(fraud_telemetry::propagation::headers_for(span, &received));
                 OutgoingMessage {
                     exchange: &self.exchange,
                     routing_key: &row.routing_key,
@@ -256,7 +278,17 @@ impl Relay {
         let mut unconfirmed = Vec::new();
         let mut first_error: Option<String> = None;
         let confirmed_at = Utc::now();
-        for (row, outcome) in rows.iter().zip(outcomes) {
+        for ((row, outcome), span) in rows.iter().zip(outcomes).zip(&spans) {
+            span.record(
+                "outcome",
+                match &outcome {
+                    Ok(Routed::ToQueues) => "routed",
+                    Ok(_) => "unroutable",
+                    Err(fraud_amqp::Error::Nacked { .. }) => "nacked",
+                    Err(fraud_amqp::Error::Invalid { .. }) => "invalid",
+                    Err(_) => "unconfirmed",
+                },
+            );
             match outcome {
                 Ok(routing) => {
                     if routing == Routed::ToQueues {

@@ -4,11 +4,9 @@ use std::collections::HashMap;
 
 use fraud_events::{SCHEMA_VERSION_HEADER, TransactionEvent};
 use fraud_speed_view::{Record, digest};
+use fraud_telemetry::propagation::TRACE_HEADERS;
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Headers};
-
-/// Trace-context headers copied from a transaction record to the update it causes.
-pub(crate) const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 /// One customer's records of a batch, in offset order.
 #[derive(Debug)]
@@ -19,8 +17,8 @@ pub(crate) struct Run {
     /// Each record's event (beside `records`), to describe the applied ones in the
     /// update.
     pub events: Vec<TransactionEvent>,
-    /// The last record's trace headers.
-    pub trace: super::worker::TraceHeaders,
+    /// The last record's trace-context headers: the parent of the update's span.
+    pub trace: Vec<(String, String)>,
 }
 
 /// A batch of records, grouped by customer.
@@ -74,7 +72,8 @@ impl Batch {
         let trace = TRACE_HEADERS
             .iter()
             .filter_map(|name| {
-                header(message, name).map(|value| ((*name).to_owned(), value.to_vec()))
+                let value = std::str::from_utf8(header(message, name)?).ok()?;
+                Some(((*name).to_owned(), value.to_owned()))
             })
             .collect();
         let customer = event.customer_id.as_str().to_owned();

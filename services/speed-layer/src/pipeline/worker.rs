@@ -180,8 +180,14 @@ impl Applier {
     }
 }
 
-/// A record's trace-context headers, carried over to the update it causes.
-pub(super) type TraceHeaders = Vec<(String, Vec<u8>)>;
+/// A window update to publish, with the span of its publication: a child of the trace
+/// of the record that caused it (the customer's last of the batch), whose context the
+/// update's headers carry. The span ends once the update is acknowledged.
+struct Outgoing {
+    update: WindowUpdate,
+    headers: Vec<(String, String)>,
+    _span: tracing::Span,
+}
 
 /// Why a batch was not applied.
 enum NotApplied {
@@ -386,12 +392,8 @@ impl Worker {
         !should_stop()
     }
 
-    /// One update per customer of the batch, with its trace headers.
-    fn updates(
-        &self,
-        batch: &Batch,
-        outcomes: &[ApplyOutcome],
-    ) -> Vec<(WindowUpdate, TraceHeaders)> {
+    /// One update per customer of the batch, each with its span and trace headers.
+    fn updates(&self, batch: &Batch, outcomes: &[ApplyOutcome]) -> Vec<Outgoing> {
         let generation = self
             .positioner
             .generation()
@@ -437,14 +439,38 @@ impl Worker {
                     source_offset: state.last_offset,
                     generation: generation.clone(),
                 };
-                Some((update, run.trace.clone()))
+                let span = tracing::info_span!(
+                    parent: None,
+                    "window update",
+                    otel.kind = "producer",
+                    source.partition = update.source_partition,
+                    source.offset = update.source_offset,
+                    applied = update.events.len(),
+                );
+                let received: Vec<(&str, &str)> = run
+                    .trace
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str()))
+                    .collect();
+                fraud_telemetry::propagation::follow(&span, &received);
+                let headers = fraud_telemetry::propagation::headers_for(&span, &received);
+                Some(Outgoing {
+                    update,
+                    headers,
+                    _span: span,
+                })
             })
             .collect()
     }
 
-    async fn publish(&self, updates: &[(WindowUpdate, TraceHeaders)]) -> anyhow::Result<()> {
+    async fn publish(&self, updates: &[Outgoing]) -> anyhow::Result<()> {
         let mut pending = Vec::with_capacity(updates.len());
-        for (update, trace) in updates {
+        for Outgoing {
+            update,
+            headers: trace,
+            ..
+        } in updates
+        {
             let payload = serde_json::to_vec(update)?;
             let mut headers = OwnedHeaders::new().insert(Header {
                 key: SCHEMA_VERSION_HEADER,
