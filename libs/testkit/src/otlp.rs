@@ -1,5 +1,6 @@
 //! A minimal OTLP/HTTP collector for tests: it accepts `POST /v1/traces` and keeps the
-//! request bodies (protobuf), so a test can see which spans a real process exported.
+//! request bodies (protobuf), so a test can see which spans a real process exported:
+//! by bytes ([`OtlpCollector::saw`]) or decoded ([`OtlpCollector::spans`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -7,6 +8,20 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use prost::Message;
+
+/// One exported span: the `service.name` of the process that exported it, its name,
+/// and its ids in lowercase hex (`parent_span_id` empty for a root span).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedSpan {
+    pub service: String,
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+}
 
 /// A collector listening on 127.0.0.1 on an ephemeral port.
 pub struct OtlpCollector {
@@ -54,6 +69,49 @@ impl OtlpCollector {
             .iter()
             .any(|body| body.windows(needle.len()).any(|window| window == needle))
     }
+
+    /// Every span exported so far, in the order received (an export that does not
+    /// decode fails the test).
+    pub fn spans(&self) -> Vec<ExportedSpan> {
+        let received = self.received.lock().expect("lock");
+        let mut spans = Vec::new();
+        for body in received.iter() {
+            let request = ExportTraceServiceRequest::decode(body.as_ref())
+                .expect("an OTLP/HTTP protobuf export");
+            for resource_spans in request.resource_spans {
+                let service = resource_spans
+                    .resource
+                    .iter()
+                    .flat_map(|resource| &resource.attributes)
+                    .find(|attribute| attribute.key == "service.name")
+                    .and_then(
+                        |attribute| match attribute.value.as_ref()?.value.as_ref()? {
+                            Value::StringValue(name) => Some(name.clone()),
+                            _ => None,
+                        },
+                    )
+                    .unwrap_or_default();
+                for span in resource_spans
+                    .scope_spans
+                    .into_iter()
+                    .flat_map(|scope| scope.spans)
+                {
+                    spans.push(ExportedSpan {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                    });
+                }
+            }
+        }
+        spans
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 impl Drop for OtlpCollector {
