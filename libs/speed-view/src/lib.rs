@@ -60,7 +60,7 @@ pub mod update;
 pub use apply::{ApplyOutcome, ApplyScript, Record, RecordOutcome, Tuning};
 pub use meta::{Generation, PartitionStatus, SpeedMeta};
 pub use state::{CustomerState, HourIncrement, WindowAggregates, WindowEvent};
-pub use update::{AppliedEvent, WindowUpdate};
+pub use update::{AppliedEvent, EventWindow, WindowUpdate};
 
 /// The window: 30 minutes, in ms.
 pub const WINDOW_MS: i64 = 30 * 60 * 1000;

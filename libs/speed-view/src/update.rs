@@ -11,17 +11,24 @@
 //!  "distinctVendors":2,
 //!  "events":[
 //!   {"offset":17,"transactionId":"t-1","vendorId":"v-9","amountMinor":150000,
-//!    "ts":1780000000000,"vendorSeenBefore":false},
+//!    "ts":1780000000000,"vendorSeenBefore":false,
+//!    "window":{"sumMinor":150000,"count":1,"maxMinor":150000,"distinctVendors":1}},
 //!   {"offset":19,"transactionId":"t-2","vendorId":"v-1","amountMinor":1000,
-//!    "ts":1780000060000,"vendorSeenBefore":true}],
+//!    "ts":1780000060000,"vendorSeenBefore":true,
+//!    "window":{"sumMinor":151000,"count":2,"maxMinor":150000,"distinctVendors":2}}],
 //!  "sourcePartition":3,"sourceOffset":19,"generation":"00000000000000aa"}
 //! ```
 //!
 //! `events` lists every record of the customer's run in the batch that the apply script
 //! applied, in offset order; records it skipped (late, duplicate, replayed) are not
 //! listed, so a batch that applied nothing new for the customer (a replay) gives an
-//! update with no events. Version 1 had `lastEvent` (the run's last record only) in
-//! place of `events`.
+//! update with no events. Each listed event carries `window`, the aggregates of
+//! `W(c, ts)` at its own instant ([`AppliedEvent::window`]), so that a window that
+//! crossed a limit at one event of the batch and fell back by its last is still seen.
+//! `window` was added to version 2 without a new version: readers ignore fields they do
+//! not know, and a reader meets updates of earlier speed layers without it (then only
+//! the update's own window, at `asOf`, is known). Version 1 had `lastEvent` (the run's
+//! last record only) in place of `events`.
 
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +86,54 @@ pub struct AppliedEvent {
     /// when the script trimmed old events. Vendors used before the retention are the
     /// batch layer's (`batch_vendors`).
     pub vendor_seen_before: bool,
+    /// The aggregates of `W(c, ts)` (`ts - 30 min < e.ts <= ts`) at this event's instant,
+    /// as the speed layer knows them after the batch: over the state the apply script
+    /// returned ([`crate::CustomerState::window_at`]), that is over every event applied
+    /// to the customer up to the end of the batch, this one included. When events arrive
+    /// out of order, that includes records later in the batch (larger offsets) whose
+    /// `ts` is at or before this one's, which an update of a batch ending at this record
+    /// would not have counted yet; records of later batches are never counted. With C
+    /// the customer's clock after the batch and R the retention, the state holds every
+    /// event with `ts > C - R`, so the window is exact for `ts >= C - lateness`, which
+    /// holds for every event of a batch spanning at most the allowed lateness of the
+    /// customer's event time; further behind C (a batch spanning more, as when catching
+    /// up) it counts only the events still held and may fall short of the true window.
+    /// Absent only in updates of speed layers that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<EventWindow>,
+}
+
+/// The aggregates of a window, money in minor units: an [`AppliedEvent`]'s window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventWindow {
+    pub sum_minor: i64,
+    pub count: i64,
+    /// The largest amount; 0 for an empty window.
+    pub max_minor: i64,
+    pub distinct_vendors: i64,
+}
+
+impl From<WindowAggregates> for EventWindow {
+    fn from(window: WindowAggregates) -> Self {
+        EventWindow {
+            sum_minor: window.sum,
+            count: window.count,
+            max_minor: window.max,
+            distinct_vendors: window.distinct_vendors,
+        }
+    }
+}
+
+impl From<EventWindow> for WindowAggregates {
+    fn from(window: EventWindow) -> Self {
+        WindowAggregates {
+            sum: window.sum_minor,
+            count: window.count,
+            max: window.max_minor,
+            distinct_vendors: window.distinct_vendors,
+        }
+    }
 }
 
 impl WindowUpdate {
@@ -113,6 +168,12 @@ mod tests {
                     amount_minor: 150_000,
                     ts: 1_780_000_000_000,
                     vendor_seen_before: false,
+                    window: Some(EventWindow {
+                        sum_minor: 150_000,
+                        count: 1,
+                        max_minor: 150_000,
+                        distinct_vendors: 1,
+                    }),
                 },
                 AppliedEvent {
                     offset: 19,
@@ -121,6 +182,12 @@ mod tests {
                     amount_minor: 1_000,
                     ts: 1_780_000_060_000,
                     vendor_seen_before: true,
+                    window: Some(EventWindow {
+                        sum_minor: 151_000,
+                        count: 2,
+                        max_minor: 150_000,
+                        distinct_vendors: 2,
+                    }),
                 },
             ],
             source_partition: 3,
@@ -139,6 +206,14 @@ mod tests {
             serde_json::from_str::<WindowUpdate>(&documented).unwrap(),
             update
         );
+        // An event of an earlier version-2 speed layer, without its window, still reads.
+        let earlier = documented.replace(
+            r#","window":{"sumMinor":151000,"count":2,"maxMinor":150000,"distinctVendors":2}"#,
+            "",
+        );
+        let read = serde_json::from_str::<WindowUpdate>(&earlier).unwrap();
+        assert_eq!(read.events[1].window, None);
+        assert_eq!(read.events[0], update.events[0]);
         // Version 1 does not read as version 2.
         let v1 = r#"{"customerId":"42","asOf":1,"sumMinor":1,"count":1,"maxMinor":1,
             "distinctVendors":1,"lastEvent":null,"sourcePartition":0,"sourceOffset":0,

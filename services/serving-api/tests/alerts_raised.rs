@@ -65,6 +65,9 @@ fn with_event(
         amount_minor: amount,
         ts: update.as_of,
         vendor_seen_before: seen_before,
+        // As from a speed layer that predates per-event windows: the window rules judge
+        // the update's window at asOf.
+        window: None,
     });
     update
 }

@@ -229,6 +229,133 @@ async fn one_update_lists_every_record_its_batch_applied_in_order() {
     test.remove().await;
 }
 
+/// A listed event: transaction id, event time and its window (sum, count, max, distinct
+/// vendors).
+type Listed = (String, i64, Option<(i64, i64, i64, i64)>);
+
+/// Every record a batch applied is listed with its own window `W(c, ts)`, the one the
+/// independent model computes over every record applied by the end of the batch: a
+/// window that crosses 5000.00 at a middle record and is back under it at the batch's
+/// last (older events left it); a record out of order (its `ts` behind the clock),
+/// which is then inside the window of the record before it; and the window's start
+/// excluded exactly (`ts - 30 min < e.ts`).
+#[tokio::test]
+async fn each_record_of_a_batch_is_listed_with_its_exact_window() {
+    // A batch waits 3 s after its first record: records produced together share one. A
+    // lateness of an hour keeps every window below exact however far back it reaches
+    // (`AppliedEvent::window`).
+    let test = SpeedTest::create_with("speed-windows", 1, |settings| {
+        settings.speed.max_batch_wait_ms = 3_000;
+        settings.speed.allowed_lateness_ms = 60 * 60 * 1000;
+    })
+    .await;
+    let retention = test.settings.speed.retention_ms();
+    let run = fraud_testkit::unique_name("tx");
+    let id = |name: &str| format!("{run}-{name}");
+    let t = fraud_domain::EventTime::now().as_millis() - MINUTE;
+    let shutdown = test.start().await;
+    let mut produced = test
+        .produce(vec![event(
+            &id("a"),
+            "windows",
+            "v1",
+            100_000,
+            t - 50 * MINUTE,
+        )])
+        .await;
+    let update_of = |offset: i64| {
+        let test = &test;
+        async move {
+            test.updates()
+                .await
+                .into_iter()
+                .find(|update| update.customer_id == "windows" && update.source_offset == offset)
+        }
+    };
+    let first = produced[0].offset;
+    fraud_testkit::poll_for(DEADLINE, "the first batch's update", || update_of(first)).await;
+    produced.extend(
+        test.produce(vec![
+            event(&id("b"), "windows", "v2", 200_000, t - 40 * MINUTE),
+            // W(t - 25 min) holds a, b, c and d (below): 6050.00, over 5000.00.
+            event(&id("c"), "windows", "v1", 300_000, t - 25 * MINUTE),
+            // Out of order: behind the clock (t - 25 min), so inside c's window too.
+            event(&id("d"), "windows", "v3", 5_000, t - 30 * MINUTE),
+            // W(t) starts after t - 30 min: c and e only (a, b gone, d exactly out).
+            event(&id("e"), "windows", "v2", 1_000, t),
+        ])
+        .await,
+    );
+    let last = produced.last().unwrap().offset;
+    let update =
+        fraud_testkit::poll_for(DEADLINE, "the second batch's update", || update_of(last)).await;
+    let after_first: Vec<WindowUpdate> = test
+        .updates()
+        .await
+        .into_iter()
+        .filter(|update| update.customer_id == "windows" && update.source_offset > first)
+        .collect();
+    assert_eq!(after_first, vec![update.clone()], "one batch, one update");
+
+    // The model: every record applied up to the end of the batch, kept forever.
+    let model = Model::of(&produced, retention);
+    let windows: Vec<Listed> = update
+        .events
+        .iter()
+        .map(|event| {
+            let window = event.window.map(|window| {
+                (
+                    window.sum_minor,
+                    window.count,
+                    window.max_minor,
+                    window.distinct_vendors,
+                )
+            });
+            (event.transaction_id.clone(), event.ts, window)
+        })
+        .collect();
+    let expected: Vec<Listed> = produced[1..]
+        .iter()
+        .map(|record| {
+            let ts = record.event.event_time.as_millis();
+            (
+                record.event.transaction_id.as_str().to_owned(),
+                ts,
+                Some(model.window("windows", ts)),
+            )
+        })
+        .collect();
+    assert_eq!(windows, expected);
+    // The same figures by hand: the crossing at c, back under at e.
+    let by_hand = [
+        (300_000, 2, 200_000, 2),
+        (605_000, 4, 300_000, 3),
+        (305_000, 3, 200_000, 3),
+        (301_000, 2, 300_000, 2),
+    ];
+    assert_eq!(
+        windows
+            .iter()
+            .map(|(_, _, window)| window.unwrap())
+            .collect::<Vec<_>>(),
+        by_hand
+    );
+    // The update's own window is W(c, asOf), the last record's here.
+    assert_eq!(update.as_of, t);
+    assert_eq!(
+        (
+            update.sum_minor,
+            update.count,
+            update.max_minor,
+            update.distinct_vendors
+        ),
+        model.window("windows", t)
+    );
+    shutdown.trigger();
+    shutdown.wait().await.expect("a clean stop");
+    test.remove().await;
+}
+
 #[tokio::test]
 async fn the_trace_context_of_a_transaction_travels_to_its_window_update() {
     use rdkafka::message::{Header, OwnedHeaders};

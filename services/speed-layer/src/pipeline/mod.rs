@@ -6,8 +6,9 @@
 //! batch); (2) apply every customer's run with one script call each, in one pipeline;
 //! (3) publish one window update per touched customer and wait for the brokers: its
 //! window, and every record of the customer's run the script applied, in offset order,
-//! each with whether the customer had used its vendor before
-//! ([`fraud_speed_view::update`]); (4) commit the batch's offsets. A crash anywhere
+//! each with whether the customer had used its vendor before and with the window at its
+//! own instant, `W(c, ts)` over the state after the batch ([`fraud_speed_view::update`]);
+//! (4) commit the batch's offsets. A crash anywhere
 //! replays from the last commit: the script's offset fence makes the replay change
 //! nothing, and the updates are published again (at least once; a consumer keeps the one
 //! with the largest source offset). A replayed record is not applied again, so it is not

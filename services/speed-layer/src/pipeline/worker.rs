@@ -423,6 +423,8 @@ impl Worker {
                             amount_minor: record.amount,
                             ts: record.ts,
                             vendor_seen_before,
+                            // W(c, ts) as of the end of the batch (`AppliedEvent::window`).
+                            window: Some(state.window_at(record.ts).into()),
                         }),
                         _ => None,
                     })
