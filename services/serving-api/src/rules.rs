@@ -6,8 +6,9 @@
 //! every [`REFRESH`], so a change reaches every instance without a restart.
 //! `verdict` is the one place a rule is applied: to window updates (alerts) and to
 //! risk requests (score, level, reasons) alike. On a window update a rule of
-//! [`Scope::Window`] judges the window once, and one of [`Scope::Event`] judges each
-//! event the update applied, one at a time ([`verdicts_in`]).
+//! [`Scope::Window`] judges the window at every event the update applied (that event's
+//! own window) and at `asOf`, and one of [`Scope::Event`] judges each event the update
+//! applied, one at a time ([`verdicts_in`], `crate::evaluate`).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -32,7 +33,7 @@ pub struct RuleSet {
 /// What the rules look at for one customer at one instant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observation {
-    /// `W(c, asOf)`.
+    /// `W(c, t)` at the instant judged: `asOf`, or an event's `ts` on a window update.
     pub window: WindowAggregates,
     /// The batch layer's baseline peak: the 95th percentile of the customer's daily
     /// 30-minute peaks, in minor units; `None` without a baseline.
@@ -121,7 +122,7 @@ pub struct Assessment {
 /// What a rule judges on a window update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// The window, once per update.
+    /// The window, at every event the update applied and at its `asOf`.
     Window,
     /// Each event the update applied, one at a time (the observation's `event`).
     Event,

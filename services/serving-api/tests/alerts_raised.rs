@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::ServingTest;
@@ -19,10 +19,10 @@ use fraud_events::TransactionEvent;
 use fraud_speed_view::AppliedEvent;
 use fraud_speed_view::WindowUpdate;
 use fraud_speed_view::update::UPDATE_SCHEMA_VERSION;
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{ClientConfig, TopicPartitionList};
 use serde_json::Value;
 use serving_api::evaluate::episode::alert_id;
 use uuid::Uuid;
@@ -117,39 +117,12 @@ async fn publish(test: &ServingTest, updates: &[WindowUpdate]) {
 /// Whether `group` has committed every record of the updates topic: every update
 /// published so far is evaluated and its alerts are committed.
 async fn is_caught_up(test: &ServingTest, group: &str) -> bool {
-    let kafka = test.settings.kafka.clone();
-    let topic = test.settings.kafka.window_updates_topic.clone();
-    let group = group.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("a consumer");
-        let timeout = Duration::from_secs(5);
-        let mut list = TopicPartitionList::new();
-        let mut ends = BTreeMap::new();
-        for partition in 0..2 {
-            let (_, high) = consumer
-                .fetch_watermarks(&topic, partition, timeout)
-                .expect("watermarks");
-            ends.insert(partition, high);
-            list.add_partition(&topic, partition);
-        }
-        let committed = consumer
-            .committed_offsets(list, timeout)
-            .expect("committed offsets");
-        ends.iter().all(|(partition, high)| {
-            *high == 0
-                || committed
-                    .find_partition(&topic, *partition)
-                    .and_then(|element| element.offset().to_raw())
-                    == Some(*high)
-        })
-    })
+    fraud_testkit::kafka::group_caught_up(
+        &test.settings.kafka,
+        group,
+        &test.settings.kafka.window_updates_topic,
+    )
     .await
-    .unwrap()
 }
 
 /// Waits until [`is_caught_up`].
@@ -712,11 +685,12 @@ async fn a_new_vendor_large_amount_followed_in_the_same_batch_still_raises_its_a
     );
     assert_eq!(raised.len(), 1);
     let alert = &raised[0];
-    // The episode is the update's (asOf: the customer's clock after the batch).
-    assert_eq!((alert.episode_start, alert.as_of), (t + MINUTE, t + MINUTE));
+    // The episode starts at the event's instant, not at the batch's last (asOf), so the
+    // id does not depend on how the records were batched.
+    assert_eq!((alert.episode_start, alert.as_of), (t, t));
     assert_eq!(
         alert.alert_id,
-        alert_id("burst", "new-vendor-large-amount", t + MINUTE)
+        alert_id("burst", "new-vendor-large-amount", t)
     );
     assert_eq!(
         alert.routing_key.as_deref(),
@@ -737,11 +711,156 @@ async fn a_new_vendor_large_amount_followed_in_the_same_batch_still_raises_its_a
     // It points at the large purchase's record, not at the batch's last one.
     assert_eq!(alert.body["sourcePartition"], produced[0].0);
     assert_eq!(alert.body["sourceOffset"], produced[0].1);
-    assert_eq!(alert.body["window"]["count"], 2);
+    // Its window is the one at its instant: the large purchase alone.
+    assert_eq!(alert.body["window"]["count"], 1);
+    assert_eq!(alert.body["window"]["sum"], "1500.00");
 
     serving.shutdown.trigger();
     speed.trigger();
     test.remove().await;
+}
+
+/// The customer "crossing"'s records (t = the first's event time): 3000.00, then
+/// 2500.00 20 minutes later (the window holds 5500.00: over 5000.00), then 100.00 at
+/// t + 31 min, when the first has left the window (2600.00). The batch layer knows the
+/// vendor, so no new-vendor alert.
+fn crossing_records(t: i64) -> Vec<TransactionEvent> {
+    vec![
+        event("crossing-1", "crossing", "v1", 300_000, t),
+        event("crossing-2", "crossing", "v1", 250_000, t + 20 * MINUTE),
+        event("crossing-3", "crossing", "v1", 10_000, t + 31 * MINUTE),
+    ]
+}
+
+/// Runs the speed layer and the serving API over [`crossing_records`], all in one speed
+/// batch (`batched`) or one record per batch; returns the alerts raised, the customer's
+/// updates and where the records landed.
+async fn crossing(batched: bool, t: i64) -> (Vec<Alert>, Vec<WindowUpdate>, Vec<(i32, i64)>) {
+    let test = ServingTest::create_with("alerts-crossing", |settings| {
+        if batched {
+            // A speed batch waits 3 s after its first record: records produced together
+            // share one.
+            settings.speed.max_batch_wait_ms = 3_000;
+        }
+    })
+    .await;
+    sqlx::query("INSERT INTO batch_vendors VALUES ('crossing', 'v1', now())")
+        .execute(&test.pool)
+        .await
+        .unwrap();
+    let speed = test.start_speed().await;
+    let serving = test.start_serving_with(&without_broker(&test)).await;
+    let updates_until = |as_of: i64| {
+        let kafka = test.settings.kafka.clone();
+        let topic = test.settings.kafka.window_updates_topic.clone();
+        fraud_testkit::poll_for(DEADLINE, "the customer's update", move || {
+            let (kafka, topic) = (kafka.clone(), topic.clone());
+            async move {
+                let records = tokio::task::spawn_blocking(move || {
+                    fraud_testkit::kafka::read_all(&kafka, &topic)
+                })
+                .await
+                .unwrap();
+                let updates: Vec<WindowUpdate> = records
+                    .iter()
+                    .map(|record| serde_json::from_slice(&record.value).unwrap())
+                    .collect();
+                updates
+                    .iter()
+                    .any(|update| update.customer_id == "crossing" && update.as_of == as_of)
+                    .then_some(updates)
+            }
+        })
+    };
+    let records = crossing_records(t);
+    let mut produced = Vec::new();
+    let updates = if batched {
+        produced = test.produce(&records).await;
+        updates_until(t + 31 * MINUTE).await
+    } else {
+        let mut updates = Vec::new();
+        for record in &records {
+            produced.extend(test.produce(std::slice::from_ref(record)).await);
+            updates = updates_until(record.event_time.as_millis()).await;
+        }
+        updates
+    };
+    test.caught_up().await;
+    let raised = alerts(&test).await;
+    serving.shutdown.trigger();
+    speed.trigger();
+    test.remove().await;
+    (raised, updates, produced)
+}
+
+/// A window that crosses 5000.00 at a middle record of one speed batch and is back under
+/// it at the batch's last (the oldest record left the window) raises its alert, about
+/// the crossing instant; the same records one per batch raise the same alert, same id.
+#[tokio::test]
+async fn a_window_over_the_limit_only_inside_one_speed_batch_raises_its_alert() {
+    let t = now() - 35 * MINUTE;
+    let crossed = t + 20 * MINUTE;
+    let rule = "sum-30m-over-limit";
+    let (raised, updates, produced) = crossing(true, t).await;
+    // The premise: one update for the three records, whose own window (at asOf) is
+    // under the limit, with each record's window listed.
+    let update = match updates.as_slice() {
+        [update] => update,
+        other => panic!("one update expected: {other:#?}"),
+    };
+    assert_eq!((update.as_of, update.sum_minor), (t + 31 * MINUTE, 260_000));
+    let sums: Vec<Option<i64>> = update
+        .events
+        .iter()
+        .map(|event| event.window.map(|window| window.sum_minor))
+        .collect();
+    assert_eq!(sums, vec![Some(300_000), Some(550_000), Some(260_000)]);
+
+    assert_eq!(
+        fired(&raised),
+        BTreeSet::from([pair("crossing", rule)]),
+        "{raised:#?}"
+    );
+    assert_eq!(raised.len(), 1);
+    let alert = &raised[0];
+    assert_eq!(alert.alert_id, alert_id("crossing", rule, crossed));
+    assert_eq!((alert.episode_start, alert.as_of), (crossed, crossed));
+    let at = EventTime::from_millis(crossed).unwrap().to_rfc3339();
+    let body = &alert.body;
+    assert_eq!(body["asOf"], at);
+    assert_eq!(body["episodeStart"], at);
+    assert_eq!(
+        (&body["observed"], &body["threshold"]),
+        (&Value::from("5500.00"), &Value::from("5000.00"))
+    );
+    assert_eq!(
+        body["window"],
+        serde_json::json!({"sum": "5500.00", "count": 2, "max": "3000.00", "distinctVendors": 1})
+    );
+    assert_eq!(
+        body["event"],
+        serde_json::json!({
+            "transactionId": "crossing-2",
+            "vendorId": "v1",
+            "amount": "2500.00",
+            "ts": at,
+            "knownVendor": true,
+        })
+    );
+    assert_eq!(body["sourcePartition"], produced[1].0);
+    assert_eq!(body["sourceOffset"], produced[1].1);
+
+    // One record per batch: three updates, and the same alert.
+    let (single, updates, _) = crossing(false, t).await;
+    assert_eq!(updates.len(), 3, "{updates:#?}");
+    assert_eq!(single.len(), 1, "{single:#?}");
+    assert_eq!(single[0].alert_id, alert.alert_id);
+    let without_raised_at = |body: &Value| {
+        let mut body = body.clone();
+        body.as_object_mut().unwrap().remove("raisedAt");
+        body
+    };
+    assert_eq!(without_raised_at(&single[0].body), without_raised_at(body));
 }
 
 #[tokio::test]

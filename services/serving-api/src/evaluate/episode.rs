@@ -1,14 +1,15 @@
 //! Episodes and alert ids: the pure part of raising alerts.
 //!
-//! An *episode* of a (customer, rule) is a run of firing window updates with no gap
-//! longer than [`EPISODE_GAP_MS`] of event time (`asOf`) between consecutive ones. One
+//! An *episode* of a (customer, rule) is a run of firing instants with no gap longer
+//! than [`EPISODE_GAP_MS`] of event time between consecutive ones. An instant is where
+//! an update was judged: the event time of an event it lists, or its `asOf`. One
 //! alert is raised per episode, with an id derived from (customer, rule, episode start)
 //! only ([`alert_id`]), so whoever evaluates the same updates again (a restart, a
 //! rebalance, a second instance, a new consumer group) derives the same id.
 
 use uuid::Uuid;
 
-/// The longest gap of event time between two firing updates of one episode: the window.
+/// The longest gap of event time between two firing instants of one episode: the window.
 pub const EPISODE_GAP_MS: i64 = fraud_speed_view::WINDOW_MS;
 
 /// The UUID v5 namespace of alert ids (itself `uuid5(NAMESPACE_URL,
@@ -33,7 +34,7 @@ pub struct Episode {
     pub alert_id: Uuid,
 }
 
-/// What a firing update at `as_of` does to the latest episode.
+/// What a firing instant `as_of` does to the latest episode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// It belongs to the latest episode: `last_fired_at` becomes the greater of the two.
@@ -45,16 +46,19 @@ pub enum Step {
     Replayed,
 }
 
-/// What a firing update at `as_of` does, given the latest episode.
+/// What a firing instant `as_of` does, given the latest episode.
 ///
 /// Updates of a customer are evaluated in the order of the updates topic (one partition
-/// per customer), where `asOf` does not decrease within a speed-layer generation. Every
-/// episode that started before the latest one was therefore judged already, its alert
-/// written in the same transaction as the episode; an update older than the latest
-/// episode's start can only be a replay (a restart, a rebalance, a second consumer group
-/// reading from the start, a speed-layer rebuild re-publishing old instants). It neither
-/// raises an alert nor moves the episode back, so a replay running beside live
-/// evaluation never splits a live episode into two alerts.
+/// per customer), where `asOf` does not decrease within a speed-layer generation, and
+/// the instants of one update in order of event time. Every episode that started before
+/// the latest one was therefore judged already, its alert written in the same
+/// transaction as the episode; a firing older than the latest episode's start is a
+/// replay (a restart, a rebalance, a second consumer group reading from the start, a
+/// speed-layer rebuild re-publishing old instants) or an event that arrived out of order
+/// (its `ts` behind the customer's clock, by less than the retention) and made an
+/// earlier window fire: either way it is taken as history, neither raises an alert nor
+/// moves the episode back, so a replay running beside live evaluation never splits a
+/// live episode into two alerts.
 pub fn step(latest: Option<&Episode>, as_of: i64) -> Step {
     match latest {
         None => Step::Starts,
@@ -66,7 +70,7 @@ pub fn step(latest: Option<&Episode>, as_of: i64) -> Step {
     }
 }
 
-/// `latest` after a firing update at `as_of` of `customer` and `rule`: the new latest
+/// `latest` after a firing instant `as_of` of `customer` and `rule`: the new latest
 /// episode (the same when nothing changes) and whether it is a new one.
 pub fn advance(
     latest: Option<Episode>,

@@ -24,20 +24,29 @@
 //! which evaluates them again: harmless.
 //!
 //! # One evaluation
-//! Each update is judged under the rule set in force ([`crate::rules::verdicts_in`]):
-//! the rules of [`Scope::Window`] once, on an [`Observation`] of the update's window and
-//! the customer's baseline peak ([`store::Baselines`], cached per batch run); the rules
-//! of [`Scope::Event`] (`new_vendor_amount_over`) once for every event the update lists
-//! (every record the speed layer's batch applied for the customer, in offset order), so
-//! a large first purchase at a new vendor is judged even when later records of the
-//! customer shared its batch. An event's vendor is known when the speed layer saw the
-//! customer use it before that event inside the retention (`vendorSeenBefore`) or the
-//! batch layer lists it in `batch_vendors` (asked only when the new-vendor rule would
-//! fire otherwise). Every firing, window or event, is a firing of the update at its
-//! `asOf`: [`episode::advance`] decides, per firing (customer, rule), whether it extends
-//! the latest episode, starts a new one (an alert with id [`episode::alert_id`]) or is a
-//! replay, so several firing events of one update make one episode, whose alert
-//! describes the first of them.
+//! Each update is judged under the rule set in force ([`crate::rules::verdicts_in`]) at
+//! every instant it tells about, in order of event time: at each event it lists (every
+//! record the speed layer's batch applied for the customer), the rules of
+//! [`Scope::Window`] on that event's own window `W(c, ts)`
+//! ([`fraud_speed_view::AppliedEvent::window`]) with the customer's baseline peak
+//! ([`store::Baselines`], cached per batch run) and the rules of [`Scope::Event`]
+//! (`new_vendor_amount_over`) on the event; and at `asOf` the window rules on the
+//! update's window, unless a listed event at `asOf` judged that window already. So a
+//! window that crossed a limit at one event of a speed batch and fell back under it by
+//! the batch's last event (older events leaving the window) is judged where it crossed,
+//! and a large first purchase at a new vendor is judged even when later records of the
+//! customer shared its batch: the verdicts do not depend on how the speed layer batched
+//! the records (up to [`fraud_speed_view::AppliedEvent::window`]'s precise meaning for
+//! out-of-order events). An event without its window (from a speed layer that predates
+//! it) is judged by the event rules only, and the window at `asOf`. An event's vendor is
+//! known when the speed layer saw the customer use it before that event inside the
+//! retention (`vendorSeenBefore`) or the batch layer lists it in `batch_vendors` (asked
+//! only when the new-vendor rule would fire otherwise). Every firing is a firing at its
+//! instant (the event's `ts`, or `asOf`): [`episode::advance`] decides, per firing
+//! (customer, rule) in that order, whether it extends the latest episode, starts a new
+//! one (an alert with id [`episode::alert_id`]) or is a replay, so the firing instants
+//! of one update, or of several, with no gap over the window make one episode, whose
+//! alert describes its first firing instant.
 //!
 //! # Exactly one alert per episode
 //! A batch's firings are judged in one transaction that first takes the advisory lock
@@ -48,18 +57,18 @@
 //! commit order and makes two instances judging the same updates (a rebalance, a
 //! zombie, a second group) take turns: the second sees the first's episode, and the
 //! same episode always yields the same alert id, which Postgres stores once. A firing
-//! update older than the latest episode's start is history already judged and changes
+//! instant older than the latest episode's start is history already judged and changes
 //! nothing ([`episode::step`]), so a group replaying from the start beside a live one
 //! never moves an episode back and splits it into two alerts.
 //!
 //! The alert's body (`alerts.body`, what subscribers receive) is [`AlertBody`]:
 //! `alertId`, `customerId`, `rule`, `ruleVersion`, `severity`, `kind`, `observed` and
-//! `threshold` (money as decimal strings, counts as integers), `asOf`, `episodeStart`,
-//! `raisedAt` (RFC 3339 UTC), `window` {`sum`, `count`, `max`, `distinctVendors`},
-//! `event` ({`transactionId`, `vendorId`, `amount`, `ts`, `knownVendor`}: for an event
-//! rule the event that fired it, for a window rule the last event the update applied, or
-//! null when it applied none), `sourcePartition` and `sourceOffset` (the transactions
-//! record: an event rule's event, a window rule's update's source offset). Its
+//! `threshold` (money as decimal strings, counts as integers), `episodeStart`,
+//! `raisedAt` (RFC 3339 UTC); about the instant that fired: `asOf` (that instant),
+//! `window` {`sum`, `count`, `max`, `distinctVendors`} (the window there), `event`
+//! ({`transactionId`, `vendorId`, `amount`, `ts`, `knownVendor`}: the event judged
+//! there, null for the update's window at `asOf`), `sourcePartition` and `sourceOffset`
+//! (the transactions record: the event's, or the update's source offset at `asOf`). Its
 //! `trace_context` is the W3C `traceparent` and `tracestate` of the update's evaluation
 //! as a JSON object.
 //!
@@ -89,7 +98,7 @@ use fraud_domain::{EventTime, Money};
 use fraud_kafka::rebalance::{self, RebalanceLog};
 use fraud_service::Shutdown;
 use fraud_speed_view::update::UPDATE_SCHEMA_VERSION;
-use fraud_speed_view::{AppliedEvent, WindowUpdate};
+use fraud_speed_view::{AppliedEvent, WindowAggregates, WindowUpdate};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -369,10 +378,12 @@ struct Evaluator {
 /// one of its events.
 struct Firing<'a> {
     incoming: &'a Incoming,
-    scope: Scope,
     verdict: Verdict,
-    /// The alert body's event: the event judged (an event rule) or the last event the
-    /// update applied (a window rule; `None` when it applied none).
+    /// The instant that fired (event time, UTC ms): the event's `ts`, or `asOf`.
+    at: i64,
+    /// The window at `at`.
+    window: WindowAggregates,
+    /// The event judged at `at`; `None` at `asOf`.
     event: Option<Described<'a>>,
 }
 
@@ -410,36 +421,25 @@ impl Evaluator {
         } else {
             HashMap::new()
         };
-        let windows: Vec<Observation> = updates
+        // Every instant of every update the rules judge, in order of event time.
+        let mut instants: Vec<Vec<Instant>> = updates
             .iter()
-            .map(|(_, incoming)| observe(&incoming.update, &peaks, None))
-            .collect();
-        // One observation per applied event, for the event rules.
-        let mut events: Vec<Vec<Observation>> = updates
-            .iter()
-            .map(|(_, incoming)| {
-                let update = &incoming.update;
-                update
-                    .events
-                    .iter()
-                    .map(|event| observe(update, &peaks, Some(event)))
-                    .collect()
-            })
+            .map(|(_, incoming)| instants(&incoming.update, &peaks))
             .collect();
         // The batch layer's vendors, only where they decide a firing.
-        let unsure: Vec<(String, String)> = events
+        let unsure: Vec<(String, String)> = instants
             .iter()
             .zip(updates)
-            .flat_map(|(observations, (_, incoming))| {
-                observations
+            .flat_map(|(judged, (_, incoming))| {
+                judged
                     .iter()
-                    .filter(|observation| {
-                        verdicts_in(&rules, Scope::Event, observation)
+                    .filter(|instant| {
+                        verdicts_in(&rules, Scope::Event, &instant.observation)
                             .iter()
                             .any(|verdict| verdict.fires && verdict.kind == NEW_VENDOR)
                     })
-                    .filter_map(|observation| {
-                        let event = observation.event.as_ref()?;
+                    .filter_map(|instant| {
+                        let event = instant.observation.event.as_ref()?;
                         Some((incoming.update.customer_id.clone(), event.vendor_id.clone()))
                     })
             })
@@ -447,44 +447,43 @@ impl Evaluator {
         let known = store::known_vendors(pool, &unsure)
             .await
             .context("failed to read known vendors")?;
-        for (observations, (_, incoming)) in events.iter_mut().zip(updates) {
-            for event in observations.iter_mut().filter_map(|o| o.event.as_mut()) {
+        for (judged, (_, incoming)) in instants.iter_mut().zip(updates) {
+            for event in judged
+                .iter_mut()
+                .filter_map(|instant| instant.observation.event.as_mut())
+            {
                 let pair = (incoming.update.customer_id.clone(), event.vendor_id.clone());
                 event.known_vendor |= known.contains(&pair);
             }
         }
 
         let mut firings = Vec::new();
-        for ((window, observations), (_, incoming)) in windows.iter().zip(&events).zip(updates) {
+        for (judged, (_, incoming)) in instants.iter().zip(updates) {
             metrics::counter!("serving_window_updates_total", "outcome" => "evaluated")
                 .increment(1);
             let update = &incoming.update;
-            let described = |index: usize| {
-                let observed = observations[index].event.as_ref();
-                Described {
+            for instant in judged {
+                let observation = &instant.observation;
+                let event = instant.event.map(|index| Described {
                     event: &update.events[index],
-                    known_vendor: observed.is_some_and(|observed| observed.known_vendor),
-                }
-            };
-            // The window once; then each event, in offset order, so that the first
-            // event of an episode is the one its alert describes.
-            let last = update.events.len().checked_sub(1).map(described);
-            let judged = std::iter::once((Scope::Window, window, last)).chain(
-                observations.iter().enumerate().map(|(index, observation)| {
-                    (Scope::Event, observation, Some(described(index)))
-                }),
-            );
-            for (scope, observation, event) in judged {
-                for verdict in verdicts_in(&rules, scope, observation) {
-                    if verdict.fires {
-                        metrics::counter!("serving_rules_fired_total", "rule" => verdict.rule.clone())
-                            .increment(1);
-                        firings.push(Firing {
-                            incoming,
-                            scope,
-                            verdict,
-                            event,
-                        });
+                    known_vendor: observation
+                        .event
+                        .as_ref()
+                        .is_some_and(|observed| observed.known_vendor),
+                });
+                for &scope in instant.scopes {
+                    for verdict in verdicts_in(&rules, scope, observation) {
+                        if verdict.fires {
+                            metrics::counter!("serving_rules_fired_total", "rule" => verdict.rule.clone())
+                                .increment(1);
+                            firings.push(Firing {
+                                incoming,
+                                verdict,
+                                at: instant.at,
+                                window: observation.window,
+                                event,
+                            });
+                        }
                     }
                 }
             }
@@ -498,23 +497,69 @@ impl Evaluator {
 
 const NEW_VENDOR: &str = "new_vendor_amount_over";
 
-/// What the rules see of `update`: its window, the baseline, and `event` (one of its
-/// events, for the event rules) with its vendor as the speed layer knew it.
-fn observe(
-    update: &WindowUpdate,
-    peaks: &HashMap<String, Option<i64>>,
-    event: Option<&AppliedEvent>,
-) -> Observation {
-    Observation {
-        window: update.window(),
-        baseline_peak_minor: peaks.get(&update.customer_id).copied().flatten(),
-        event: event.map(|event| ObservedEvent {
-            transaction_id: event.transaction_id.clone(),
-            vendor_id: event.vendor_id.clone(),
-            amount_minor: event.amount_minor,
-            known_vendor: event.vendor_seen_before,
-        }),
+/// An instant of an update that the rules judge.
+#[derive(Debug, Clone)]
+struct Instant {
+    /// Event time (UTC ms): a listed event's `ts`, or the update's `asOf`.
+    at: i64,
+    /// The listed event judged at `at` (its index in `events`); `None` for `asOf`.
+    event: Option<usize>,
+    /// The scopes of the rules judged here.
+    scopes: &'static [Scope],
+    /// The window at `at`, the baseline, and the event with its vendor as known.
+    observation: Observation,
+}
+
+/// The instants of `update` the rules judge, in order of event time (ties in offset
+/// order, `asOf` last): every listed event's, with its own window `W(c, ts)` for the
+/// window rules and the event for the event rules; and `asOf` with the update's window
+/// for the window rules, unless a listed event already judged that window there (the
+/// same state at the same instant). An event without its window (from a speed layer
+/// that predates it) is judged by the event rules only.
+fn instants(update: &WindowUpdate, peaks: &HashMap<String, Option<i64>>) -> Vec<Instant> {
+    let baseline_peak_minor = peaks.get(&update.customer_id).copied().flatten();
+    let mut instants: Vec<Instant> = update
+        .events
+        .iter()
+        .enumerate()
+        .map(|(index, event)| Instant {
+            at: event.ts,
+            event: Some(index),
+            scopes: if event.window.is_some() {
+                &[Scope::Window, Scope::Event]
+            } else {
+                &[Scope::Event]
+            },
+            observation: Observation {
+                window: event.window.map_or_else(|| update.window(), Into::into),
+                baseline_peak_minor,
+                event: Some(ObservedEvent {
+                    transaction_id: event.transaction_id.clone(),
+                    vendor_id: event.vendor_id.clone(),
+                    amount_minor: event.amount_minor,
+                    known_vendor: event.vendor_seen_before,
+                }),
+            },
+        })
+        .collect();
+    let judged_at_as_of = update
+        .events
+        .iter()
+        .any(|event| event.window.is_some() && event.ts == update.as_of);
+    if !judged_at_as_of {
+        instants.push(Instant {
+            at: update.as_of,
+            event: None,
+            scopes: &[Scope::Window],
+            observation: Observation {
+                window: update.window(),
+                baseline_peak_minor,
+                event: None,
+            },
+        });
     }
+    instants.sort_by_key(|instant| instant.at);
+    instants
 }
 
 /// Judges `firings` (in update order) in one transaction: episodes, alerts, outbox.
@@ -547,7 +592,7 @@ async fn judge(pool: &sqlx::PgPool, rules: &RuleSet, firings: &[Firing<'_>]) -> 
             latest.get(&key).copied(),
             &update.customer_id,
             &firing.verdict.rule,
-            update.as_of,
+            firing.at,
         );
         metrics::counter!("serving_rule_firings_total", "step" => step_name(step)).increment(1);
         let Some(next) = next else { continue };
@@ -643,7 +688,7 @@ struct EventBody<'a> {
 fn new_alert(rules: &RuleSet, firing: &Firing<'_>, episode: Episode, raised_at: i64) -> NewAlert {
     let update = &firing.incoming.update;
     let verdict = &firing.verdict;
-    let window = update.window();
+    let window = firing.window;
     let event = firing.event.map(|described| EventBody {
         transaction_id: &described.event.transaction_id,
         vendor_id: &described.event.vendor_id,
@@ -660,7 +705,7 @@ fn new_alert(rules: &RuleSet, firing: &Firing<'_>, episode: Episode, raised_at: 
         kind: verdict.kind,
         observed: verdict.observed,
         threshold: verdict.threshold,
-        as_of: rfc3339(update.as_of),
+        as_of: rfc3339(firing.at),
         episode_start: rfc3339(episode.started_at),
         raised_at: rfc3339(raised_at),
         window: WindowBody {
@@ -671,11 +716,10 @@ fn new_alert(rules: &RuleSet, firing: &Firing<'_>, episode: Episode, raised_at: 
         },
         event,
         source_partition: update.source_partition,
-        // An event rule's alert points at its event's record.
-        source_offset: match (firing.scope, firing.event) {
-            (Scope::Event, Some(described)) => described.event.offset,
-            _ => update.source_offset,
-        },
+        // The record of the event that fired; the update's at `asOf`.
+        source_offset: firing
+            .event
+            .map_or(update.source_offset, |described| described.event.offset),
     };
     NewAlert {
         alert_id: episode.alert_id,
@@ -684,7 +728,7 @@ fn new_alert(rules: &RuleSet, firing: &Firing<'_>, episode: Episode, raised_at: 
         rule_version: rules.version,
         severity: verdict.severity.as_str(),
         episode_start: episode.started_at,
-        as_of: update.as_of,
+        as_of: firing.at,
         raised_at,
         routing_key: routing_key(verdict),
         body: serde_json::to_value(&body).unwrap_or_default(),
