@@ -1,4 +1,5 @@
-//! The ingest decoder and validator (`ingest::api::decode`) on arbitrary bodies.
+//! The ingest decoder and validator (`fraud-intake`, `ingest::api::decode`) on arbitrary
+//! bodies.
 //!
 //! The first byte picks the framing (even: JSON, odd: NDJSON), the rest is the body.
 //! Beyond "never panics", every outcome must be one the API documents: a list of events
@@ -8,7 +9,7 @@
 #![no_main]
 
 use fraud_domain::{Currency, EventTime, Money};
-use ingest::api::decode::{self, Framing, Rules};
+use fraud_intake::{self as decode, Framing, Rules};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_ITEMS: usize = 50;

@@ -8,7 +8,8 @@
 //! every event of the request is durable in Kafka. Nothing of a rejected request is
 //! produced.
 
-pub mod decode;
+/// The body decoder and validator (the `fraud-intake` crate).
+pub use fraud_intake as decode;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,4 +1,7 @@
-//! From request bytes to validated transactions, or to every error at once.
+//! The ingest API's body decoder and validator: from request bytes to validated
+//! transactions, or to every error at once. A crate of its own (ingest re-exports it as
+//! `ingest::api::decode`) so that its fuzz target (`fuzz/`) builds without Kafka,
+//! Parquet and the rest of the service.
 //!
 //! The body is a JSON object, a JSON array of objects, or NDJSON (one object per line).
 //! Field values are read as raw JSON text and parsed by the domain types, so amounts are
