@@ -134,7 +134,9 @@ impl CustomerState {
             });
         }
         if events.iter().map(|event| event.ts).min().unwrap_or(0) != oldest {
-            return Err(DecodeError("the oldest event time does not match the events"));
+            return Err(DecodeError(
+                "the oldest event time does not match the events",
+            ));
         }
         Ok(CustomerState {
             generation,

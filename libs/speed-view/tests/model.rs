@@ -205,7 +205,9 @@ fn check_state(
     prop_assert_eq!(state.clock, model.clock);
     // Every event inside the retention, and past it at most applied events not trimmed
     // yet (the script trims in bulk, a quarter of the retention late at the most).
-    let floor = model.clock.map_or(i64::MIN, |clock| clock - model.retention);
+    let floor = model
+        .clock
+        .map_or(i64::MIN, |clock| clock - model.retention);
     let (inside, past): (Vec<WindowEvent>, Vec<WindowEvent>) =
         state.events.iter().partition(|event| event.ts > floor);
     prop_assert_eq!(
@@ -220,7 +222,10 @@ fn check_state(
             event
         );
         prop_assert!(
-            model.applied.iter().any(|applied| as_event(applied) == event),
+            model
+                .applied
+                .iter()
+                .any(|applied| as_event(applied) == event),
             "a held event that was never applied: {:?}",
             event
         );
