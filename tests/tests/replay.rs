@@ -1,5 +1,5 @@
 //! Real, third-party data through the real binaries: `fraud-replay` posts the Sparkov
-//! sample (`../shared/data/sparkov-fraudtest-head.csv`, 5,116 transactions, 18 labelled
+//! sample (`tests/data/sparkov-fraudtest-head.csv`, 5,116 transactions, 18 labelled
 //! frauds) through ingest, as fast as possible, its times shifted so the last event
 //! lands at now. Every figure the platform reports then equals DuckDB's independent
 //! reading of the same file: the lake (every row once, exact amounts), `batch_daily`
@@ -17,14 +17,12 @@ use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// The sample file: part of the product's test data, next to the checkout.
+/// The sample file: part of the product's test data (`tests/data`, with its provenance).
 fn sample_file() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/sparkov-fraudtest-head.csv");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/sparkov-fraudtest-head.csv");
     assert!(
         path.is_file(),
-        "the Sparkov sample is missing at {} (../shared/data from the workspace root): \
-         it is part of the product's test data",
+        "the Sparkov sample is missing at {}: it is part of the repository's test data",
         path.display()
     );
     path
