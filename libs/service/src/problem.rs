@@ -3,7 +3,7 @@
 //! Every 4xx says exactly what was wrong, with a field pointer per invalid field; a 5xx
 //! is opaque to the client (the cause is logged with its whole chain instead).
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -95,6 +95,22 @@ impl Problem {
             "Request too large",
         )
         .with_detail(detail)
+    }
+
+    /// A request's media type (its `Content-Type` without parameters, lowercase), to
+    /// choose a decoder or answer [`Problem::unsupported_media_type`]; `None` without one.
+    pub fn media_type(headers: &HeaderMap) -> Option<String> {
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| {
+                value
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
     }
 
     /// 415: a media type this endpoint does not take.

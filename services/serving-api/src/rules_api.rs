@@ -176,17 +176,7 @@ fn if_match(headers: &HeaderMap) -> Result<i64, Problem> {
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
-    let media_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .map(|value| {
-            value
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
+    let media_type = Problem::media_type(headers);
     match media_type.as_deref() {
         Some("application/json") => Ok(()),
         Some(other) => Err(Problem::unsupported_media_type(format!(

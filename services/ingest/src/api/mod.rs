@@ -375,17 +375,7 @@ fn unavailable(error: crate::idempotency::Unavailable) -> Problem {
 
 /// Whether the body is NDJSON (`false`: JSON); 415 for any other media type.
 fn media_type_is_ndjson(headers: &HeaderMap) -> Result<bool, Problem> {
-    let media_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .map(|value| {
-            value
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
+    let media_type = Problem::media_type(headers);
     match media_type.as_deref() {
         Some("application/json") => Ok(false),
         Some(NDJSON) | Some("application/ndjson") => Ok(true),
