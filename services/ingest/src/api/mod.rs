@@ -50,9 +50,10 @@ pub fn document(currency: Currency, max_amount: Money, max_items: usize) -> Stri
     }
     let fields = &mut document["components"]["schemas"]["Transaction"]["properties"];
     fields["currency"]["enum"] = serde_json::json!([currency.as_str(), null]);
-    // Minor units as a decimal number of major units; exact for any realistic limit.
+    // The limit as the JSON number its decimal text is ("5000.00"), read by serde_json:
+    // no arithmetic on money here.
     fields["transactionSum"]["oneOf"][0]["maximum"] =
-        serde_json::json!(max_amount.minor() as f64 / 100.0);
+        serde_json::from_str(&max_amount.to_string()).expect("an amount is a JSON number");
     document.to_string()
 }
 
