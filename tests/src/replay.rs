@@ -10,6 +10,8 @@ use anyhow::{Context, bail};
 use chrono::NaiveDateTime;
 use serde_json::{Value, json};
 
+use crate::post;
+
 /// Which column holds each field (the defaults are the Sparkov data set's).
 #[derive(Debug, Clone)]
 pub struct Columns {
@@ -213,8 +215,10 @@ pub fn event_json(row: &Row, shift_ms: i64) -> Value {
 }
 
 /// Posts `rows` in time order (stable: the file's order among equal times) in batches,
-/// paced by `options.speedup`; a 429 or 503 is waited out (`Retry-After`) and the same
-/// batch sent again, which is idempotent. Any other answer than 202 fails the replay.
+/// paced by `options.speedup`, through the shared posting loop
+/// ([`crate::post::post_lanes`], one lane): a 429 or 503 is waited out (`Retry-After`)
+/// and the same batch sent again, which is idempotent. Any other answer than 202 fails
+/// the replay.
 pub async fn replay(rows: &[Row], options: &Options) -> anyhow::Result<Summary> {
     if rows.is_empty() {
         bail!("no rows to replay");
@@ -232,90 +236,40 @@ pub async fn replay(rows: &[Row], options: &Options) -> anyhow::Result<Summary> 
     let shift_ms = options.shift_to.map_or(0, |to| {
         to + i64::try_from(planned.as_millis()).unwrap_or(i64::MAX) - last
     });
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    let started = Instant::now();
-    let mut summary = Summary {
+    let due = |row: &Row| {
+        if options.speedup > 0.0 {
+            Duration::from_millis(u64::try_from(row.ts - first).unwrap_or(0))
+                .div_f64(options.speedup)
+        } else {
+            Duration::ZERO
+        }
+    };
+    let lane: Vec<post::Item> = order
+        .iter()
+        .enumerate()
+        .map(|(index, row)| (due(row), index))
+        .collect();
+    let target = post::Target {
+        url: options.url.clone(),
+        key: options.key.clone(),
+    };
+    let posting = post::Options {
+        batch: options.batch,
+        ..post::Options::default()
+    };
+    let body = |index: usize| event_json(order[index], shift_ms);
+    let (_, counts) = post::post_lanes(&target, &[lane], Instant::now(), &posting, &body).await?;
+    Ok(Summary {
         rows: rows.len(),
-        accepted: 0,
-        replayed: 0,
+        accepted: counts.accepted,
+        replayed: counts.replayed,
         shift_ms,
         first_ts: first + shift_ms,
         last_ts: last + shift_ms,
-        requests: 0,
-        retries: 0,
+        requests: counts.requests,
+        retries: counts.retries,
         labelled_frauds: rows.iter().filter(|row| row.label == Some(true)).count(),
-    };
-    let batch = options.batch.max(1);
-    let mut next = 0;
-    while next < order.len() {
-        // Wait for the next event's moment, then send every event due by now.
-        let due = |row: &Row| {
-            if options.speedup > 0.0 {
-                Duration::from_millis(u64::try_from(row.ts - first).unwrap_or(0))
-                    .div_f64(options.speedup)
-            } else {
-                Duration::ZERO
-            }
-        };
-        let wait = due(order[next]).saturating_sub(started.elapsed());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        let elapsed = started.elapsed();
-        let mut end = next + 1;
-        while end < order.len() && end - next < batch && due(order[end]) <= elapsed {
-            end += 1;
-        }
-        let body = Value::Array(
-            order[next..end]
-                .iter()
-                .map(|row| event_json(row, shift_ms))
-                .collect(),
-        );
-        let answer = post(&client, options, &body, &mut summary).await?;
-        summary.accepted += usize::try_from(answer["accepted"].as_u64().unwrap_or(0))?;
-        summary.replayed += usize::try_from(answer["replayed"].as_u64().unwrap_or(0))?;
-        next = end;
-    }
-    Ok(summary)
-}
-
-async fn post(
-    client: &reqwest::Client,
-    options: &Options,
-    body: &Value,
-    summary: &mut Summary,
-) -> anyhow::Result<Value> {
-    let url = format!("{}/v1/transactions", options.url.trim_end_matches('/'));
-    loop {
-        summary.requests += 1;
-        let response = client
-            .post(&url)
-            .bearer_auth(&options.key)
-            .json(body)
-            .send()
-            .await
-            .with_context(|| format!("POST {url}"))?;
-        let status = response.status().as_u16();
-        if status == 429 || status == 503 {
-            let seconds = response
-                .headers()
-                .get("retry-after")
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.parse::<u64>().ok())
-                .unwrap_or(1);
-            summary.retries += 1;
-            tokio::time::sleep(Duration::from_secs(seconds.clamp(1, 30))).await;
-            continue;
-        }
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        if status != 202 {
-            bail!("POST {url} answered {status}: {answer}");
-        }
-        return Ok(answer);
-    }
+    })
 }
 
 #[cfg(test)]
