@@ -264,11 +264,7 @@ async fn store(
         .iter()
         .map(|&i| (events[i].transaction_id.as_str(), fingerprints[i].as_str()))
         .collect();
-    let reservations = ingest
-        .idempotency
-        .reserve(&keys)
-        .await
-        .map_err(unavailable)?;
+    let (claim, reservations) = ingest.idempotency.claim(&keys).await.map_err(unavailable)?;
 
     let reserved: Vec<(&str, &str)> = keys
         .iter()
@@ -286,7 +282,7 @@ async fn store(
     if !conflicts.is_empty() || in_flight {
         ingest
             .idempotency
-            .release(&reserved)
+            .release(&claim, &reserved)
             .await
             .map_err(unavailable)?;
         if !conflicts.is_empty() {
@@ -320,17 +316,21 @@ async fn store(
             }
         }
     }
+    // The claims of what failed go first: the confirmation covers every claim the
+    // request still holds.
     ingest
         .idempotency
-        .commit(&produced)
+        .release(&claim, &failed)
         .await
         .map_err(unavailable)?;
-    if !failed.is_empty() {
+    if !produced.is_empty() {
         ingest
             .idempotency
-            .release(&failed)
+            .confirm(&claim)
             .await
             .map_err(unavailable)?;
+    }
+    if !failed.is_empty() {
         let detail = if queue_full {
             "the producer queue is full; retry the request (accepted items are replays then)"
         } else {
