@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <root>/transactions/event_date=YYYY-MM-DD/<partition>-<firstOffset>-<lastOffset>.parquet
+//! <root>/_claims/transactions/<partition>/<firstOffset, 20 digits>
 //! ```
 //!
 //! - [`mod@schema`]: the table's columns (money as `int64` minor units, times as UTC
@@ -18,19 +19,27 @@
 //!   standard `AWS_*` environment variables). A file appears under its final name only
 //!   once complete: a local file is staged under a temporary name in its directory and
 //!   renamed; an object store's single PUT is atomic.
+//! - [`claim`]: the fence between two writers of a partition. A writer claims a chunk
+//!   (partition, first offset) with a create-if-absent PUT before writing its files,
+//!   and writes files only create-if-absent: one range per first offset, whichever
+//!   writer got there first, and nothing written is ever replaced
+//!   ([`Lake::write_claimed_chunk`]).
 //! - [`recovery`]: the lake's position per partition, read from the lake itself. Chunks
-//!   are written in offset order, so only a partition's newest chunk can be incomplete
-//!   (fewer rows in its files than it records); [`Lake::partition_states`] reports it
-//!   (the batch layer's view), [`Lake::recover`] deletes it and any staged leftovers
-//!   and tells the writer where to resume (the writer's view).
+//!   are written in offset order, so only a partition's newest chunk (its newest claim's,
+//!   when it has claims) can be incomplete; [`Lake::partition_states`] reports it (the
+//!   batch layer's view), [`Lake::recover`] deletes an unclaimed one and any staged
+//!   leftovers, and tells the writer where to resume, or which claimed chunk to
+//!   complete (the writer's view).
 
 pub mod chunk;
+pub mod claim;
 pub mod layout;
 pub mod recovery;
 pub mod schema;
 pub mod store;
 
 pub use chunk::{Chunk, ChunkBuilder, ChunkFile, LakeRow, rows_of};
+pub use claim::{CLAIMS_DIR, ChunkWrite, Claim, ClaimOutcome, Fence};
 pub use layout::{ChunkId, LakeFile, LayoutError};
 pub use recovery::{ChunkFiles, FileFooter, IncompleteChunk, PartitionState, Recovery, ResumeAt};
 pub use schema::{CHUNK_ROWS_KEY, schema};
@@ -77,6 +86,17 @@ pub enum Error {
         partition: i32,
         earlier: ChunkId,
         later: ChunkId,
+    },
+    #[error("the claim {path} is not valid: {reason}")]
+    InvalidClaim { path: String, reason: String },
+    #[error(
+        "partition {partition}: chunk {chunk} lies at or after the newest claim, {claim}, \
+         but is not that chunk (written without a claim, by a writer older than claims?)"
+    )]
+    UnclaimedChunk {
+        partition: i32,
+        chunk: ChunkId,
+        claim: ChunkId,
     },
     #[error("chunk {chunk} is inconsistent: {reason}")]
     InconsistentChunk { chunk: ChunkId, reason: String },

@@ -2,23 +2,35 @@
 //!
 //! A partition's files group into chunks by name. Chunks are written one after another
 //! in offset order, each only once the previous one is whole, so every chunk but the
-//! newest is complete. The newest is complete when the rows of its files add up to the
-//! chunk row count each file records; otherwise its writer stopped while writing it.
+//! newest is complete. What the newest chunk is depends on whether the partition has
+//! claims (module [`crate::claim`]):
+//! - with claims, the newest chunk is the newest claim's, whether any file of it exists
+//!   or not; it is complete when the rows of its files add up to the claim's row count.
+//!   A chunk claimed but not complete is *completed*, never deleted: the writer resumes
+//!   at its first offset and must close the chunk exactly at the claim's last offset
+//!   ([`ResumeAt::Claimed`]), so that the files it writes are the claimed ones (whatever
+//!   of them exists already is kept). A file of another chunk at or after the newest
+//!   claim was written without a claim: an error;
+//! - without claims (a lake written before claims existed, or by tools that write
+//!   without one), the newest chunk is the one with the highest offsets among the files;
+//!   it is complete when its files' rows add up to the chunk row count each records.
 //!
 //! - The batch layer asks for [`Lake::partition_states`]: read-only; a partition is
 //!   complete through [`PartitionState::complete_through`].
 //! - The lake writer calls [`Lake::recover`] for the partitions it is assigned: it
-//!   deletes an incomplete newest chunk (and, on a local lake, files staged but never
-//!   renamed into place) and resumes at [`PartitionState::resume_at`]: the incomplete
-//!   chunk's first offset, else the newest chunk's last offset + 1, else the beginning.
+//!   deletes an incomplete, unclaimed newest chunk (and, on a local lake, files staged
+//!   but never renamed into place) and resumes at [`PartitionState::resume_at`].
 //!
-//! The decisions are pure functions ([`group_chunks`], [`assess`]); only the newest
-//! chunk's footers are read, so recovery costs one listing and a few small reads.
+//! Files are listed before claims, so a claim made between the two listings looks
+//! incomplete at worst, and is completed. The decisions are pure functions
+//! ([`group_chunks`], [`assess`], [`assess_claimed`]); only the newest chunk's footers
+//! and the newest claim are read, so recovery costs two listings and a few small reads.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use crate::Error;
+use crate::claim::Claim;
 use crate::layout::{ChunkId, LakeFile, TABLE_DIR, parse_date_dir};
 use crate::schema::CHUNK_ROWS_KEY;
 use crate::store::{Lake, ListedFile};
@@ -41,12 +53,26 @@ pub struct ChunkFiles {
 }
 
 /// Where a writer resumes a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResumeAt {
     /// The lake holds nothing of the partition: from its first offset.
     Beginning,
     /// At this offset.
     Offset(i64),
+    /// At the claim's first offset, with the claimed chunk to complete: the writer's
+    /// next chunk must end exactly at the claim's last offset, with its row count.
+    Claimed(Claim),
+}
+
+impl ResumeAt {
+    /// The offset to resume at; `None` for [`ResumeAt::Beginning`].
+    pub fn offset(&self) -> Option<i64> {
+        match self {
+            Self::Beginning => None,
+            Self::Offset(offset) => Some(*offset),
+            Self::Claimed(claim) => Some(claim.chunk().first_offset()),
+        }
+    }
 }
 
 /// A newest chunk whose files hold fewer rows than it records.
@@ -56,6 +82,8 @@ pub struct IncompleteChunk {
     pub files: Vec<LakeFile>,
     pub rows_found: u64,
     pub chunk_rows: u64,
+    /// Its claim, when it has one: it is then completed, not deleted.
+    pub claim: Option<Claim>,
 }
 
 /// The lake's state for one partition.
@@ -80,7 +108,10 @@ impl PartitionState {
     /// Where a writer resumes once the incomplete chunk, if any, is deleted.
     pub fn resume_at(&self) -> ResumeAt {
         match (&self.incomplete, self.newest_complete) {
-            (Some(incomplete), _) => ResumeAt::Offset(incomplete.id.first_offset()),
+            (Some(incomplete), _) => match &incomplete.claim {
+                Some(claim) => ResumeAt::Claimed(claim.clone()),
+                None => ResumeAt::Offset(incomplete.id.first_offset()),
+            },
             (None, Some(complete)) => ResumeAt::Offset(complete.last_offset() + 1),
             (None, None) => ResumeAt::Beginning,
         }
@@ -92,7 +123,7 @@ impl PartitionState {
 pub struct Recovery {
     /// The state found; resume at its [`PartitionState::resume_at`].
     pub state: PartitionState,
-    /// Files of the incomplete chunk, now deleted.
+    /// Files of the incomplete (unclaimed) chunk, now deleted.
     pub removed_files: Vec<LakeFile>,
     /// Staged files left by a writer that stopped mid-write, now deleted.
     pub removed_staged: Vec<PathBuf>,
@@ -199,6 +230,82 @@ pub fn assess(
             files: newest.files.iter().map(|listed| listed.file).collect(),
             rows_found,
             chunk_rows,
+            claim: None,
+        }),
+    })
+}
+
+/// Decides the state of a partition with claims from its chunks (in offset order, from
+/// [`group_chunks`]), its newest claim, and the footers of the claimed chunk's files (in
+/// the same order as its files; none when it has none).
+pub fn assess_claimed(
+    partition: i32,
+    chunks: &[ChunkFiles],
+    claim: &Claim,
+    claimed_footers: &[FileFooter],
+) -> Result<PartitionState, Error> {
+    let claimed = claim.chunk();
+    let mut older = Vec::new();
+    let mut claimed_files: &[ListedFile] = &[];
+    for chunk in chunks {
+        if chunk.id == claimed {
+            claimed_files = &chunk.files;
+        } else if chunk.id.last_offset() >= claimed.first_offset() {
+            return Err(Error::UnclaimedChunk {
+                partition,
+                chunk: chunk.id,
+                claim: claimed,
+            });
+        } else {
+            older.push(chunk.id);
+        }
+    }
+    let inconsistent = |reason: String| Error::InconsistentChunk {
+        chunk: claimed,
+        reason,
+    };
+    if claimed_footers.len() != claimed_files.len() {
+        return Err(inconsistent(format!(
+            "{} footers for {} files",
+            claimed_footers.len(),
+            claimed_files.len()
+        )));
+    }
+    for (listed, footer) in claimed_files.iter().zip(claimed_footers) {
+        if footer.chunk_rows != Some(claim.rows()) {
+            return Err(inconsistent(format!(
+                "{} records {:?} chunk rows, its claim {}",
+                listed.file,
+                footer.chunk_rows,
+                claim.rows()
+            )));
+        }
+    }
+    let rows_found: u64 = claimed_footers.iter().map(|footer| footer.rows).sum();
+    if rows_found > claim.rows() {
+        return Err(inconsistent(format!(
+            "its files hold {rows_found} rows but its claim {}",
+            claim.rows()
+        )));
+    }
+    if rows_found == claim.rows() {
+        return Ok(PartitionState {
+            partition,
+            complete_chunks: older.len() + 1,
+            newest_complete: Some(claimed),
+            incomplete: None,
+        });
+    }
+    Ok(PartitionState {
+        partition,
+        complete_chunks: older.len(),
+        newest_complete: older.last().copied(),
+        incomplete: Some(IncompleteChunk {
+            id: claimed,
+            files: claimed_files.iter().map(|listed| listed.file).collect(),
+            rows_found,
+            chunk_rows: claim.rows(),
+            claim: Some(claim.clone()),
         }),
     })
 }
@@ -219,14 +326,41 @@ impl Lake {
         })
     }
 
-    /// The state of `partition` given a listing of the lake.
+    /// The state of `partition` given a listing of the lake and the first offsets of the
+    /// partition's claims (in order; listed after the files).
     pub async fn partition_state(
         &self,
         partition: i32,
         listing: &[ListedFile],
+        claim_offsets: &[i64],
     ) -> Result<PartitionState, Error> {
         let chunks = group_chunks(partition, listing)?;
+        // The newest claim; one collected meanwhile (a newer one exists then) is skipped.
+        let mut newest_claim = None;
+        for &first_offset in claim_offsets.iter().rev() {
+            if let Some(claim) = self.read_claim(partition, first_offset).await? {
+                newest_claim = Some(claim);
+                break;
+            }
+        }
+        if newest_claim.is_none() && !claim_offsets.is_empty() {
+            // Every listed claim collected since: writers moved on while this ran.
+            return Err(Error::InvalidClaim {
+                path: crate::claim::claims_dir(partition).to_string(),
+                reason: "every listed claim was deleted while the partition was read; the \
+                         partition is being written by another writer"
+                    .to_owned(),
+            });
+        }
         let mut footers = Vec::new();
+        if let Some(claim) = newest_claim {
+            if let Some(claimed) = chunks.iter().find(|chunk| chunk.id == claim.chunk()) {
+                for listed in &claimed.files {
+                    footers.push(self.footer(listed).await?);
+                }
+            }
+            return assess_claimed(partition, &chunks, &claim, &footers);
+        }
         if let Some(newest) = chunks.last() {
             for listed in &newest.files {
                 footers.push(self.footer(listed).await?);
@@ -235,33 +369,43 @@ impl Lake {
         assess(partition, &chunks, &footers)
     }
 
-    /// The state of every partition the lake holds files of. Read-only: an incomplete
-    /// chunk is reported, not removed (its writer removes it when it restarts).
+    /// The state of every partition the lake holds files or claims of. Read-only: an
+    /// incomplete chunk is reported, not removed (its writer removes or completes it
+    /// when it resumes).
     pub async fn partition_states(&self) -> Result<BTreeMap<i32, PartitionState>, Error> {
         let listing = self.list().await?;
+        let claims = self.all_claim_offsets().await?;
         let partitions: BTreeSet<i32> = listing
             .iter()
             .map(|listed| listed.file.chunk().partition())
+            .chain(claims.keys().copied())
             .collect();
         let mut states = BTreeMap::new();
         for partition in partitions {
-            states.insert(partition, self.partition_state(partition, &listing).await?);
+            let offsets = claims.get(&partition).map_or(&[][..], Vec::as_slice);
+            let state = self.partition_state(partition, &listing, offsets).await?;
+            states.insert(partition, state);
         }
         Ok(states)
     }
 
     /// Makes the lake whole for `partitions` before a writer resumes them: deletes an
-    /// incomplete newest chunk's files and the staged leftovers of a writer that
-    /// stopped mid-write, and reports where to resume each partition. Only the
-    /// partition's owner may call this (it deletes files).
+    /// incomplete newest chunk's files when it has no claim (a claimed one is completed
+    /// by the writer instead) and the staged leftovers of a writer that stopped
+    /// mid-write, and reports where to resume each partition. Only the partition's owner
+    /// may call this (it deletes files).
     pub async fn recover(&self, partitions: &[i32]) -> Result<Vec<Recovery>, Error> {
         let listing = self.list().await?;
+        let claims = self.all_claim_offsets().await?;
         let staged = self.staged_files(partitions)?;
         let mut recoveries = Vec::with_capacity(partitions.len());
         for &partition in partitions {
-            let state = self.partition_state(partition, &listing).await?;
+            let offsets = claims.get(&partition).map_or(&[][..], Vec::as_slice);
+            let state = self.partition_state(partition, &listing, offsets).await?;
             let mut removed_files = Vec::new();
-            if let Some(incomplete) = &state.incomplete {
+            if let Some(incomplete) = &state.incomplete
+                && incomplete.claim.is_none()
+            {
                 for file in &incomplete.files {
                     self.delete(file).await?;
                     removed_files.push(*file);
@@ -452,6 +596,7 @@ mod tests {
                 files: vec![files[1].file],
                 rows_found: 60,
                 chunk_rows: 100,
+                claim: None,
             })
         );
     }
@@ -496,6 +641,72 @@ mod tests {
                     Err(Error::InconsistentChunk { .. })
                 ),
                 "{footers:?}"
+            );
+        }
+    }
+
+    fn claim(partition: i32, first: i64, last: i64, rows: u64) -> Claim {
+        Claim::new(chunk(partition, first, last), rows, "test")
+    }
+
+    #[test]
+    fn a_claimed_chunk_without_files_is_completed_from_its_first_offset() {
+        let files = [listed(0, 0, 99, 1)];
+        let chunks = group_chunks(0, &files).unwrap();
+        let claimed = claim(0, 100, 199, 100);
+        let state = assess_claimed(0, &chunks, &claimed, &[]).unwrap();
+        assert_eq!(state.resume_at(), ResumeAt::Claimed(claimed.clone()));
+        assert_eq!(state.resume_at().offset(), Some(100));
+        assert_eq!(state.complete_through(), Some(99));
+        let incomplete = state.incomplete.unwrap();
+        assert_eq!(incomplete.claim, Some(claimed));
+        assert!(incomplete.files.is_empty());
+    }
+
+    #[test]
+    fn a_claimed_chunk_is_complete_by_its_claimed_rows() {
+        let files = [
+            listed(0, 0, 99, 1),
+            listed(0, 100, 199, 1),
+            listed(0, 100, 199, 2),
+        ];
+        let chunks = group_chunks(0, &files).unwrap();
+        let claimed = claim(0, 100, 199, 98);
+        let partial =
+            assess_claimed(0, &chunks, &claimed, &[footer(50, 98), footer(40, 98)]).unwrap();
+        assert_eq!(partial.resume_at(), ResumeAt::Claimed(claimed.clone()));
+        assert_eq!(partial.incomplete.unwrap().rows_found, 90);
+        let whole =
+            assess_claimed(0, &chunks, &claimed, &[footer(50, 98), footer(48, 98)]).unwrap();
+        assert_eq!(whole.resume_at(), ResumeAt::Offset(200));
+        assert_eq!(whole.complete_chunks, 2);
+        for footers in [
+            vec![footer(50, 98), footer(49, 98)],  // more rows than claimed
+            vec![footer(50, 98), footer(48, 100)], // a file of another chunk
+            vec![footer(50, 98)],                  // a footer missing
+        ] {
+            assert!(
+                assess_claimed(0, &chunks, &claimed, &footers).is_err(),
+                "{footers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn files_overlapping_or_after_the_newest_claim_but_not_its_chunk_are_an_error() {
+        let claimed = claim(0, 100, 199, 100);
+        for files in [
+            vec![listed(0, 100, 150, 1)],
+            vec![listed(0, 50, 120, 1)],
+            vec![listed(0, 200, 210, 1)],
+        ] {
+            let chunks = group_chunks(0, &files).unwrap();
+            assert!(
+                matches!(
+                    assess_claimed(0, &chunks, &claimed, &[]),
+                    Err(Error::UnclaimedChunk { .. })
+                ),
+                "{files:?}"
             );
         }
     }

@@ -91,7 +91,7 @@ pub struct Lake {
     root: LakeRoot,
     /// The local directory, canonical, when the lake is local.
     local_dir: Option<PathBuf>,
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
 }
 
 impl Lake {
@@ -188,6 +188,10 @@ impl Lake {
 
     /// Encodes and writes every file of `chunk` (row groups of at most `row_group_rows`
     /// rows), each appearing whole under its final name. Returns the files written.
+    ///
+    /// No claim, no fence: for tools and tests that build a lake with a single writer.
+    /// The lake writer uses [`Lake::write_claimed_chunk`]; a partition without claims is
+    /// recovered from its files alone, as lakes were before claims.
     ///
     /// Encoding is CPU work done inline: call this from a thread of its own (as the
     /// lake writer does), not from a shared async runtime.

@@ -1,11 +1,12 @@
 //! A lake in a local directory: chunks written, listed, read back, and recovered after
-//! a writer stopped half-way through a chunk.
+//! a writer stopped half-way through a chunk; chunks claimed, so that a second writer of
+//! a partition (a zombie) never writes a range the lake already has from another one.
 
 use std::path::PathBuf;
 
 use fraud_domain::{Currency, CustomerId, EventTime, Money, TransactionId, VendorId};
 use fraud_events::TransactionEvent;
-use fraud_lake::{ChunkBuilder, ChunkId, Lake, LakeRoot, ResumeAt};
+use fraud_lake::{ChunkBuilder, ChunkId, ChunkWrite, Claim, Fence, Lake, LakeRoot, ResumeAt};
 
 const DAY: i64 = 86_400_000;
 // 2024-03-01T00:00:00Z
@@ -188,4 +189,188 @@ async fn recovery_removes_an_incomplete_newest_chunk_and_staged_leftovers() {
     assert_eq!(recoveries[0].state.resume_at(), ResumeAt::Offset(100));
     assert_eq!(recoveries[0].state.complete_chunks, 2);
     assert!(recoveries[0].removed_files.is_empty());
+}
+
+/// The offsets the lake's files hold, per partition, sorted (duplicates kept).
+async fn offsets_in(lake: &Lake) -> Vec<(i32, i64)> {
+    let mut offsets = Vec::new();
+    for listed in lake.list().await.unwrap() {
+        for row in lake.read_file(&listed).await.unwrap() {
+            offsets.push((row.kafka_partition, row.kafka_offset));
+        }
+    }
+    offsets.sort();
+    offsets
+}
+
+fn written(outcome: ChunkWrite) -> (usize, usize) {
+    match outcome {
+        ChunkWrite::Written { files, created, .. } => (files.len(), created),
+        ChunkWrite::Fenced(fence) => panic!("fenced: {fence}"),
+    }
+}
+
+#[tokio::test]
+async fn a_claimed_range_is_the_only_one_written_from_its_first_offset() {
+    let temp = TempLake::new();
+    let lake = &temp.lake;
+    let owner = chunk(0, 0..=59, 3);
+    assert_eq!(
+        written(lake.write_claimed_chunk(&owner, "owner", 16).await.unwrap()),
+        (3, 3)
+    );
+
+    // A zombie holding another range from the same first offset writes nothing.
+    let zombie = chunk(0, 0..=99, 3);
+    let outcome = lake
+        .write_claimed_chunk(&zombie, "zombie", 16)
+        .await
+        .unwrap();
+    let ChunkWrite::Fenced(Fence::Lost(claim)) = outcome else {
+        panic!("not fenced: {outcome:?}");
+    };
+    assert_eq!(claim.chunk(), owner.id());
+    assert_eq!(claim.rows(), 60);
+    assert_eq!(claim.writer(), "owner");
+
+    // The same range again (another holder of the same claim) keeps every file.
+    assert_eq!(
+        written(
+            lake.write_claimed_chunk(&chunk(0, 0..=59, 3), "again", 7)
+                .await
+                .unwrap()
+        ),
+        (3, 0)
+    );
+    let expected: Vec<(i32, i64)> = (0..60).map(|offset| (0, offset)).collect();
+    assert_eq!(offsets_in(lake).await, expected);
+
+    // Claims stay out of the table: listing, states and recovery see the data only.
+    assert!(
+        temp.dir
+            .join("_claims/transactions/0/00000000000000000000")
+            .is_file()
+    );
+    assert_eq!(lake.list().await.unwrap().len(), 3);
+    let recoveries = lake.recover(&[0]).await.unwrap();
+    assert_eq!(recoveries[0].state.resume_at(), ResumeAt::Offset(60));
+}
+
+#[tokio::test]
+async fn a_claimed_chunk_its_writer_left_unfinished_is_completed_not_deleted() {
+    let temp = TempLake::new();
+    let lake = &temp.lake;
+    written(
+        lake.write_claimed_chunk(&chunk(1, 0..=9, 1), "w1", 100)
+            .await
+            .unwrap(),
+    );
+    // A writer claimed 10..=39, wrote the first of its three files, and stopped.
+    let interrupted = chunk(1, 10..=39, 3);
+    let claim = Claim::of(&interrupted, "w1");
+    assert_eq!(
+        lake.claim(&claim).await.unwrap(),
+        fraud_lake::ClaimOutcome::Won
+    );
+    let first = &interrupted.files()[0];
+    let first_path = temp.dir.join(first.file().path().as_ref());
+    std::fs::write(&first_path, first.encode(interrupted.rows(), 100).unwrap()).unwrap();
+
+    let states = lake.partition_states().await.unwrap();
+    assert_eq!(
+        states[&1].complete_through(),
+        Some(9),
+        "the batch layer's view"
+    );
+    let recoveries = lake.recover(&[1]).await.unwrap();
+    let recovery = &recoveries[0];
+    assert_eq!(recovery.state.resume_at(), ResumeAt::Claimed(claim.clone()));
+    assert!(recovery.removed_files.is_empty(), "a claimed chunk is kept");
+    assert!(first_path.exists());
+
+    // Its next owner writes exactly the claimed range; the file already there is kept.
+    assert_eq!(
+        written(
+            lake.write_claimed_chunk(&chunk(1, 10..=39, 3), "w2", 100)
+                .await
+                .unwrap()
+        ),
+        (3, 2)
+    );
+    let recoveries = lake.recover(&[1]).await.unwrap();
+    assert_eq!(recoveries[0].state.resume_at(), ResumeAt::Offset(40));
+    let expected: Vec<(i32, i64)> = (0..40).map(|offset| (1, offset)).collect();
+    assert_eq!(offsets_in(lake).await, expected);
+
+    // A claim whose writer stopped before any file: resumed the same way.
+    let nothing_yet = Claim::new(ChunkId::new(1, 40, 49).unwrap(), 10, "w2");
+    lake.claim(&nothing_yet).await.unwrap();
+    let recoveries = lake.recover(&[1]).await.unwrap();
+    assert_eq!(
+        recoveries[0].state.resume_at(),
+        ResumeAt::Claimed(nothing_yet)
+    );
+    assert_eq!(recoveries[0].state.complete_through(), Some(39));
+}
+
+#[tokio::test]
+async fn old_claims_are_collected_and_a_writer_behind_them_is_still_fenced() {
+    let temp = TempLake::new();
+    let lake = &temp.lake;
+    for start in (0..100).step_by(10) {
+        written(
+            lake.write_claimed_chunk(&chunk(2, start..=start + 9, 2), "owner", 100)
+                .await
+                .unwrap(),
+        );
+    }
+    let offsets = lake.claim_offsets(2).await.unwrap();
+    assert_eq!(
+        offsets,
+        vec![60, 70, 80, 90],
+        "the newest {} kept",
+        fraud_lake::claim::CLAIMS_KEPT
+    );
+
+    // A zombie still holding the chunk from 0 wins the collected claim's name, but the
+    // newer claims show it is behind: it writes nothing.
+    let outcome = lake
+        .write_claimed_chunk(&chunk(2, 0..=14, 2), "zombie", 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        ChunkWrite::Fenced(Fence::Behind {
+            newest_first_offset: Some(90)
+        })
+    );
+    let expected: Vec<(i32, i64)> = (0..100).map(|offset| (2, offset)).collect();
+    assert_eq!(offsets_in(lake).await, expected);
+    // Its stray claim is below the newest: recovery follows the newest, and the next
+    // chunk's collection removes the stray one.
+    let recoveries = lake.recover(&[2]).await.unwrap();
+    assert_eq!(recoveries[0].state.resume_at(), ResumeAt::Offset(100));
+    written(
+        lake.write_claimed_chunk(&chunk(2, 100..=109, 2), "owner", 100)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(lake.claim_offsets(2).await.unwrap(), vec![70, 80, 90, 100]);
+}
+
+#[tokio::test]
+async fn a_lake_without_claims_is_continued_from_its_files() {
+    let temp = TempLake::new();
+    let lake = &temp.lake;
+    lake.write_chunk(&chunk(3, 0..=19, 2), 100).await.unwrap();
+    let recoveries = lake.recover(&[3]).await.unwrap();
+    assert_eq!(recoveries[0].state.resume_at(), ResumeAt::Offset(20));
+    written(
+        lake.write_claimed_chunk(&chunk(3, 20..=29, 2), "new", 100)
+            .await
+            .unwrap(),
+    );
+    let states = lake.partition_states().await.unwrap();
+    assert_eq!(states[&3].complete_through(), Some(29));
+    assert_eq!(states[&3].complete_chunks, 2);
 }

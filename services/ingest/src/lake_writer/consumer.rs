@@ -4,8 +4,9 @@
 //! librdkafka calls [`RecoveringContext::rebalance`] from inside `poll`, on the
 //! writer's own thread, before the new assignment takes effect. For every newly assigned
 //! partition the callback recovers the lake ([`fraud_lake::Lake::recover`]: deletes an
-//! incomplete newest chunk and staged leftovers) and writes the resume offset into the
-//! assignment itself, so the consumer's very first fetch is at the lake's position.
+//! incomplete unclaimed newest chunk and staged leftovers; an incomplete claimed chunk is
+//! to be completed) and writes the resume offset into the assignment itself, so the
+//! consumer's very first fetch is at the lake's position.
 //! The group's committed offsets are never used. A failure in the callback is kept for
 //! the worker to raise and the partitions are left unassigned, so nothing is consumed
 //! from a position that did not come from the lake.
@@ -16,13 +17,15 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use fraud_config::KafkaConfig;
 use fraud_kafka::rebalance::{self, RebalanceLog};
-use fraud_lake::{Lake, ResumeAt};
+use fraud_lake::Lake;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tokio::runtime::Runtime;
+
+use super::partitions::Position;
 
 /// How long a Kafka member may go without a heartbeat before the group gives its
 /// partitions to another writer. librdkafka heartbeats from a background thread, so a
@@ -48,8 +51,8 @@ pub(crate) fn create(
 /// A change of assignment, for the worker to apply to its buffers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rebalance {
-    /// These partitions are now ours, each resuming at its offset.
-    Assigned(Vec<(i32, i64)>),
+    /// These partitions are now ours, each resuming at its position.
+    Assigned(Vec<(i32, Position)>),
     /// These partitions are no longer ours.
     Revoked(Vec<i32>),
 }
@@ -87,7 +90,7 @@ impl RecoveringContext {
         &self,
         consumer: &BaseConsumer<Self>,
         assignment: &mut TopicPartitionList,
-    ) -> anyhow::Result<Vec<(i32, i64)>> {
+    ) -> anyhow::Result<Vec<(i32, Position)>> {
         let partitions = self.partitions(assignment);
         if partitions.is_empty() {
             return Ok(Vec::new());
@@ -100,7 +103,17 @@ impl RecoveringContext {
         for recovery in recoveries {
             let state = &recovery.state;
             let partition = state.partition;
-            if let Some(incomplete) = &state.incomplete {
+            if let Some(incomplete) = &state.incomplete
+                && let Some(claim) = &incomplete.claim
+            {
+                tracing::warn!(
+                    partition,
+                    claim = %claim,
+                    rows_found = incomplete.rows_found,
+                    files = incomplete.files.len(),
+                    "the newest claimed chunk is not complete; completing exactly that chunk"
+                );
+            } else if let Some(incomplete) = &state.incomplete {
                 metrics::counter!("lake_chunks_recovered_total").increment(1);
                 tracing::warn!(
                     partition,
@@ -121,10 +134,11 @@ impl RecoveringContext {
             let (low, high) = consumer
                 .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
                 .with_context(|| format!("failed to read the offsets of partition {partition}"))?;
-            let next_offset = match state.resume_at() {
-                ResumeAt::Beginning => low,
-                ResumeAt::Offset(offset) if (low..=high).contains(&offset) => offset,
-                ResumeAt::Offset(offset) => {
+            let position = Position::resume(state.resume_at(), low);
+            let next_offset = match state.resume_at().offset() {
+                None => low,
+                Some(offset) if (low..=high).contains(&offset) => offset,
+                Some(offset) => {
                     return Err(anyhow!(
                         "partition {partition}: the lake continues at offset {offset}, but the \
                          topic holds offsets {low}..{high} only (recreated topic, or records \
@@ -141,7 +155,8 @@ impl RecoveringContext {
                 complete_chunks = state.complete_chunks,
                 "partition assigned; resuming at the lake's position"
             );
-            positions.push((partition, next_offset));
+            debug_assert_eq!(position.next_offset, next_offset);
+            positions.push((partition, position));
         }
         Ok(positions)
     }

@@ -6,12 +6,43 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use anyhow::anyhow;
 use fraud_events::TransactionEvent;
-use fraud_lake::ChunkBuilder;
+use fraud_lake::{ChunkBuilder, Claim, ResumeAt};
+
+/// Where a partition continues: the next offset, and the claimed chunk it must
+/// complete first, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub next_offset: i64,
+    /// A chunk claimed but not complete, starting at `next_offset`: the next chunk must
+    /// be exactly this one (end at its last offset, with its row count).
+    pub claim: Option<Claim>,
+}
+
+impl Position {
+    /// The position recovery gives; `low` is the partition's first offset in Kafka.
+    pub fn resume(resume_at: ResumeAt, low: i64) -> Self {
+        match resume_at {
+            ResumeAt::Beginning => Self {
+                next_offset: low,
+                claim: None,
+            },
+            ResumeAt::Offset(next_offset) => Self {
+                next_offset,
+                claim: None,
+            },
+            ResumeAt::Claimed(claim) => Self {
+                next_offset: claim.chunk().first_offset(),
+                claim: Some(claim),
+            },
+        }
+    }
+}
 
 /// When a chunk is closed.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct FlushPolicy {
+pub struct FlushPolicy {
     /// A chunk is closed when it holds this many records: deterministic, by count.
     pub max_rows: usize,
     /// A chunk is closed when its partition has had no new record for this long, so the
@@ -37,7 +68,7 @@ pub(crate) struct Discontinuity {
 
 /// What became of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pushed {
+pub enum Pushed {
     /// Buffered; `full` when its chunk has reached the row limit and must be written.
     Buffered { full: bool },
     /// Its partition is not assigned to this writer (any more): ignored.
@@ -52,6 +83,20 @@ struct Buffer {
     last_record_at: Instant,
     /// When the open chunk's first record arrived; `None` while it is empty.
     opened_at: Option<Instant>,
+    /// The claimed chunk the open chunk must be exactly (see [`Position::claim`]).
+    claim: Option<Claim>,
+}
+
+impl Buffer {
+    /// Whether the open chunk must be written now by count: it holds `max_rows`
+    /// records, or it is a claimed chunk that has reached its last offset. A claimed
+    /// chunk closes there and nowhere else.
+    fn is_full(&self, max_rows: usize) -> bool {
+        match &self.claim {
+            Some(claim) => self.next_offset > claim.chunk().last_offset(),
+            None => self.chunk.rows() >= max_rows,
+        }
+    }
 }
 
 /// One open chunk per assigned partition.
@@ -72,17 +117,18 @@ impl Partitions {
         }
     }
 
-    /// `partition` is now ours, starting at `next_offset` (the lake's position). A
-    /// buffer it still had is dropped; returns how many records that was.
-    pub fn assign(&mut self, partition: i32, next_offset: i64, now: Instant) -> usize {
+    /// `partition` is now ours, continuing at `position` (the lake's). A buffer it
+    /// still had is dropped; returns how many records that was.
+    pub fn assign(&mut self, partition: i32, position: Position, now: Instant) -> usize {
         let dropped = self.revoke(partition);
         self.buffers.insert(
             partition,
             Buffer {
                 chunk: ChunkBuilder::new(partition),
-                next_offset,
+                next_offset: position.next_offset,
                 last_record_at: now,
                 opened_at: None,
+                claim: position.claim,
             },
         );
         dropped
@@ -118,24 +164,46 @@ impl Partitions {
             }
             .into());
         }
+        if let Some(claim) = &buffer.claim
+            && offset > claim.chunk().last_offset()
+        {
+            return Err(anyhow!(
+                "partition {partition}: offset {offset} is past the end of the claimed chunk \
+                 {claim} the writer must complete (its last offset is not in the topic)"
+            ));
+        }
         buffer.chunk.push(offset, event)?;
         buffer.next_offset = offset + 1;
         buffer.last_record_at = now;
         buffer.opened_at.get_or_insert(now);
         self.buffered += 1;
+        if let Some(claim) = &buffer.claim
+            && offset == claim.chunk().last_offset()
+            && buffer.chunk.rows() as u64 != claim.rows()
+        {
+            return Err(anyhow!(
+                "partition {partition}: the claimed chunk {claim} holds {} records in the \
+                 topic, not its claimed row count",
+                buffer.chunk.rows()
+            ));
+        }
         Ok(Pushed::Buffered {
-            full: buffer.chunk.rows() >= self.policy.max_rows,
+            full: buffer.is_full(self.policy.max_rows),
         })
     }
 
     /// The partitions whose chunk must be written now: full, idle for the policy's idle
-    /// time, or open for its maximum age.
+    /// time, or open for its maximum age. A claimed chunk is due only once it has
+    /// reached its claimed last offset, whatever the time.
     pub fn due(&self, now: Instant) -> Vec<i32> {
         let waited =
             |since: Instant, limit: Duration| now.saturating_duration_since(since) >= limit;
         self.buffers
             .iter()
             .filter(|(_, buffer)| {
+                if buffer.claim.is_some() {
+                    return buffer.is_full(self.policy.max_rows);
+                }
                 let rows = buffer.chunk.rows();
                 rows >= self.policy.max_rows
                     || (rows > 0 && waited(buffer.last_record_at, self.policy.idle))
@@ -157,14 +225,18 @@ impl Partitions {
     }
 
     /// Takes `partition`'s open chunk to be written, leaving an empty one that continues
-    /// at the next offset. `None` when it is not assigned or holds nothing.
+    /// at the next offset. `None` when it is not assigned, holds nothing, or is a claimed
+    /// chunk short of its claimed last offset (written any earlier, it would be another
+    /// range than the claimed one).
     pub fn take_chunk(&mut self, partition: i32) -> Option<ChunkBuilder> {
+        let max_rows = self.policy.max_rows;
         let buffer = self.buffers.get_mut(&partition)?;
-        if buffer.chunk.is_empty() {
+        if buffer.chunk.is_empty() || (buffer.claim.is_some() && !buffer.is_full(max_rows)) {
             return None;
         }
         let chunk = std::mem::replace(&mut buffer.chunk, ChunkBuilder::new(partition));
         buffer.opened_at = None;
+        buffer.claim = None;
         self.buffered -= chunk.rows();
         Some(chunk)
     }
@@ -192,6 +264,13 @@ mod tests {
         }
     }
 
+    fn at(next_offset: i64) -> Position {
+        Position {
+            next_offset,
+            claim: None,
+        }
+    }
+
     fn partitions(max_rows: usize) -> Partitions {
         Partitions::new(FlushPolicy {
             max_rows,
@@ -204,7 +283,7 @@ mod tests {
     fn a_chunk_is_full_at_exactly_the_row_limit() {
         let now = Instant::now();
         let mut partitions = partitions(3);
-        partitions.assign(0, 40, now);
+        partitions.assign(0, at(40), now);
         for offset in 40..42 {
             assert_eq!(
                 partitions.push(0, offset, &event(offset), now).unwrap(),
@@ -236,8 +315,8 @@ mod tests {
     fn an_idle_partition_is_due_after_the_idle_time_and_not_before() {
         let start = Instant::now();
         let mut partitions = partitions(1000);
-        partitions.assign(1, 0, start);
-        partitions.assign(2, 0, start);
+        partitions.assign(1, at(0), start);
+        partitions.assign(2, at(0), start);
         assert!(
             partitions.due(start + Duration::from_secs(60)).is_empty(),
             "an empty partition is never due"
@@ -260,7 +339,7 @@ mod tests {
     fn a_trickling_partition_is_due_at_the_maximum_age_and_starts_a_new_clock() {
         let start = Instant::now();
         let mut partitions = partitions(1000);
-        partitions.assign(0, 0, start);
+        partitions.assign(0, at(0), start);
         let second = Duration::from_secs(1);
         // A record every 5 s: never idle for 10 s, never full.
         for offset in 0..12 {
@@ -289,7 +368,7 @@ mod tests {
     fn a_record_must_continue_its_partition_exactly() {
         let now = Instant::now();
         let mut partitions = partitions(10);
-        partitions.assign(0, 100, now);
+        partitions.assign(0, at(100), now);
         let gap = partitions.push(0, 101, &event(1), now).unwrap_err();
         assert_eq!(
             gap.downcast_ref::<Discontinuity>(),
@@ -307,8 +386,8 @@ mod tests {
     fn revoking_drops_the_unwritten_records_and_ignores_later_ones() {
         let now = Instant::now();
         let mut partitions = partitions(10);
-        partitions.assign(0, 0, now);
-        partitions.assign(1, 0, now);
+        partitions.assign(0, at(0), now);
+        partitions.assign(1, at(0), now);
         for offset in 0..4 {
             partitions.push(0, offset, &event(offset), now).unwrap();
         }
@@ -322,16 +401,83 @@ mod tests {
         );
         assert!(partitions.take_chunk(0).is_none());
         // Assigned again, it starts over from the lake's position.
-        partitions.assign(0, 0, now);
+        partitions.assign(0, at(0), now);
         assert_eq!(
             partitions.push(0, 0, &event(0), now).unwrap(),
             Pushed::Buffered { full: false }
         );
         assert_eq!(
-            partitions.assign(1, 1, now),
+            partitions.assign(1, at(1), now),
             1,
             "reassigning drops the buffer"
         );
         assert_eq!(partitions.buffered(), 1);
+    }
+
+    #[test]
+    fn a_claimed_chunk_closes_exactly_at_its_claimed_last_offset() {
+        let start = Instant::now();
+        let mut partitions = partitions(3);
+        let claim = Claim::new(fraud_lake::ChunkId::new(0, 10, 14).unwrap(), 5, "other");
+        partitions.assign(
+            0,
+            Position {
+                next_offset: 10,
+                claim: Some(claim),
+            },
+            start,
+        );
+        let later = start + Duration::from_secs(3600);
+        for offset in 10..14 {
+            // Past the row limit, the idle time and the maximum age: still not due.
+            assert_eq!(
+                partitions.push(0, offset, &event(offset), start).unwrap(),
+                Pushed::Buffered { full: false }
+            );
+            assert!(partitions.due(later).is_empty());
+        }
+        assert!(
+            partitions.take_chunk(0).is_none(),
+            "not written short of its end"
+        );
+        assert_eq!(partitions.non_empty(), vec![0]);
+        assert_eq!(
+            partitions.push(0, 14, &event(14), start).unwrap(),
+            Pushed::Buffered { full: true }
+        );
+        assert_eq!(partitions.due(start), vec![0]);
+        let chunk = partitions.take_chunk(0).unwrap().finish().unwrap().unwrap();
+        assert_eq!(chunk.id(), fraud_lake::ChunkId::new(0, 10, 14).unwrap());
+        // Then the usual rules again.
+        for offset in 15..18 {
+            partitions.push(0, offset, &event(offset), start).unwrap();
+        }
+        assert_eq!(partitions.due(start), vec![0]);
+    }
+
+    #[test]
+    fn a_claimed_chunk_the_topic_does_not_match_is_an_error() {
+        let now = Instant::now();
+        let mut partitions = partitions(100);
+        let claimed = |rows| Position {
+            next_offset: 0,
+            claim: Some(Claim::new(
+                fraud_lake::ChunkId::new(0, 0, 4).unwrap(),
+                rows,
+                "x",
+            )),
+        };
+        // The topic skips the claimed last offset.
+        partitions.assign(0, claimed(4), now);
+        for offset in 0..4 {
+            partitions.push(0, offset, &event(offset), now).unwrap();
+        }
+        assert!(partitions.push(0, 5, &event(5), now).is_err());
+        // The claim counts fewer rows than the topic holds in its range.
+        partitions.assign(0, claimed(4), now);
+        for offset in 0..4 {
+            partitions.push(0, offset, &event(offset), now).unwrap();
+        }
+        assert!(partitions.push(0, 4, &event(4), now).is_err());
     }
 }

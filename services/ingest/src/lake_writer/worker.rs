@@ -13,12 +13,16 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::runtime::Runtime;
 
 use super::Config;
+use super::chunk_writer::{ChunkWriter, Written};
 use super::consumer::{self, Rebalance, RecoveringContext};
-use super::partitions::{FlushPolicy, Partitions, Pushed};
+use super::partitions::Pushed;
 
 /// How long one poll waits for a record: the latency of noticing shutdown and idle
 /// partitions.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How long moving the consumer to a fenced-off partition's new position may take.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a stopping writer waits to leave its consumer group.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -51,14 +55,11 @@ pub(super) fn run(config: Config, should_stop: impl Fn() -> bool) -> anyhow::Res
         max_rows_per_file = config.max_rows_per_file,
         "lake writer started"
     );
+    let identity = super::identity();
+    tracing::info!(identity = %identity, "lake writer claims chunks as this identity");
     let mut worker = Worker {
-        partitions: Partitions::new(FlushPolicy {
-            max_rows: config.max_rows_per_file,
-            idle: config.idle_flush,
-            max_age: config.max_chunk_age,
-        }),
+        writer: ChunkWriter::new(lake, &config, identity),
         consumer,
-        lake,
         runtime,
         config,
     };
@@ -83,9 +84,8 @@ fn leave_group(worker: Worker) {
 struct Worker {
     config: Config,
     consumer: BaseConsumer<RecoveringContext>,
-    lake: Arc<Lake>,
     runtime: Arc<Runtime>,
-    partitions: Partitions,
+    writer: ChunkWriter,
 }
 
 impl Worker {
@@ -93,7 +93,7 @@ impl Worker {
         loop {
             if should_stop() {
                 // Still the owner of every buffered partition: write what it holds.
-                for partition in self.partitions.non_empty() {
+                for partition in self.writer.non_empty() {
                     self.write_chunk(partition)?;
                 }
                 tracing::info!("lake writer stopped");
@@ -112,9 +112,7 @@ impl Worker {
             // Rebalances happen inside `poll`, before the record it returns.
             self.apply_rebalances()?;
             if let Some((partition, offset, event)) = record {
-                let pushed = self
-                    .partitions
-                    .push(partition, offset, &event, Instant::now())?;
+                let pushed = self.writer.push(partition, offset, &event)?;
                 match pushed {
                     Pushed::Buffered { full: true } => self.write_chunk(partition)?,
                     Pushed::Buffered { full: false } => {}
@@ -123,10 +121,10 @@ impl Worker {
                     }
                 }
             }
-            for partition in self.partitions.due(Instant::now()) {
+            for partition in self.writer.due() {
                 self.write_chunk(partition)?;
             }
-            metrics::gauge!("lake_records_buffered").set(self.partitions.buffered() as f64);
+            metrics::gauge!("lake_records_buffered").set(self.writer.buffered() as f64);
         }
     }
 
@@ -138,14 +136,13 @@ impl Worker {
         for rebalance in log.take() {
             match rebalance {
                 Rebalance::Assigned(positions) => {
-                    for (partition, next_offset) in positions {
-                        self.partitions
-                            .assign(partition, next_offset, Instant::now());
+                    for (partition, position) in positions {
+                        self.writer.assign(partition, position);
                     }
                 }
                 Rebalance::Revoked(partitions) => {
                     for partition in partitions {
-                        let dropped = self.partitions.revoke(partition);
+                        let dropped = self.writer.revoke(partition);
                         if dropped > 0 {
                             tracing::info!(partition, dropped, "unwritten records dropped");
                         }
@@ -156,46 +153,89 @@ impl Worker {
         Ok(())
     }
 
-    /// Writes `partition`'s open chunk, then commits its end to Kafka (for lag
-    /// monitoring; the position always comes from the lake).
+    /// Writes `partition`'s open chunk under its claim, then commits its end to Kafka
+    /// (for lag monitoring; the position always comes from the lake). Fenced off by
+    /// another writer's claim, it moves the consumer to where the claims put the
+    /// partition.
     fn write_chunk(&mut self, partition: i32) -> anyhow::Result<()> {
-        let Some(builder) = self.partitions.take_chunk(partition) else {
-            return Ok(());
-        };
         if self.consumer.assignment_lost() {
             // The group has already given the partition away: its new owner writes it.
-            tracing::warn!(partition, "assignment lost; chunk not written");
+            let dropped = self.writer.discard(partition);
+            if dropped > 0 {
+                tracing::warn!(partition, dropped, "assignment lost; chunk not written");
+            }
             return Ok(());
         }
-        let Some(chunk) = builder.finish()? else {
-            return Ok(());
-        };
         let started = Instant::now();
-        let files = self
-            .runtime
-            .block_on(self.lake.write_chunk(&chunk, self.config.row_group_rows))
-            .with_context(|| format!("failed to write chunk {}", chunk.id()))?;
-        metrics::counter!("lake_records_written_total").increment(chunk.rows() as u64);
-        metrics::counter!("lake_files_written_total").increment(files.len() as u64);
-        tracing::debug!(
-            chunk = %chunk.id(),
-            rows = chunk.rows(),
-            files = files.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "chunk written"
-        );
+        let written = self.runtime.block_on(self.writer.write_chunk(partition))?;
+        match written {
+            Written::Nothing => Ok(()),
+            Written::Chunk {
+                id,
+                rows,
+                files,
+                created,
+            } => {
+                metrics::counter!("lake_records_written_total").increment(rows as u64);
+                metrics::counter!("lake_files_written_total").increment(created as u64);
+                tracing::debug!(
+                    chunk = %id,
+                    rows,
+                    files = files.len(),
+                    already_there = files.len() - created,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "chunk written"
+                );
+                self.commit(partition, id.last_offset() + 1);
+                Ok(())
+            }
+            Written::Fenced {
+                chunk,
+                fence,
+                resume,
+            } => {
+                metrics::counter!("lake_chunks_fenced_total").increment(1);
+                tracing::warn!(
+                    partition,
+                    chunk = %chunk,
+                    fence = %fence,
+                    next_offset = resume.next_offset,
+                    claimed = resume.claim.as_ref().map(ToString::to_string),
+                    "chunk not written: another writer claimed the partition's range; \
+                     continuing where the claims say"
+                );
+                if self.consumer.assignment_lost() {
+                    self.writer.revoke(partition);
+                    return Ok(());
+                }
+                self.consumer
+                    .seek(
+                        &self.config.topic,
+                        partition,
+                        Offset::Offset(resume.next_offset),
+                        SEEK_TIMEOUT,
+                    )
+                    .with_context(|| {
+                        format!(
+                            "failed to move partition {partition} to offset {} after a fence",
+                            resume.next_offset
+                        )
+                    })
+            }
+        }
+    }
+
+    fn commit(&self, partition: i32, next_offset: i64) {
         let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(
-                &self.config.topic,
-                partition,
-                Offset::Offset(chunk.id().last_offset() + 1),
-            )
-            .context("failed to build the offsets to commit")?;
+        if let Err(error) =
+            offsets.add_partition_offset(&self.config.topic, partition, Offset::Offset(next_offset))
+        {
+            tracing::debug!(%error, partition, "offsets to commit not built");
+            return;
+        }
         if let Err(error) = self.consumer.commit(&offsets, CommitMode::Async) {
             tracing::debug!(%error, partition, "offset commit failed (monitoring only)");
         }
-        Ok(())
     }
 }
 
