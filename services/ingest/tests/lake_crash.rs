@@ -166,6 +166,10 @@ async fn the_lake_is_exact_after_sigkills_at_several_points_of_a_stream() {
         .iter()
         .map(|output| output.matches("removed an incomplete chunk").count())
         .sum();
+    let completed: usize = restarts_output
+        .iter()
+        .map(|output| output.matches("completing exactly that chunk").count())
+        .sum();
     let staged: usize = restarts_output
         .iter()
         .map(|output| output.matches("removed staged files").count())
@@ -174,7 +178,8 @@ async fn the_lake_is_exact_after_sigkills_at_several_points_of_a_stream() {
     eprintln!(
         "lake crash test: {EVENTS} events over {PARTITIONS} partitions ({per_partition:?}), \
          killed at (share, rows in the lake, mid-write, elapsed) {kills:?}; recoveries \
-         removed {recovered} incomplete chunks and staged files {staged} times; total {:?}",
+         removed {recovered} incomplete unclaimed chunks, completed {completed} claimed \
+         ones and removed staged files {staged} times; total {:?}",
         started.elapsed()
     );
     test.remove().await;
