@@ -1,5 +1,5 @@
-//! The writer's side: the script that applies a run of one customer's records, and how
-//! runs for many customers go to Redis in one pipeline.
+//! The writer's side: the script that applies runs of customers' records, many
+//! customers in one script call, and how a batch's calls go to Redis in one pipeline.
 
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
@@ -18,7 +18,10 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record as the script reads it (40 bytes).
+    /// The size of a packed record.
+    const PACKED_LEN: usize = 40;
+
+    /// The record as the script reads it ([`Record::PACKED_LEN`] bytes).
     fn pack_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.ts.to_le_bytes());
@@ -102,9 +105,35 @@ pub enum ApplyError {
 }
 
 /// The apply script (`apply.lua`).
+///
+/// One script call applies the runs of many customers: the call itself (looking the
+/// script up, setting up its arguments, resetting its environment) costs Redis about as
+/// much as the `GET` and the `SET` of a customer, so a call per customer spent most of
+/// Redis' time on calls. Calls take [`ApplyScript::runs_per_call`] runs each, so that
+/// one call does not hold Redis (single-threaded: every other client waits meanwhile)
+/// for long, and the calls of a batch go in one pipeline.
+///
+/// # Keys and Redis Cluster
+/// The script's first line, `#!lua flags=allow-cross-slot-keys`, lets one call touch
+/// keys of many slots; every key is declared (`KEYS`). On a standalone Redis, the only
+/// kind the platform connects to today, the flag has no effect and any keys may share
+/// a call. On a cluster the flag lets the script's own commands reach keys of several
+/// slots of the node it runs on, but the keys a call declares must still hash to one
+/// slot, and a key of another node is an error. A cluster writer would therefore group
+/// each batch's runs by node (slot of the `{customerId}` hash tag → node, from the
+/// cluster's slot map, refreshed on `MOVED`), declare one key per call for routing and
+/// pass the others as arguments, and send each node its calls; or, keeping the script
+/// as it is, make one call per slot (16,384 slots: with 100,000 customers that is
+/// close to a call per customer again). A failed call writes nothing (the script
+/// computes every state before it writes one), so a `MOVED` or `ASK` in the middle of
+/// a slot migration fails that call whole and the batch is retried.
 pub struct ApplyScript {
     script: Script,
+    runs_per_call: usize,
 }
+
+/// Runs per script call unless [`ApplyScript::with_runs_per_call`] says otherwise.
+pub const RUNS_PER_CALL: usize = 500;
 
 impl Default for ApplyScript {
     fn default() -> Self {
@@ -114,14 +143,26 @@ impl Default for ApplyScript {
 
 impl ApplyScript {
     pub fn new() -> Self {
+        Self::with_runs_per_call(RUNS_PER_CALL)
+    }
+
+    /// At most `runs_per_call` runs (at least 1) in one script call.
+    pub fn with_runs_per_call(runs_per_call: usize) -> Self {
         Self {
             script: Script::new(include_str!("apply.lua")),
+            runs_per_call: runs_per_call.max(1),
         }
     }
 
-    /// Applies each `(key, records)` run in one pipeline, one script call per customer;
-    /// outcomes in the same order, each with one [`RecordOutcome`] per record. Safe to
-    /// repeat: replays change nothing.
+    /// Most runs applied by one script call.
+    pub fn runs_per_call(&self) -> usize {
+        self.runs_per_call
+    }
+
+    /// Applies each `(key, records)` run, [`ApplyScript::runs_per_call`] runs per script
+    /// call, the calls in one pipeline; outcomes in the same order, each with one
+    /// [`RecordOutcome`] per record. A key may come more than once: its later run starts
+    /// from the state the earlier one left. Safe to repeat: replays change nothing.
     pub async fn apply<C: ConnectionLike + Send + Sync>(
         &self,
         connection: &mut C,
@@ -135,22 +176,28 @@ impl ApplyScript {
         }
         let mut pipeline = redis::pipe();
         let watermark = watermark.map(|w| w.to_string()).unwrap_or_default();
-        for (key, records) in runs {
-            let mut packed = Vec::with_capacity(records.len() * 40);
-            for record in records {
-                record.pack_into(&mut packed);
-            }
-            pipeline
+        let calls = runs.chunks(self.runs_per_call);
+        for call in calls.clone() {
+            let command = pipeline
                 .cmd("EVALSHA")
                 .arg(self.script.get_hash())
-                .arg(1)
-                .arg(key)
+                .arg(call.len());
+            for (key, _) in call {
+                command.arg(key);
+            }
+            command
                 .arg(generation.as_bytes())
                 .arg(tuning.retention_ms)
                 .arg(&watermark)
                 .arg(tuning.idle_ttl_ms)
-                .arg(tuning.increments_ttl_ms)
-                .arg(packed);
+                .arg(tuning.increments_ttl_ms);
+            for (_, records) in call {
+                let mut packed = Vec::with_capacity(records.len() * Record::PACKED_LEN);
+                for record in records {
+                    record.pack_into(&mut packed);
+                }
+                command.arg(packed);
+            }
         }
         let replies: Vec<Value> = match pipeline.query_async(connection).await {
             Ok(replies) => replies,
@@ -161,33 +208,41 @@ impl ApplyScript {
             }
             Err(error) => return Err(error.into()),
         };
-        if replies.len() != runs.len() {
+        if replies.len() != calls.len() {
             return Err(ApplyError::Reply(format!(
-                "{} replies to {} runs",
+                "{} replies to {} calls",
                 replies.len(),
-                runs.len()
+                calls.len()
             )));
         }
-        replies
-            .into_iter()
-            .zip(runs)
-            .map(|(reply, (_, records))| outcome(reply, records.len()))
-            .collect()
+        let mut outcomes = Vec::with_capacity(runs.len());
+        for (reply, call) in replies.into_iter().zip(calls) {
+            let Value::Array(items) = reply else {
+                return Err(ApplyError::Reply(format!("{reply:?}")));
+            };
+            if items.len() != 2 * call.len() {
+                return Err(ApplyError::Reply(format!(
+                    "{} items for {} runs",
+                    items.len(),
+                    call.len()
+                )));
+            }
+            let mut items = items.into_iter();
+            for (_, records) in call {
+                let (Some(state), Some(verdicts)) = (items.next(), items.next()) else {
+                    unreachable!("two items per run, counted above");
+                };
+                outcomes.push(outcome(state, verdicts, records.len())?);
+            }
+        }
+        Ok(outcomes)
     }
 }
 
-fn outcome(reply: Value, records: usize) -> Result<ApplyOutcome, ApplyError> {
-    let Value::Array(items) = reply else {
-        return Err(ApplyError::Reply(format!("{reply:?}")));
-    };
-    let [state, applied, late, duplicates, replayed, verdicts] = <[Value; 6]>::try_from(items)
-        .map_err(|items| ApplyError::Reply(format!("{} items", items.len())))?;
+/// One run's part of a reply: its state, and one byte per record.
+fn outcome(state: Value, verdicts: Value, records: usize) -> Result<ApplyOutcome, ApplyError> {
     let Value::BulkString(state) = state else {
         return Err(ApplyError::Reply(format!("state {state:?}")));
-    };
-    let count = |value: Value| match value {
-        Value::Int(n) if n >= 0 => Ok(n as u64),
-        other => Err(ApplyError::Reply(format!("count {other:?}"))),
     };
     // An empty Lua string may come back as an empty bulk string or as nil.
     let verdicts = match verdicts {
@@ -195,43 +250,26 @@ fn outcome(reply: Value, records: usize) -> Result<ApplyOutcome, ApplyError> {
         Value::Nil => Vec::new(),
         other => return Err(ApplyError::Reply(format!("outcomes {other:?}"))),
     };
+    if verdicts.len() != records {
+        return Err(ApplyError::Reply(format!(
+            "{} outcomes for {records} records",
+            verdicts.len()
+        )));
+    }
     let per_record = verdicts
         .iter()
         .map(|&byte| RecordOutcome::from_byte(byte))
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| ApplyError::Reply(format!("outcomes {verdicts:?}")))?;
-    let outcome = ApplyOutcome {
-        state: CustomerState::decode(&state)?,
-        records: per_record,
-        applied: count(applied)?,
-        late: count(late)?,
-        duplicates: count(duplicates)?,
-        replayed: count(replayed)?,
-    };
     let tally = |wanted: fn(&RecordOutcome) -> bool| {
-        outcome
-            .records
-            .iter()
-            .filter(|record| wanted(record))
-            .count() as u64
+        per_record.iter().filter(|record| wanted(record)).count() as u64
     };
-    let tallied = (
-        tally(|record| matches!(record, RecordOutcome::Applied { .. })),
-        tally(|record| *record == RecordOutcome::Late),
-        tally(|record| *record == RecordOutcome::Duplicate),
-        tally(|record| *record == RecordOutcome::Replayed),
-    );
-    let counted = (
-        outcome.applied,
-        outcome.late,
-        outcome.duplicates,
-        outcome.replayed,
-    );
-    if outcome.records.len() != records || tallied != counted {
-        return Err(ApplyError::Reply(format!(
-            "{} outcomes {tallied:?} for {records} records counted {counted:?}",
-            outcome.records.len()
-        )));
-    }
-    Ok(outcome)
+    Ok(ApplyOutcome {
+        state: CustomerState::decode(&state)?,
+        applied: tally(|record| matches!(record, RecordOutcome::Applied { .. })),
+        late: tally(|record| *record == RecordOutcome::Late),
+        duplicates: tally(|record| *record == RecordOutcome::Duplicate),
+        replayed: tally(|record| *record == RecordOutcome::Replayed),
+        records: per_record,
+    })
 }

@@ -1535,3 +1535,205 @@ async fn a_run_that_trims_what_it_applied_still_reports_it() {
         assert_eq!(held, vec![records[2].ts], "split after {split}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Many customers in one call.
+// ---------------------------------------------------------------------------------------
+
+/// Two customers of one partition: offsets interleaved, the same transaction ids and
+/// vendors in both, and B's clock two hours ahead of A's, so that a record late for B
+/// would be applied for A. Each one's decisions must depend on its own records only.
+fn two_customers() -> (
+    Vec<Record>,
+    Vec<Record>,
+    Vec<RecordOutcome>,
+    Vec<RecordOutcome>,
+) {
+    let t = T0 + 10 * MINUTE_MS;
+    let b = t + 2 * HOUR_MS;
+    let customer_a = vec![
+        record(1, t, 100, 0, "shared-1"),
+        record(3, t + MINUTE_MS, 200, 1, "shared-2"),
+        // A's own duplicate.
+        record(5, t + MINUTE_MS, 200, 1, "shared-2"),
+        // Inside A's retention, at a vendor A used.
+        record(7, t - 20 * MINUTE_MS, 300, 0, "a-1"),
+        // Past A's retention: late.
+        record(9, t - 40 * MINUTE_MS, 400, 2, "a-2"),
+        // Vendor 2 only came with the late record: new.
+        record(11, t + 2 * MINUTE_MS, 500, 2, "a-3"),
+    ];
+    let customer_b = vec![
+        // A's transaction id and A's vendor: neither a duplicate nor a known vendor.
+        record(2, b, 1_000, 1, "shared-1"),
+        // A time A would apply: late for B.
+        record(4, t + MINUTE_MS, 2_000, 0, "b-1"),
+        record(6, b + MINUTE_MS, 3_000, 1, "shared-2"),
+        // B's own duplicate, out of order.
+        record(8, b - 10 * MINUTE_MS, 1_000, 1, "shared-1"),
+        record(10, b + MINUTE_MS, 4_000, 3, "b-2"),
+    ];
+    let applied = |vendor_seen_before| RecordOutcome::Applied { vendor_seen_before };
+    let expected_a = vec![
+        applied(false),
+        applied(false),
+        RecordOutcome::Duplicate,
+        applied(true),
+        RecordOutcome::Late,
+        applied(false),
+    ];
+    let expected_b = vec![
+        applied(false),
+        RecordOutcome::Late,
+        applied(true),
+        RecordOutcome::Duplicate,
+        applied(false),
+    ];
+    (customer_a, customer_b, expected_a, expected_b)
+}
+
+/// Every way of putting the two customers' runs into calls (both whole in one call;
+/// each split in two, with each key twice in one call; one run per call; calls cut in
+/// the middle of that) decides every record as the naive model does, leaves each
+/// customer the model's state, and writes that state; a replay of both in one call
+/// changes nothing.
+#[tokio::test]
+async fn one_call_keeps_its_customers_apart() {
+    let mut connection = connect().await;
+    let (customer_a, customer_b, expected_a, expected_b) = two_customers();
+    let whole: Vec<(usize, Vec<Record>)> = vec![(0, customer_a.clone()), (1, customer_b.clone())];
+    // In offset order within each customer, customers interleaved: A, B, A, B.
+    let split: Vec<(usize, Vec<Record>)> = vec![
+        (0, customer_a[..3].to_vec()),
+        (1, customer_b[..3].to_vec()),
+        (0, customer_a[3..].to_vec()),
+        (1, customer_b[3..].to_vec()),
+    ];
+    for (runs, runs_per_call) in [
+        (&whole, 500),
+        (&split, 500),
+        (&split, 1),
+        (&split, 3),
+        (&whole, 1),
+    ] {
+        let script = ApplyScript::with_runs_per_call(runs_per_call);
+        let prefix = TestPrefix::new("speed-view-two-customers");
+        let keys = [customer_key(&prefix, "a"), customer_key(&prefix, "b")];
+        let generation = Generation::random();
+        let mut models = [
+            Model::new(TUNING.retention_ms),
+            Model::new(TUNING.retention_ms),
+        ];
+        let keyed: Vec<(String, Vec<Record>)> = runs
+            .iter()
+            .map(|(c, run)| (keys[*c].clone(), run.clone()))
+            .collect();
+        let outcomes = script
+            .apply(&mut connection, generation, None, TUNING, &keyed)
+            .await
+            .expect("apply");
+        assert_eq!(outcomes.len(), runs.len());
+        let mut decided = [Vec::new(), Vec::new()];
+        let mut last = [None, None];
+        for ((c, run), outcome) in runs.iter().zip(outcomes) {
+            let model = &mut models[*c];
+            let verdicts: Vec<RecordOutcome> =
+                run.iter().map(|record| model.apply(record)).collect();
+            assert_eq!(
+                outcome.records, verdicts,
+                "customer {c}'s run {run:?}, {runs_per_call} runs per call"
+            );
+            assert_eq!(
+                (
+                    outcome.applied,
+                    outcome.late,
+                    outcome.duplicates,
+                    outcome.replayed
+                ),
+                counts(&verdicts)
+            );
+            check_state(&outcome.state, model, generation, None)
+                .unwrap_or_else(|error| panic!("customer {c}, {runs_per_call} per call: {error}"));
+            decided[*c].extend(verdicts);
+            last[*c] = Some(outcome.state);
+        }
+        // The data does exercise every decision, for each customer.
+        assert_eq!(decided, [expected_a.clone(), expected_b.clone()]);
+        for c in 0..2 {
+            let stored: Vec<u8> = connection.get(&keys[c]).await.expect("GET");
+            assert_eq!(
+                Some(CustomerState::decode(&stored).expect("decode")),
+                last[c],
+                "customer {c}'s stored state, {runs_per_call} runs per call"
+            );
+        }
+
+        // Both replayed whole, in one call, B first: nothing changes.
+        let replay = vec![
+            (keys[1].clone(), customer_b.clone()),
+            (keys[0].clone(), customer_a.clone()),
+        ];
+        let replayed = script
+            .apply(&mut connection, generation, None, TUNING, &replay)
+            .await
+            .expect("replay");
+        for (outcome, c) in replayed.iter().zip([1, 0]) {
+            assert!(
+                outcome
+                    .records
+                    .iter()
+                    .all(|record| *record == RecordOutcome::Replayed),
+                "customer {c}: {:?}",
+                outcome.records
+            );
+            assert_eq!(Some(&outcome.state), last[c].as_ref());
+        }
+        assert_eq!(delete_prefix(&mut connection, &prefix).await, 2);
+    }
+}
+
+/// A call that fails for one of its customers writes nothing, for any of them: the
+/// script computes every state before it writes one.
+#[tokio::test]
+async fn a_failed_call_writes_no_customer() {
+    let mut connection = connect().await;
+    let prefix = TestPrefix::new("speed-view-failed-call");
+    let fine = customer_key(&prefix, "fine");
+    let overflowing = customer_key(&prefix, "overflowing");
+    let generation = Generation::random();
+    let half = 1i64 << 52;
+    apply(
+        &mut connection,
+        generation,
+        None,
+        &overflowing,
+        vec![record(1, T0 + MINUTE_MS, half, 0, "a")],
+    )
+    .await;
+    let before: Vec<u8> = connection.get(&overflowing).await.expect("GET");
+    let result = ApplyScript::new()
+        .apply(
+            &mut connection,
+            generation,
+            None,
+            TUNING,
+            &[
+                (fine.clone(), vec![record(2, T0 + MINUTE_MS, 1, 0, "f")]),
+                (
+                    overflowing.clone(),
+                    vec![record(3, T0 + 2 * MINUTE_MS, half, 0, "b")],
+                ),
+            ],
+        )
+        .await;
+    let error = result.expect_err("2^53 minor units in one hour cannot be exact");
+    assert!(error.to_string().contains("2^53"), "{error}");
+    let fine_stored: Option<Vec<u8>> = connection.get(&fine).await.expect("GET");
+    assert_eq!(
+        fine_stored, None,
+        "the customer before it is not written either"
+    );
+    let after: Vec<u8> = connection.get(&overflowing).await.expect("GET");
+    assert_eq!(after, before);
+    assert_eq!(delete_prefix(&mut connection, &prefix).await, 1);
+}

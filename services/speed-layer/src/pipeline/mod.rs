@@ -3,7 +3,8 @@
 //! # Order of effects
 //! For every batch: (1) check that the meta key still names this instance's generation
 //! (else Redis lost its data: start or join a new generation and rebuild, discarding the
-//! batch); (2) apply every customer's run with one script call each, in one pipeline;
+//! batch); (2) apply every customer's run, many customers to a script call
+//! ([`fraud_speed_view::ApplyScript`]), the calls in one pipeline;
 //! (3) publish one window update per touched customer and wait for the brokers: its
 //! window, and every record of the customer's run the script applied, in offset order,
 //! each with whether the customer had used its vendor before and with the window at its
