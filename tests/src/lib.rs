@@ -8,6 +8,7 @@
 //! [`post`] is the one loop that posts transactions for all of them, and [`chaos`]
 //! runs the fault suite (`fraud-chaos`).
 
+pub mod chaos;
 pub mod load;
 pub mod platform;
 pub mod post;

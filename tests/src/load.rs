@@ -520,6 +520,77 @@ pub fn generate(config: &LoadConfig) -> anyhow::Result<Load> {
 
 const TAKEOVER_RULE: &str = NEW_VENDOR_RULE;
 
+/// How a load is posted in real time: at `rate` deliveries per second, the event-time
+/// span compressed into the wall-clock time that takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Event-time ms per wall-clock ms (0: as fast as possible).
+    pub speedup: f64,
+    /// The event time of the span's start that puts the span's end at the planned end
+    /// of the run: no event is ever posted before its own time.
+    pub start_ms: i64,
+}
+
+/// The pace for `config` posted at `rate` deliveries per second (0: as fast as
+/// possible) from `now_ms` on; fails when the span is shorter than the run (events would
+/// lie in the future).
+pub fn pace(config: &LoadConfig, rate: f64, now_ms: i64) -> anyhow::Result<Pace> {
+    ensure!(
+        rate >= 0.0 && rate.is_finite(),
+        "the rate must be 0 or positive"
+    );
+    if rate == 0.0 {
+        return Ok(Pace {
+            speedup: 0.0,
+            start_ms: now_ms - config.span_ms,
+        });
+    }
+    let deliveries = config.events as f64 * (1.0 + config.duplicate_fraction);
+    let planned_ms = (deliveries / rate * 1000.0).ceil() as i64;
+    ensure!(
+        planned_ms <= config.span_ms,
+        "{deliveries:.0} deliveries at {rate}/s take longer than the event-time span: \
+         lengthen the span or raise the rate"
+    );
+    Ok(Pace {
+        speedup: config.span_ms as f64 / planned_ms.max(1) as f64,
+        start_ms: now_ms + planned_ms - config.span_ms,
+    })
+}
+
+/// The deliveries of `load` as `clients` lanes for [`crate::post::post_lanes`] (item:
+/// the delivery's index), each customer in one lane so its deliveries keep their order,
+/// each delivery due at its instant's distance from the span's start divided by the
+/// speed-up (all at once when it is 0).
+pub fn lanes(load: &Load, clients: usize, speedup: f64) -> Vec<Vec<crate::post::Item>> {
+    let clients = clients.max(1);
+    let mut lanes = vec![Vec::new(); clients];
+    for (index, delivery) in load.deliveries.iter().enumerate() {
+        let customer = &load.events[delivery.event].customer;
+        let lane = (fnv1a(customer.as_bytes()) % clients as u64) as usize;
+        let due = if speedup > 0.0 {
+            let ms = (delivery.at - load.config.start_ms).max(0) as f64 / speedup;
+            std::time::Duration::from_secs_f64(ms / 1000.0)
+        } else {
+            std::time::Duration::ZERO
+        };
+        lanes[lane].push((due, index));
+    }
+    lanes
+}
+
+/// FNV-1a, 64 bits: a stable hash (the standard library's is seeded per process).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The body of delivery `index` of `load`.
+pub fn delivery_json(load: &Load, index: usize) -> Value {
+    load.events[load.deliveries[index].event].json()
+}
+
 /// A rule holding at an event: its window there, or (new-vendor rules) the event itself.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Firing {
@@ -834,6 +905,57 @@ mod tests {
             let episode = &load.episodes[event.episode.expect("an episode's event")];
             assert!((episode.start..=episode.end).contains(&firing.ts));
         }
+    }
+
+    #[test]
+    fn lanes_keep_each_customer_in_one_lane_in_delivery_order_and_pace_in_event_time() {
+        let config = LoadConfig {
+            events: 3_000,
+            customers: 300,
+            ..small()
+        };
+        let now = config.start_ms + config.span_ms;
+        let pace = pace(&config, 100.0, now).unwrap();
+        let load = generate(&LoadConfig {
+            start_ms: pace.start_ms,
+            ..config
+        })
+        .unwrap();
+        let lanes = lanes(&load, 4, pace.speedup);
+        assert_eq!(
+            lanes.iter().map(Vec::len).sum::<usize>(),
+            load.deliveries.len()
+        );
+        let mut lane_of: BTreeMap<&str, usize> = BTreeMap::new();
+        for (number, lane) in lanes.iter().enumerate() {
+            assert!(
+                lane.windows(2)
+                    .all(|pair| pair[0].0 <= pair[1].0 && pair[0].1 < pair[1].1)
+            );
+            for &(due, index) in lane {
+                let delivery = load.deliveries[index];
+                let customer = &load.events[delivery.event].customer;
+                assert_eq!(*lane_of.entry(customer).or_insert(number), number);
+                // Never posted before its own time: the span ends at the run's end.
+                let posted_at = now + due.as_millis() as i64;
+                assert!(
+                    load.events[delivery.event].ts <= posted_at + 1,
+                    "{delivery:?}"
+                );
+            }
+        }
+        // 3,030 or so deliveries at 100/s: about 30 s.
+        let last = lanes
+            .iter()
+            .filter_map(|lane| lane.last())
+            .map(|item| item.0)
+            .max()
+            .unwrap();
+        assert!((25.0..35.0).contains(&last.as_secs_f64()), "{last:?}");
+        assert!(
+            super::pace(&config, 0.001, now).is_err(),
+            "a span shorter than the run"
+        );
     }
 
     #[test]

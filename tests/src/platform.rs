@@ -363,9 +363,32 @@ print(json.dumps(rows))
         assert!(unclean.is_empty(), "{}", unclean.join("\n"));
     }
 
-    /// A command running the binary `name` with the platform's variables.
-    fn command(&self, name: &str) -> Command {
+    /// A command running the binary `name` with the platform's variables (e.g.
+    /// `batch-layer run` that a test kills midway).
+    pub fn command(&self, name: &str) -> Command {
         service_command(name, &self.env)
+    }
+
+    /// Kills the service `name` (`ingest`, `speed-layer` or `serving-api`) with SIGKILL
+    /// and starts it again on the same port with the same variables; returns once it is
+    /// started, not ready (a fault test measures how long that takes).
+    pub fn kill_and_restart(&mut self, name: &str) {
+        let variable = match name {
+            "ingest" => "FRAUD_INGEST__LISTEN",
+            "speed-layer" => "FRAUD_SPEED__LISTEN",
+            "serving-api" => "FRAUD_SERVING__LISTEN",
+            other => panic!("no service {other}"),
+        };
+        let mut command = self.command(name);
+        let service = match name {
+            "ingest" => &mut self.ingest,
+            "speed-layer" => &mut self.speed,
+            _ => &mut self.serving,
+        };
+        command.env(variable, service.base.trim_start_matches("http://"));
+        service.process.signal(libc::SIGKILL);
+        service.process.wait_for_exit(Duration::from_secs(10));
+        service.process = ChildProcess::spawn(service.name, command);
     }
 }
 
