@@ -362,6 +362,10 @@ section! {
         /// The default fraud rules, used until `PUT /v1/rules` stores a set: a list of
         /// `{ id, severity, enabled, condition = { kind, ... } }`.
         pub rules: Vec<RuleDefinition>,
+        /// Most customers whose batch rows of the run in force `/risk` keeps in memory
+        /// (0: none; every request then reads Postgres). Each takes about 240 bytes plus
+        /// 24 per hour with spending in the 24 hours up to T_b (at most about 820).
+        pub batch_cache_entries: u64,
     }
 }
 
@@ -677,6 +681,9 @@ fn at_least_one(problems: &mut Problems<'_>, key: &str, value: u64) {
     }
 }
 
+/// The largest `serving.batch_cache_entries`.
+const MAX_BATCH_CACHE_ENTRIES: u64 = 10_000_000;
+
 impl ServingConfig {
     fn check(&self, problems: &mut Problems<'_>) {
         if self.group.trim().is_empty() {
@@ -684,6 +691,15 @@ impl ServingConfig {
         }
         for (pointer, reason) in rule_problems(&self.rules) {
             problems.add("serving.rules", format!("{pointer}: {reason}"));
+        }
+        if self.batch_cache_entries > MAX_BATCH_CACHE_ENTRIES {
+            problems.add(
+                "serving.batch_cache_entries",
+                format!(
+                    "must be at most {MAX_BATCH_CACHE_ENTRIES} (8 GB at about 820 bytes an \
+                     entry)"
+                ),
+            );
         }
     }
 }
