@@ -168,6 +168,9 @@ pub struct FaultRecord {
     pub at: Duration,
     pub ready: Option<Duration>,
     pub caught_up: Option<Duration>,
+    /// Whether the fault happened as meant (a server restart that failed, or a Redis
+    /// loss the speed layer never noticed, did not).
+    pub struck: bool,
     pub note: String,
 }
 
@@ -343,7 +346,9 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
         &platform.settings.kafka.transactions_topic,
     )
     .await?;
-    let redis_lost = records.iter().any(|r| r.name.starts_with("Redis"));
+    let redis_lost = records
+        .iter()
+        .any(|r| r.struck && r.name.starts_with("Redis"));
     let (kafka_verdicts, kafka_figures) = check_kafka(&load, &acks, &kafka, redis_lost);
     verdicts.extend(kafka_verdicts);
     verdicts.push(check_lake(&platform, &kafka));
@@ -380,7 +385,8 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<Report> {
     let (alert_verdicts, alert_figures) = check_alerts(&load, &expected, &history, &received);
     verdicts.extend(alert_verdicts);
 
-    let passed = verdicts.iter().all(|v| v.passed) && records.iter().all(|r| r.caught_up.is_some());
+    let passed = verdicts.iter().all(|v| v.passed)
+        && records.iter().all(|r| r.struck && r.caught_up.is_some());
     let mut figures = vec![
         (
             "events (distinct transactions)".to_owned(),
@@ -536,24 +542,30 @@ async fn strike(
     let at = started.elapsed();
     let fault_began = Instant::now();
     let mut note = String::new();
+    let mut struck = true;
     match fault {
         Fault::Kill(service) => platform.kill_and_restart(service),
         Fault::RedisLoss(RedisLoss::Restart) => {
             if let Err(error) = deploy_dev(&config.deploy_dev, &["restart", "redis"]).await {
                 note = format!("deploy/dev restart redis failed: {error:#}");
+                struck = false;
             }
         }
         Fault::RedisLoss(_) => match delete_prefix(&settings).await {
             Ok(count) => note = format!("{count} keys deleted"),
-            Err(error) => note = format!("could not delete the keys: {error:#}"),
+            Err(error) => {
+                note = format!("could not delete the keys: {error:#}");
+                struck = false;
+            }
         },
         Fault::Restart(server) => {
             if let Err(error) = deploy_dev(&config.deploy_dev, &["restart", server]).await {
                 note = format!("deploy/dev restart {server} failed: {error:#}");
+                struck = false;
             }
         }
     }
-    if let Fault::RedisLoss(_) = fault {
+    if let (Fault::RedisLoss(_), true) = (fault, struck) {
         // The speed layer notices the loss at its next batch and rebuilds.
         let noticed = wait_for(RECOVERY_DEADLINE, || async {
             metric(&platform.speed.base, "speed_rebuilds_total").await > rebuilds_before
@@ -567,6 +579,7 @@ async fn strike(
             ));
         } else {
             note.push_str("; the speed layer never rebuilt");
+            struck = false;
         }
     }
     let bases: Vec<String> = services
@@ -619,6 +632,7 @@ async fn strike(
         at,
         ready,
         caught_up,
+        struck,
         note,
     }
 }
@@ -703,26 +717,40 @@ async fn deploy_dev(path: &std::path::Path, args: &[&str]) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Deletes every Redis key of the platform's prefix; how many.
+/// Deletes every Redis key of the platform's prefix; how many. SCAN with a large COUNT
+/// (the shared server holds millions of keys: the default COUNT of 10 would take
+/// minutes), deleting each page as it comes.
 async fn delete_prefix(settings: &fraud_config::Settings) -> anyhow::Result<usize> {
     let client = redis::Client::open(settings.redis.url.expose().as_str())?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = {
-        let mut iter = redis::AsyncCommands::scan_match::<_, String>(
-            &mut connection,
-            format!("{}*", settings.redis.key_prefix),
-        )
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+    let mut connection = client
+        .get_multiplexed_async_connection_with_config(&config)
         .await?;
-        let mut keys = Vec::new();
-        while let Some(key) = iter.next_item().await {
-            keys.push(key?);
+    let pattern = format!("{}*", settings.redis.key_prefix);
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(20_000)
+            .query_async(&mut connection)
+            .await?;
+        if !keys.is_empty() {
+            let count: usize = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut connection)
+                .await?;
+            deleted += count;
         }
-        keys
-    };
-    for chunk in keys.chunks(1000) {
-        let _: () = redis::AsyncCommands::del(&mut connection, chunk).await?;
+        cursor = next;
+        if cursor == 0 {
+            return Ok(deleted);
+        }
     }
-    Ok(keys.len())
 }
 
 /// Per partition of `topic`, its high watermark.
@@ -1164,6 +1192,7 @@ async fn batch_fault(
             at,
             ready: published.then_some(recovered),
             caught_up: published.then_some(recovered),
+            struck: !note.starts_with("could not start"),
             note,
         },
         Verdict {
@@ -1670,7 +1699,11 @@ fn markdown(
         out.push_str(&format!(
             "| {} | {} | {:.1} s | {} | {} | {} |\n",
             number + 1,
-            fault.name,
+            if fault.struck {
+                fault.name.clone()
+            } else {
+                format!("{} (**not struck**)", fault.name)
+            },
             fault.at.as_secs_f64(),
             seconds(fault.ready),
             seconds(fault.caught_up),
