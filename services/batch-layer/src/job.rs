@@ -50,7 +50,8 @@ pub struct RunTimes {
     /// Computing the days' aggregates.
     pub compute: Duration,
     /// In Postgres before the commit: deleting the replaced rows and copying the days'
-    /// rows in (formatting them as CSV included).
+    /// rows in (encoding them included; an incremental run also reads the stored rows of
+    /// the days it recomputes, to write only those that changed).
     pub copy: Duration,
     /// In Postgres at the end: merging the vendors, deriving the baselines, the run log
     /// and the commit.
@@ -225,7 +226,7 @@ async fn publish(
 ) -> anyhow::Result<(u64, usize, RunTimes)> {
     let mut times = RunTimes::default();
     let mut phase = Instant::now();
-    let mut publication = Publication::begin(pool, days, full).await?;
+    let mut publication = Publication::begin(pool, full).await?;
     times.copy += phase.elapsed();
     let mut fingerprints = BTreeMap::new();
     let mut input_files = 0;

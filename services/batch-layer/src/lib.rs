@@ -8,18 +8,22 @@
 //! succeeded run (all days with `--full`), one day at a time ([`compute`]): events
 //! deduplicated by `transactionId` and cut at `ts <= T_b`, aggregated per customer and
 //! hour and per customer and day with the day's peak 30-minute window. The rows of the
-//! recomputed days, the vendors, the baselines (derived in SQL from the stored daily
-//! rows of the last 30 days) and the run-log entry are replaced in one transaction, the
-//! rows going in through `COPY`: readers see the previous run or this one, never a mix.
-//! Tables: `migrations/0002_batch_views.sql`.
+//! recomputed days, the vendors, the baselines (derived from the stored daily rows of
+//! the last 30 days, [`baselines`]) and the run-log entry are replaced in one
+//! transaction, the rows going in through binary `COPY` ([`binary`]); an incremental run
+//! writes only the rows of a stored day that changed ([`rows`]). Readers see the
+//! previous run or this one, never a mix. Tables: `migrations/0002_batch_views.sql`.
 //!
 //! In `schedule` mode ([`App`]) it serves `/healthz`, `/readyz` (Postgres) and
 //! `/metrics` and runs the job on `batch.schedule` (cron with seconds, UTC).
 
+mod baselines;
+mod binary;
 pub mod completeness;
 pub mod compute;
 mod job;
 pub mod lake;
+mod rows;
 mod schedule;
 mod store;
 

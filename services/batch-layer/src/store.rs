@@ -2,21 +2,19 @@
 //! which files, and publishing a run's rows in one transaction through `COPY`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt as _;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::compute::{DayAggregates, DayRow, HourRow, VendorRow};
+use crate::binary::BinaryRows;
+use crate::compute::{DayAggregates, VendorRow};
 use crate::lake::day_start;
+use crate::rows;
 
 /// The advisory lock every run takes: two runs never overlap.
 const RUN_LOCK: i64 = 0x0066_7261_7564_6261; // "fraudba"
-
-/// The channel notified, with the run id as text, in the transaction that publishes a
-/// run: readers caching a run's rows (the serving API) move to the new run at once.
-pub const RUNS_CHANNEL: &str = "fraud_batch_runs";
 
 /// Another run holds the lock.
 #[derive(Debug, thiserror::Error)]
@@ -98,10 +96,13 @@ pub async fn fail_run(
     Ok(())
 }
 
-/// A run's publication, open until [`Publication::commit`]: the days it replaces are
-/// deleted and their new rows copied in, all in one transaction.
+/// A run's publication, open until [`Publication::commit`]: the days it recomputes get
+/// their new rows, all in one transaction. A full run deletes every row first and copies
+/// the days in; an incremental run turns each stored day into the recomputed one by
+/// deleting and copying only the rows that differ ([`crate::rows::changes`]).
 pub struct Publication {
     transaction: sqlx::Transaction<'static, Postgres>,
+    full: bool,
     pub rows: u64,
     /// Per (customer, vendor), the first use among the days copied: merged into
     /// `batch_vendors` at the commit, one row each (a customer's vendor recurs on many
@@ -110,8 +111,8 @@ pub struct Publication {
 }
 
 impl Publication {
-    /// Opens the transaction and deletes the rows of `days` (all rows when `full`).
-    pub async fn begin(pool: &PgPool, days: &[NaiveDate], full: bool) -> anyhow::Result<Self> {
+    /// Opens the transaction; when `full`, deletes every row of the views.
+    pub async fn begin(pool: &PgPool, full: bool) -> anyhow::Result<Self> {
         let mut transaction = pool.begin().await?;
         if full {
             for statement in [
@@ -123,68 +124,24 @@ impl Publication {
                 sqlx::query(statement).execute(&mut *transaction).await?;
             }
         } else {
-            sqlx::query("DELETE FROM batch_hourly WHERE event_date = ANY($1)")
-                .bind(days)
-                .execute(&mut *transaction)
-                .await?;
-            sqlx::query("DELETE FROM batch_daily WHERE day = ANY($1)")
-                .bind(days)
-                .execute(&mut *transaction)
-                .await?;
+            sqlx::query(
+                "CREATE TEMPORARY TABLE new_vendors (customer_id TEXT, vendor_id TEXT, \
+                 first_seen TIMESTAMPTZ) ON COMMIT DROP",
+            )
+            .execute(&mut *transaction)
+            .await?;
         }
-        sqlx::query(
-            "CREATE TEMPORARY TABLE new_vendors (customer_id TEXT, vendor_id TEXT, \
-             first_seen TIMESTAMPTZ) ON COMMIT DROP",
-        )
-        .execute(&mut *transaction)
-        .await?;
         Ok(Self {
             transaction,
+            full,
             rows: 0,
             vendors: HashMap::new(),
         })
     }
 
-    /// Copies one day's rows in.
+    /// Publishes one day's rows: copies them in (a full run), or writes what differs
+    /// from the stored day (an incremental run).
     pub async fn add_day(&mut self, date: NaiveDate, day: &DayAggregates) -> anyhow::Result<()> {
-        let mut hours = String::new();
-        for HourRow {
-            customer,
-            hour,
-            sum,
-            count,
-            max,
-            distinct_vendors,
-        } in &day.hours
-        {
-            writeln!(
-                hours,
-                "{},{},{date},{sum},{count},{max},{distinct_vendors}",
-                csv(customer),
-                rfc3339(*hour)
-            )?;
-        }
-        let mut days = String::new();
-        for DayRow {
-            customer,
-            day,
-            sum,
-            count,
-            max,
-            distinct_vendors,
-            peak_sum,
-            peak_count,
-            peak_end,
-        } in &day.days
-        {
-            debug_assert_eq!(*day, day_start(date));
-            writeln!(
-                days,
-                "{},{date},{sum},{count},{max},{distinct_vendors},{peak_sum},{peak_count},{}",
-                csv(customer),
-                rfc3339(*peak_end)
-            )?;
-        }
         for VendorRow {
             customer,
             vendor,
@@ -199,36 +156,81 @@ impl Publication {
                 }
             }
         }
+        debug_assert!(day.days.iter().all(|row| row.day == day_start(date)));
+        if self.full {
+            self.rows += self
+                .copy(
+                    rows::COPY_HOURS,
+                    rows::hour_rows(day_start(date), &day.hours),
+                )
+                .await?;
+            self.rows += self
+                .copy(rows::COPY_DAYS, rows::day_rows(&day.days))
+                .await?;
+            return Ok(());
+        }
+        let stored = self.copy_out(&rows::select_hours(date)).await?;
+        let (deletes, inserts) = rows::changes(
+            rows::stored_hours(&stored)?,
+            &day.hours,
+            rows::hour_key,
+            rows::hour_value,
+        );
+        let (customers, hours): (Vec<String>, Vec<DateTime<Utc>>) = deletes
+            .into_iter()
+            .map(|(customer, hour)| (customer, millis_to_time(hour)))
+            .unzip();
+        sqlx::query(
+            "DELETE FROM batch_hourly h USING unnest($1::text[], $2::timestamptz[]) \
+             AS k(customer_id, hour) WHERE h.customer_id = k.customer_id AND h.hour = k.hour",
+        )
+        .bind(customers)
+        .bind(hours)
+        .execute(&mut *self.transaction)
+        .await?;
         self.rows += self
-            .copy(
-                "COPY batch_hourly (customer_id, hour, event_date, sum_minor, count, max_minor, \
-                 distinct_vendors) FROM STDIN (FORMAT csv)",
-                hours,
-            )
+            .copy(rows::COPY_HOURS, rows::hour_rows(day_start(date), inserts))
             .await?;
-        self.rows += self
-            .copy(
-                "COPY batch_daily (customer_id, day, sum_minor, count, max_minor, \
-                 distinct_vendors, peak_30m_sum_minor, peak_30m_count, peak_30m_end) \
-                 FROM STDIN (FORMAT csv)",
-                days,
-            )
+
+        let stored = self.copy_out(&rows::select_days(date)).await?;
+        let (deletes, inserts) = rows::changes(
+            rows::stored_days(&stored)?,
+            &day.days,
+            rows::day_key,
+            rows::day_value,
+        );
+        sqlx::query("DELETE FROM batch_daily WHERE day = $1 AND customer_id = ANY($2)")
+            .bind(date)
+            .bind(deletes)
+            .execute(&mut *self.transaction)
             .await?;
+        self.rows += self.copy(rows::COPY_DAYS, rows::day_rows(inserts)).await?;
         Ok(())
     }
 
-    async fn copy(&mut self, statement: &str, data: String) -> anyhow::Result<u64> {
+    /// Sends `data` (binary `COPY` rows) with `statement`; returns the rows copied.
+    async fn copy(&mut self, statement: &str, data: BinaryRows) -> anyhow::Result<u64> {
+        let data = data.finish();
         if data.is_empty() {
             return Ok(0);
         }
         let mut copy = self.transaction.copy_in_raw(statement).await?;
-        copy.send(data.into_bytes()).await?;
+        copy.send(data).await?;
         Ok(copy.finish().await?)
     }
 
+    /// The whole output of a `COPY … TO STDOUT`.
+    async fn copy_out(&mut self, statement: &str) -> anyhow::Result<Vec<u8>> {
+        let mut stream = self.transaction.copy_out_raw(statement).await?;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.try_next().await? {
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data)
+    }
+
     /// Merges the vendors, derives the baselines as of `watermark` from the daily rows,
-    /// records the days' fingerprints and the run as succeeded, notifies
-    /// [`RUNS_CHANNEL`], and commits.
+    /// records the days' fingerprints and the run as succeeded, and commits.
     pub async fn commit(
         mut self,
         run_id: i64,
@@ -236,52 +238,46 @@ impl Publication {
         fingerprints: &BTreeMap<NaiveDate, (String, usize)>,
         input_files: usize,
     ) -> anyhow::Result<u64> {
-        let mut vendors = String::new();
+        // A full run copies the vendors into the emptied table (merged in Rust, so one
+        // row per pair); an incremental run merges them with the stored first uses.
+        let full = self.full;
+        let mut vendors = BinaryRows::new();
         for ((customer, vendor), first_seen) in std::mem::take(&mut self.vendors) {
-            writeln!(
-                vendors,
-                "{},{},{}",
-                csv(&customer),
-                csv(&vendor),
-                rfc3339(first_seen)
-            )?;
+            vendors
+                .row(3)
+                .text(&customer)
+                .text(&vendor)
+                .timestamp(first_seen);
         }
-        self.copy(
-            "COPY new_vendors (customer_id, vendor_id, first_seen) FROM STDIN (FORMAT csv)",
-            vendors,
-        )
-        .await?;
-        let tx = &mut self.transaction;
-        self.rows += sqlx::query(
-            "INSERT INTO batch_vendors (customer_id, vendor_id, first_seen) \
-             SELECT customer_id, vendor_id, first_seen FROM new_vendors \
-             ON CONFLICT (customer_id, vendor_id) DO UPDATE \
-             SET first_seen = LEAST(batch_vendors.first_seen, EXCLUDED.first_seen) \
-             WHERE EXCLUDED.first_seen < batch_vendors.first_seen",
-        )
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        sqlx::query("DELETE FROM batch_baselines")
-            .execute(&mut **tx)
+        if full {
+            self.rows += self
+                .copy(
+                    "COPY batch_vendors (customer_id, vendor_id, first_seen) FROM STDIN \
+                     (FORMAT binary)",
+                    vendors,
+                )
+                .await?;
+        } else {
+            self.copy(
+                "COPY new_vendors (customer_id, vendor_id, first_seen) FROM STDIN \
+                 (FORMAT binary)",
+                vendors,
+            )
             .await?;
-        self.rows += sqlx::query(
-            "INSERT INTO batch_baselines (customer_id, as_of, active_days, mean_daily_minor, \
-             stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor) \
-             SELECT customer_id, $1, count(*), \
-                    round(sum(sum_minor)::numeric / 30, 4), \
-                    round(sqrt((30 * sum(sum_minor::numeric * sum_minor) \
-                                - sum(sum_minor)::numeric ^ 2)::numeric(60, 20)) / 30, 4), \
-                    percentile_disc(0.95) WITHIN GROUP (ORDER BY peak_30m_sum_minor), \
-                    max(peak_30m_sum_minor) \
-             FROM batch_daily \
-             WHERE day > ($1 AT TIME ZONE 'UTC')::date - 30 AND day <= ($1 AT TIME ZONE 'UTC')::date \
-             GROUP BY customer_id",
-        )
-        .bind(millis_to_time(watermark))
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+            self.rows += sqlx::query(
+                "INSERT INTO batch_vendors (customer_id, vendor_id, first_seen) \
+                 SELECT customer_id, vendor_id, first_seen FROM new_vendors \
+                 ON CONFLICT (customer_id, vendor_id) DO UPDATE \
+                 SET first_seen = LEAST(batch_vendors.first_seen, EXCLUDED.first_seen) \
+                 WHERE EXCLUDED.first_seen < batch_vendors.first_seen",
+            )
+            .execute(&mut *self.transaction)
+            .await?
+            .rows_affected();
+        }
+        self.rows +=
+            crate::baselines::derive(&mut self.transaction, millis_to_time(watermark)).await?;
+        let tx = &mut self.transaction;
         for (date, (fingerprint, files)) in fingerprints {
             sqlx::query(
                 "INSERT INTO batch_days (event_date, fingerprint, files, run_id) \
@@ -306,12 +302,6 @@ impl Publication {
         .bind(i64::try_from(rows).unwrap_or(i64::MAX))
         .execute(&mut **tx)
         .await?;
-        // Delivered at the commit, with the rows it announces.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(RUNS_CHANNEL)
-            .bind(run_id.to_string())
-            .execute(&mut **tx)
-            .await?;
         self.transaction.commit().await?;
         Ok(rows)
     }
@@ -319,13 +309,4 @@ impl Publication {
 
 fn millis_to_time(millis: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(millis).expect("a representable time")
-}
-
-fn rfc3339(millis: i64) -> String {
-    millis_to_time(millis).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// A CSV field: quoted, with quotes doubled (ids are printable but may hold commas).
-fn csv(text: &str) -> String {
-    format!("\"{}\"", text.replace('"', "\"\""))
 }

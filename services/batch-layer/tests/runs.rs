@@ -219,6 +219,11 @@ async fn a_rerun_at_the_same_watermark_recomputes_only_its_day_and_changes_nothi
         "nothing changed: only the watermark's own day is recomputed"
     );
     assert_tables_eq("the rerun", &read_tables(&test.database.url).await, &before);
+    assert_eq!(
+        second.rows,
+        before.baselines.len() as u64,
+        "the recomputed day's rows are all unchanged, so only the baselines are written"
+    );
     let days = read_batch_days(&test.database.url).await;
     for (date, run_id) in &days {
         let expected = if *date == date_of(watermark) {
