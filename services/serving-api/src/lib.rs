@@ -34,6 +34,7 @@ use fraud_service::startup::Service;
 use fraud_service::{HttpService, Readiness, Shutdown};
 use sqlx::PgPool;
 
+use crate::risk::cache::BatchCache;
 use crate::rules::RuleStore;
 
 /// What every part of the serving API shares.
@@ -44,6 +45,8 @@ pub struct AppState {
     pub amqp: Arc<AmqpHandle>,
     pub keys: ApiKeys,
     pub rules: Arc<RuleStore>,
+    /// `/risk`'s batch rows of the run in force, per customer.
+    pub batch_cache: Arc<BatchCache>,
 }
 
 /// The serving API, bound and ready to run.
@@ -61,14 +64,17 @@ impl App {
 impl Service for App {
     const NAME: &'static str = "serving-api";
 
-    /// Connects lazily to its servers, starts the rule refresher, the window-update
-    /// consumer and the outbox relay, and binds `settings.serving.listen`.
+    /// Connects lazily to its servers, starts the rule refresher, the batch run follower
+    /// (for `/risk`'s cache), the window-update consumer and the outbox relay, and binds `settings.serving.listen`.
     async fn build(settings: &Settings, shutdown: Shutdown) -> anyhow::Result<Self> {
         let timeout = settings.service.probe_timeout();
         let pool = fraud_postgres::lazy_pool(&settings.postgres, timeout)?;
         let redis = Arc::new(RedisHandle::new(&settings.redis, timeout)?);
         let amqp = Arc::new(AmqpHandle::new(&settings.rabbitmq, "serving-api"));
         let rules = Arc::new(RuleStore::new(pool.clone(), settings.serving.rules.clone()));
+        let batch_cache = Arc::new(BatchCache::new(
+            usize::try_from(settings.serving.batch_cache_entries).unwrap_or(usize::MAX),
+        ));
         let state = Arc::new(AppState {
             settings: settings.clone(),
             pool: pool.clone(),
@@ -76,8 +82,10 @@ impl Service for App {
             amqp: Arc::clone(&amqp),
             keys: ApiKeys::from_config(&settings.auth),
             rules: Arc::clone(&rules),
+            batch_cache: Arc::clone(&batch_cache),
         });
         shutdown.spawn("rules-refresh", rules.keep_fresh(shutdown.clone()));
+        batch_cache.spawn_follower(pool.clone(), timeout, &shutdown);
         evaluate::spawn(Arc::clone(&state), &shutdown)?;
         let alert_signal = relay::spawn(Arc::clone(&state), &shutdown)?;
 

@@ -1032,7 +1032,17 @@ async fn missing_views_degrade_the_answer_never_fail_it() {
         .test
         .publish_watermark(hour_floor(start) - 2 * HOUR)
         .await;
-    let answer = risk(&serving.base, &schemas, customer).await;
+    // The serving API moves to the new run on its notification, within milliseconds.
+    let published = json!(rfc3339(hour_floor(start) - 2 * HOUR));
+    let answer =
+        fraud_testkit::poll_for(Duration::from_secs(5), "an answer of the new run", || {
+            let (base, schemas, published) = (&serving.base, &schemas, &published);
+            async move {
+                let answer = risk(base, schemas, customer).await;
+                (answer["freshness"]["batchWatermark"] == *published).then_some(answer)
+            }
+        })
+        .await;
     assert_eq!(answer["freshness"]["degraded"], true);
     assert!(
         reasons(&answer).contains("rebuilding"),
@@ -1208,4 +1218,234 @@ async fn the_auth_matrix_and_bad_input() {
 
     serving.shutdown.trigger();
     test.remove().await;
+}
+
+/// Asserts `answer`'s merged figures equal the recomputation over `events` (what the
+/// merge must count with the answer's run) at the answer's own `asOf`, and that its
+/// baseline is of the same run as its watermark.
+fn assert_exact_for(events: &[(i64, i64, String)], answer: &Value, moment: &str) {
+    let as_of = parse_time(&answer["asOf"]);
+    let today_from = day_floor(as_of);
+    let last24h_from = hour_floor(as_of) - 23 * HOUR;
+    assert_eq!(
+        answer["today"],
+        range_json(events, today_from, as_of),
+        "today, {moment}: {answer:#}"
+    );
+    assert_eq!(
+        answer["last24h"],
+        range_json(events, last24h_from, as_of),
+        "last24h, {moment}: {answer:#}"
+    );
+    assert_eq!(
+        answer["window30m"],
+        window_json(events, as_of).0,
+        "window30m, {moment}"
+    );
+    assert_eq!(
+        answer["baseline"]["asOf"], answer["freshness"]["batchWatermark"],
+        "the baseline is of the answer's run, {moment}"
+    );
+}
+
+/// The cache of batch rows follows the published run: after a new run (another T_b, and
+/// figures that differ by events only it read from the lake), answers move to it
+/// promptly, each answer is exactly one run's, and none goes back to the old run.
+#[tokio::test]
+async fn a_new_run_replaces_the_cached_one_promptly_and_never_mixes() {
+    let mut scenario = Scenario::create("risk-cache-run").await;
+    let speed = scenario.test.start_speed().await;
+    let serving = scenario.test.start_serving().await;
+    let schemas = Schemas::fetch(&serving.base).await;
+    let mut rng = Rng::new("risk-cache-run");
+    let customer = "cached-run-customer";
+    let start = now_ms();
+    let tb2 = watermark_for(start);
+    let tb1 = tb2 - HOUR;
+    let mut times = vec![tb1 - 1, tb1, tb1 + 1, tb2 - 1, tb2, tb2 + 1, start - 1_000];
+    for _ in 0..25 {
+        times.push(rng.range(hour_floor(start) - 25 * HOUR, start));
+    }
+    times.retain(|ts| *ts <= start);
+    times.sort_unstable();
+    let events: Vec<TransactionEvent> = times
+        .iter()
+        .map(|ts| {
+            let vendor = format!("vendor-{}", rng.range(0, 5));
+            let amount = rng.range(1, 30_000);
+            scenario.event(customer, &vendor, amount, *ts)
+        })
+        .collect();
+    scenario.produce(events).await;
+    scenario.wait_applied().await;
+
+    scenario.run_batch(tb1).await;
+    let visible1 = scenario.visible(customer);
+    for read in 0..3 {
+        let answer = risk(&serving.base, &schemas, customer).await;
+        assert_eq!(answer["freshness"]["batchWatermark"], rfc3339(tb1));
+        assert_exact_for(&visible1, &answer, &format!("run 1, read {read}"));
+    }
+    // Events before T_b1 that the speed layer skips as late (more than the window and
+    // the allowed lateness before the customer's latest): only the next run counts them,
+    // so its figures differ from run 1's beyond the seam's move.
+    let late: Vec<TransactionEvent> = [tb1 - 10 * MINUTE, tb1 - 3 * HOUR]
+        .into_iter()
+        .map(|ts| scenario.event(customer, "vendor-late", 50_000, ts))
+        .collect();
+    scenario.produce(late).await;
+    scenario.wait_applied().await;
+    let answer = risk(&serving.base, &schemas, customer).await;
+    assert_exact_for(&visible1, &answer, "run 1, late events produced");
+
+    let mut listener = sqlx::postgres::PgListener::connect_with(&scenario.test.pool)
+        .await
+        .expect("a listener");
+    listener
+        .listen(serving_api::risk::cache::CHANNEL)
+        .await
+        .expect("listen");
+    scenario.run_batch(tb2).await;
+    let published = Instant::now();
+    let visible2 = scenario.visible(customer);
+    assert_ne!(
+        totals(&visible1, hour_floor(start) - 23 * HOUR, start),
+        totals(&visible2, hour_floor(start) - 23 * HOUR, start),
+        "the two runs' figures differ"
+    );
+    // The batch layer notifies in the publishing transaction, with the run id.
+    let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification of the run")
+        .expect("the listener");
+    let run_id: i64 =
+        sqlx::query_scalar("SELECT max(run_id) FROM batch_runs WHERE status = 'succeeded'")
+            .fetch_one(&scenario.test.pool)
+            .await
+            .unwrap();
+    assert_eq!(notification.payload(), run_id.to_string());
+    // Its connection is the pool's: closing the pool at the end waits for it.
+    drop(listener);
+
+    let mut moved_after = None;
+    let mut reads = 0;
+    let mut after_move = 0;
+    while after_move < 20 {
+        let answer = risk(&serving.base, &schemas, customer).await;
+        reads += 1;
+        let used = answer["freshness"]["batchWatermark"].clone();
+        if used == json!(rfc3339(tb2)) {
+            moved_after.get_or_insert(published.elapsed());
+            assert_exact_for(&visible2, &answer, &format!("run 2, read {reads}"));
+            after_move += 1;
+        } else {
+            assert_eq!(used, json!(rfc3339(tb1)), "{answer:#}");
+            assert!(
+                moved_after.is_none(),
+                "back to run 1 after run 2: {answer:#}"
+            );
+            assert_exact_for(
+                &visible1,
+                &answer,
+                &format!("run 1 after run 2, read {reads}"),
+            );
+            assert!(
+                published.elapsed() < Duration::from_secs(3),
+                "run 1 still answered {:?} after run 2 was published",
+                published.elapsed()
+            );
+        }
+    }
+    eprintln!(
+        "answers moved to run 2 {:?} after its publication ({reads} reads)",
+        moved_after.unwrap()
+    );
+
+    speed.trigger();
+    serving.shutdown.trigger();
+    scenario.remove().await;
+}
+
+/// Once a customer's batch rows are cached, answers read Postgres no more (rows changed
+/// behind the run's back are not seen), and stay exact as new events reach the speed
+/// layer, duplicates included.
+#[tokio::test]
+async fn a_cached_customer_stays_exact_as_speed_events_arrive() {
+    let mut scenario = Scenario::create("risk-cache-speed").await;
+    let speed = scenario.test.start_speed().await;
+    let serving = scenario.test.start_serving().await;
+    let schemas = Schemas::fetch(&serving.base).await;
+    let mut rng = Rng::new("risk-cache-speed");
+    let customer = "cached-speed-customer";
+    let start = now_ms();
+    let tb = watermark_for(start);
+    let mut times = vec![tb - 1, tb, tb + 1, start - 5 * MINUTE];
+    for _ in 0..20 {
+        times.push(rng.range(hour_floor(start) - 24 * HOUR, start));
+    }
+    times.retain(|ts| *ts <= start);
+    times.sort_unstable();
+    let events: Vec<TransactionEvent> = times
+        .iter()
+        .map(|ts| {
+            let vendor = format!("vendor-{}", rng.range(0, 5));
+            let amount = rng.range(1, 30_000);
+            scenario.event(customer, &vendor, amount, *ts)
+        })
+        .collect();
+    scenario.produce(events).await;
+    scenario.wait_applied().await;
+    scenario.run_batch(tb).await;
+    let answer = risk(&serving.base, &schemas, customer).await;
+    assert_exact(&scenario, customer, &answer, "first read");
+
+    // The run's rows changed without a run: an answer from Postgres would show it.
+    let changed = sqlx::query(
+        "UPDATE batch_hourly SET sum_minor = sum_minor + 100000000 \
+         WHERE customer_id = $1 AND hour >= to_timestamp($2 / 1000.0)",
+    )
+    .bind(customer)
+    .bind((tb - 23 * HOUR) as f64)
+    .execute(&scenario.test.pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert!(
+        changed > 0,
+        "the batch has hours of the last 24 h before T_b"
+    );
+
+    for step in 0..6 {
+        // After T_b (an event before it would be the next run's), in the last 20 min.
+        let now = now_ms();
+        let ts = rng.range((tb + 1).max(now - 20 * MINUTE), now + 1);
+        let mut fresh = vec![scenario.event(
+            customer,
+            &format!("vendor-{}", rng.range(0, 8)),
+            rng.range(1, 30_000),
+            ts,
+        )];
+        if step % 2 == 1 {
+            // A replay of the same transaction: counted once.
+            let again = TransactionEvent {
+                ingest_time: EventTime::from_millis(now_ms()).unwrap(),
+                ..fresh[0].clone()
+            };
+            fresh.push(again);
+        }
+        scenario.produce(fresh).await;
+        scenario.wait_applied().await;
+        let answer = risk(&serving.base, &schemas, customer).await;
+        assert_exact(
+            &scenario,
+            customer,
+            &answer,
+            &format!("after new events, step {step}"),
+        );
+        assert_eq!(answer["freshness"]["degraded"], false, "{answer:#}");
+    }
+
+    speed.trigger();
+    serving.shutdown.trigger();
+    scenario.remove().await;
 }

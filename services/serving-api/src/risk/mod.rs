@@ -5,6 +5,9 @@
 //! - [`read`]: the two views, each read with a bounded wait; Redis first, then every
 //!   Postgres row of an answer in one REPEATABLE READ READ ONLY snapshot, so a batch
 //!   run publishing meanwhile is seen whole or not at all.
+//! - [`cache`]: `/risk`'s batch rows per customer of the run in force, in memory, so
+//!   that a request whose customer is cached reads Redis only; it follows the run in
+//!   force by `LISTEN` and a check every second.
 //! - [`merge`]: the figures from what was read, pure (unit-tested on every boundary).
 //!
 //! Answers (documented exactly in `openapi/risk.json`):
@@ -19,6 +22,7 @@
 //! rebuilding, no batch run yet) never makes a 5xx: the answer is built from what is
 //! there with `freshness.degraded = true` and a reason per missing part.
 
+pub mod cache;
 pub mod merge;
 pub mod read;
 
@@ -278,23 +282,33 @@ async fn risk(
     let customer = customer_of(path)?;
     let now = now_millis();
     let ranges = Ranges::at(now);
-    // Redis first, then Postgres: see `read`.
+    // Redis first, then the batch rows of the run in force (cached, or from Postgres):
+    // see `read` and `cache`.
     let speed = read::speed(app, customer.as_str()).await;
-    let batch = read::risk_rows(
-        &app.pool,
-        app.settings.service.probe_timeout(),
-        customer.as_str(),
-        ranges,
-    )
-    .await;
-    let rows = batch.as_ref().ok();
-    let watermark = rows.and_then(|rows| rows.watermark);
-    let reasons = batch_reasons(&batch, watermark, now, increments_ttl_ms(app));
+    let batch = app
+        .batch_cache
+        .risk_rows(
+            &app.pool,
+            app.settings.service.probe_timeout(),
+            customer.as_str(),
+            ranges,
+        )
+        .await;
+    let read = batch.rows.as_ref();
+    let run = read.ok().and_then(|(run, _)| *run);
+    let rows = read.ok().map(|(_, rows)| rows.as_ref());
+    let watermark = run.map(|run| run.watermark);
+    let mut reasons = batch_reasons(&batch.rows, watermark, now, increments_ttl_ms(app));
+    reasons.extend(batch.unconfirmed);
     let state = speed.state.as_ref();
 
     let window = merge::window(state, now);
-    let batch_today = rows.map_or(Totals::default(), |rows| rows.today);
-    let batch_last24h = rows.map_or(Totals::default(), |rows| rows.last24h);
+    let batch_today = rows.map_or(Totals::default(), |rows| {
+        rows.totals_from(ranges.today_from)
+    });
+    let batch_last24h = rows.map_or(Totals::default(), |rows| {
+        rows.totals_from(ranges.last24h_from)
+    });
     let today = batch_today.plus(merge::speed_part(state, watermark, ranges.today_from, now));
     let last24h = batch_last24h.plus(merge::speed_part(
         state,

@@ -7,7 +7,9 @@
 //! and it learns a watermark only from committed `batch_runs` rows. Reading Redis
 //! first means the Postgres snapshot, taken later, holds a watermark at least as recent
 //! as any the state was trimmed with; `total_between` ignores the hours before the
-//! snapshot's T_b, so no hour between the two watermarks is ever missing.
+//! snapshot's T_b, so no hour between the two watermarks is ever missing. `/risk` reads
+//! Postgres only when `super::cache` does not hold the customer's rows of the run in
+//! force; that module says why its rows keep the merge exact.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,7 +20,8 @@ use fraud_speed_view::{CustomerState, SpeedMeta, customer_key};
 use redis::AsyncCommands;
 use sqlx::PgPool;
 
-use super::merge::{BatchDay, Ranges, Totals};
+use super::cache::{CustomerRows, HourTotals, Run};
+use super::merge::{BatchDay, Ranges};
 use crate::AppState;
 
 /// What was read of the speed view.
@@ -91,19 +94,6 @@ pub async fn speed(app: &AppState, customer: &str) -> SpeedRead {
     }
 }
 
-/// The batch rows `/risk` needs, from one snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RiskRows {
-    /// T_b of the latest succeeded run.
-    pub watermark: Option<i64>,
-    /// The batch parts: `[from, now] ∩ (−∞, T_b]`.
-    pub today: Totals,
-    pub last24h: Totals,
-    /// The batch has a day of this customer.
-    pub known: bool,
-    pub baseline: Option<BaselineRow>,
-}
-
 /// `batch_baselines`' row, money rounded to the minor unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaselineRow {
@@ -118,33 +108,55 @@ pub struct BaselineRow {
 /// How a snapshot is opened: every row of one answer from one run of the batch layer.
 const SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
-/// The batch rows of `/risk`: T_b, the hours of today and of the last 24 hours up to T_b
-/// (the row of hour T_b holds only `ts == T_b`), whether any day of the customer is
-/// stored, and the baseline (mean and spread rounded half away from zero).
+/// The run in force: the latest succeeded run. Runs never overlap and a run's watermark
+/// is never before the published one, so it also has the highest T_b.
+const RUN_IN_FORCE: &str = "\
+SELECT run_id, watermark FROM batch_runs WHERE status = 'succeeded'
+ORDER BY watermark DESC, run_id DESC LIMIT 1";
+
+/// Reads the run in force (`None` before any run has succeeded).
+pub async fn run_in_force(pool: &PgPool) -> Result<Option<Run>, sqlx::Error> {
+    let row: Option<(i64, DateTime<Utc>)> =
+        sqlx::query_as(RUN_IN_FORCE).fetch_optional(pool).await?;
+    Ok(row.map(|(id, watermark)| Run {
+        id,
+        watermark: watermark.timestamp_millis(),
+    }))
+}
+
+/// The batch rows of `/risk`: the run in force, the customer's hours from
+/// `least($2, T_b − 23 h)` up to T_b (the row of hour T_b holds only `ts == T_b`), whether
+/// any day of the customer is stored, and the baseline (mean and spread rounded half
+/// away from zero). The hours from `T_b − 23 h` are what any later request needs
+/// (`super::cache`); `$2` (the request's `last24h` start) reaches further back only for
+/// a request whose clock is behind T_b.
 const RISK_ROWS: &str = "\
 WITH run AS (
-    SELECT max(watermark) AS watermark FROM batch_runs WHERE status = 'succeeded'
-), hours AS (
-    SELECT coalesce(sum(h.sum_minor), 0)::bigint AS last24h_sum,
-           coalesce(sum(h.count), 0)::bigint AS last24h_count,
-           coalesce(sum(h.sum_minor) FILTER (WHERE h.hour >= $3), 0)::bigint AS today_sum,
-           coalesce(sum(h.count) FILTER (WHERE h.hour >= $3), 0)::bigint AS today_count
-    FROM batch_hourly h CROSS JOIN run
-    WHERE h.customer_id = $1 AND h.hour >= $2 AND h.hour <= run.watermark
+    SELECT run_id, watermark FROM batch_runs WHERE status = 'succeeded'
+    ORDER BY watermark DESC, run_id DESC LIMIT 1
 )
-SELECT run.watermark, hours.last24h_sum, hours.last24h_count, hours.today_sum,
-       hours.today_count,
+SELECT run.run_id, run.watermark, hours.hours, hours.sums, hours.counts,
        EXISTS (SELECT 1 FROM batch_daily d WHERE d.customer_id = $1) AS known,
        b.as_of, b.active_days::bigint, round(b.mean_daily_minor)::bigint,
        round(b.stddev_daily_minor)::bigint, b.p95_peak_30m_minor, b.max_peak_30m_minor
-FROM run CROSS JOIN hours LEFT JOIN batch_baselines b ON b.customer_id = $1";
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN run ON true
+LEFT JOIN LATERAL (
+    SELECT array_agg((extract(epoch FROM h.hour) * 1000)::bigint ORDER BY h.hour) AS hours,
+           array_agg(h.sum_minor ORDER BY h.hour) AS sums,
+           array_agg(h.count ORDER BY h.hour) AS counts
+    FROM batch_hourly h
+    WHERE h.customer_id = $1 AND h.hour <= run.watermark
+      AND h.hour >= least($2, run.watermark - interval '23 hours')
+) hours ON true
+LEFT JOIN batch_baselines b ON b.customer_id = $1";
 
 type RiskRow = (
+    Option<i64>,
     Option<DateTime<Utc>>,
-    i64,
-    i64,
-    i64,
-    i64,
+    Option<Vec<i64>>,
+    Option<Vec<i64>>,
+    Option<Vec<i64>>,
     bool,
     Option<DateTime<Utc>>,
     Option<i64>,
@@ -155,51 +167,149 @@ type RiskRow = (
 );
 
 /// Reads `/risk`'s batch rows with one statement: one snapshot, one round trip (a
-/// transaction around it would add two round trips and see nothing more).
+/// transaction around it would add two round trips and see nothing more). The rows
+/// are the run's, returned with it.
 pub async fn risk_rows(
     pool: &PgPool,
     timeout: Duration,
     customer: &str,
     ranges: Ranges,
-) -> Result<RiskRows, String> {
+) -> Result<(Option<Run>, CustomerRows), String> {
     let read = sqlx::query_as::<_, RiskRow>(RISK_ROWS)
         .bind(customer)
         .bind(time(ranges.last24h_from))
-        .bind(time(ranges.today_from))
         .fetch_one(pool);
     let row = bounded(timeout, async { read.await.map_err(|e| e.to_string()) }).await?;
-    let (watermark, last24h_sum, last24h_count, today_sum, today_count, known) =
-        (row.0, row.1, row.2, row.3, row.4, row.5);
-    let baseline = match (row.6, row.7, row.8, row.9, row.10, row.11) {
-        (
-            Some(as_of),
-            Some(active_days),
-            Some(mean_daily),
-            Some(stddev_daily),
-            Some(p95_peak_30m),
-            Some(max_peak_30m),
-        ) => Some(BaselineRow {
-            as_of: as_of.timestamp_millis(),
-            active_days,
-            mean_daily,
-            stddev_daily,
-            p95_peak_30m,
-            max_peak_30m,
+    let run = match (row.0, row.1) {
+        (Some(id), Some(watermark)) => Some(Run {
+            id,
+            watermark: watermark.timestamp_millis(),
         }),
         _ => None,
     };
-    Ok(RiskRows {
-        watermark: watermark.map(|w| w.timestamp_millis()),
-        today: Totals {
-            sum: today_sum,
-            count: today_count,
+    let (hours, sums, counts) = (
+        row.2.unwrap_or_default(),
+        row.3.unwrap_or_default(),
+        row.4.unwrap_or_default(),
+    );
+    if hours.len() != sums.len() || hours.len() != counts.len() {
+        return Err("the batch hours came back in arrays of different lengths".into());
+    }
+    let hours = hours
+        .into_iter()
+        .zip(sums)
+        .zip(counts)
+        .map(|((hour, sum), count)| HourTotals { hour, sum, count })
+        .collect();
+    let baseline = baseline_of(row.6, row.7, row.8, row.9, row.10, row.11);
+    Ok((
+        run,
+        CustomerRows {
+            known: row.5,
+            baseline,
+            hours,
         },
-        last24h: Totals {
-            sum: last24h_sum,
-            count: last24h_count,
-        },
-        known,
-        baseline,
+    ))
+}
+
+/// The rows of the customers with hours in `[$1, $2]` (`T_b − 23 h` to T_b) as
+/// [`RISK_ROWS`] reads them for one, the most recently active first, at most `$3`.
+const ACTIVE_ROWS: &str = "\
+SELECT h.customer_id,
+       array_agg((extract(epoch FROM h.hour) * 1000)::bigint ORDER BY h.hour),
+       array_agg(h.sum_minor ORDER BY h.hour), array_agg(h.count ORDER BY h.hour),
+       EXISTS (SELECT 1 FROM batch_daily d WHERE d.customer_id = h.customer_id),
+       b.as_of, b.active_days::bigint, round(b.mean_daily_minor)::bigint,
+       round(b.stddev_daily_minor)::bigint, b.p95_peak_30m_minor, b.max_peak_30m_minor
+FROM batch_hourly h LEFT JOIN batch_baselines b ON b.customer_id = h.customer_id
+WHERE h.event_date >= ($1 AT TIME ZONE 'UTC')::date
+  AND h.event_date <= ($2 AT TIME ZONE 'UTC')::date
+  AND h.hour >= $1 AND h.hour <= $2
+GROUP BY h.customer_id, b.customer_id
+ORDER BY max(h.hour) DESC, h.customer_id
+LIMIT $3";
+
+type ActiveRow = (
+    String,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<i64>,
+    bool,
+    Option<DateTime<Utc>>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// Calls `each` with the rows of `run` of every customer with hours in
+/// `[T_b − 23 h, T_b]` (at most `limit`, the most recently active first), read in one
+/// snapshot that still has `run` in force; returns how many, or `None` when another run
+/// is in force by then.
+pub async fn active_rows(
+    pool: &PgPool,
+    run: Run,
+    limit: usize,
+    mut each: impl FnMut(&str, CustomerRows),
+) -> Result<Option<usize>, sqlx::Error> {
+    use futures::TryStreamExt;
+
+    let mut snapshot = pool.begin_with(SNAPSHOT).await?;
+    let in_force: Option<(i64, DateTime<Utc>)> = sqlx::query_as(RUN_IN_FORCE)
+        .fetch_optional(&mut *snapshot)
+        .await?;
+    if in_force.map(|(id, _)| id) != Some(run.id) {
+        return Ok(None);
+    }
+    let mut rows = sqlx::query_as::<_, ActiveRow>(ACTIVE_ROWS)
+        .bind(time(run.watermark - 23 * fraud_speed_view::HOUR_MS))
+        .bind(time(run.watermark))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch(&mut *snapshot);
+    let mut count = 0;
+    while let Some(row) = rows.try_next().await? {
+        let (customer, hours, sums, counts, known) = (row.0, row.1, row.2, row.3, row.4);
+        if hours.len() != sums.len() || hours.len() != counts.len() {
+            continue;
+        }
+        let hours = hours
+            .into_iter()
+            .zip(sums)
+            .zip(counts)
+            .map(|((hour, sum), count)| HourTotals { hour, sum, count })
+            .collect();
+        let baseline = baseline_of(row.5, row.6, row.7, row.8, row.9, row.10);
+        each(
+            &customer,
+            CustomerRows {
+                known,
+                baseline,
+                hours,
+            },
+        );
+        count += 1;
+    }
+    drop(rows);
+    snapshot.commit().await?;
+    Ok(Some(count))
+}
+
+fn baseline_of(
+    as_of: Option<DateTime<Utc>>,
+    active_days: Option<i64>,
+    mean_daily: Option<i64>,
+    stddev_daily: Option<i64>,
+    p95_peak_30m: Option<i64>,
+    max_peak_30m: Option<i64>,
+) -> Option<BaselineRow> {
+    Some(BaselineRow {
+        as_of: as_of?.timestamp_millis(),
+        active_days: active_days?,
+        mean_daily: mean_daily?,
+        stddev_daily: stddev_daily?,
+        p95_peak_30m: p95_peak_30m?,
+        max_peak_30m: max_peak_30m?,
     })
 }
 

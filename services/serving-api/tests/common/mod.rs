@@ -151,13 +151,16 @@ impl ServingTest {
         .await;
     }
 
-    /// Publishes `watermark` (UTC ms, hour-aligned) as a succeeded batch run's T_b.
+    /// Publishes `watermark` (UTC ms, hour-aligned) as a succeeded batch run's T_b, with
+    /// the notification the batch layer sends in its publishing transaction.
     pub async fn publish_watermark(&self, watermark: i64) {
         sqlx::query(
-            "INSERT INTO batch_runs (watermark, status, finished_at) \
-             VALUES (to_timestamp($1 / 1000.0), 'succeeded', now())",
+            "WITH run AS (INSERT INTO batch_runs (watermark, status, finished_at) \
+             VALUES (to_timestamp($1 / 1000.0), 'succeeded', now()) RETURNING run_id) \
+             SELECT pg_notify($2, run_id::text) FROM run",
         )
         .bind(watermark as f64)
+        .bind(serving_api::risk::cache::CHANNEL)
         .execute(&self.pool)
         .await
         .expect("publish a watermark");
