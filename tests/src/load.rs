@@ -276,8 +276,8 @@ impl Recent {
 pub fn generate(config: &LoadConfig) -> anyhow::Result<Load> {
     ensure!(config.customers >= 1, "at least one customer");
     ensure!(
-        config.span_ms >= 4 * HOUR_MS,
-        "the event-time span must be at least 4 hours (episodes need room)"
+        config.span_ms >= 2 * HOUR_MS,
+        "the event-time span must be at least 2 hours (episodes need room)"
     );
     ensure!(
         config.fraud_episodes <= config.customers / 2,
@@ -344,8 +344,11 @@ pub fn generate(config: &LoadConfig) -> anyhow::Result<Load> {
             EpisodeKind::Burst,
             EpisodeKind::Takeover,
         ][number % 3];
-        let start =
-            config.start_ms + rng.random_range(config.span_ms / 10..config.span_ms - 2 * HOUR_MS);
+        let start = config.start_ms
+            + rng.random_range(
+                (config.span_ms / 10).max(EPISODE_QUIET_MS)
+                    ..config.span_ms - EPISODE_QUIET_MS - 20 * 60_000,
+            );
         let profile = &profiles[victim];
         let home = |i: usize| vendor_id(profile.vendors[i % profile.vendors.len()]);
         let mut moves: Vec<(i64, String, i64)> = Vec::new();

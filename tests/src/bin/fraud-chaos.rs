@@ -35,6 +35,10 @@ struct Args {
     /// Deliveries per second.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
+    /// Event-time seconds per wall-clock second: the load's span is the run's duration
+    /// times this (at least 2 h); an outage of N s holds back N × this of event time.
+    #[arg(long, default_value_t = 60.0)]
+    speedup: f64,
     /// Concurrent clients.
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -65,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = ChaosConfig::new(args.events);
     config.rate = args.rate;
+    config.speedup = args.speedup;
     config.clients = args.clients;
     config.kills = args.kills;
     config.redis_loss = match args.redis {
