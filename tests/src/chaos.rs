@@ -1391,13 +1391,16 @@ fn sample_customers(load: &Load, events: &[Event], random: usize) -> Vec<String>
     chosen.into_iter().collect()
 }
 
+/// A check of one answer against a customer's events (panics on a difference).
+type Check = fn(&Value, &[Event], &str);
+
 /// Runs `check` on each customer's events; the failures, with their messages.
 async fn check_each(
     platform: &Platform,
     customers: &[String],
     events: &[Event],
     paths: &[&dyn Fn(&str) -> String],
-    check: fn(&Value, &[Event], &str),
+    check: Check,
 ) -> Vec<String> {
     let mut mine: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
     for event in events {
@@ -1449,7 +1452,7 @@ async fn checkpoint(
     }
     let customers = sample_customers(load, events, config.sample);
     let risk = |customer: &str| format!("/v1/customers/{customer}/risk");
-    let (check, what): (fn(&Value, &[Event], &str), &str) = if redis_lost {
+    let (check, what): (Check, &str) = if redis_lost {
         (
             check_window_after_loss,
             "the window of sampled customers equals the reference, and today and the last \
