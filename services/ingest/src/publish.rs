@@ -36,6 +36,22 @@ pub fn record_headers(trace: &[(String, String)]) -> OwnedHeaders {
     headers
 }
 
+/// The producer ingest publishes with: the platform's durable producer with a queue of
+/// at most `queue_max` records that gives up on an acknowledgement after `timeout`. The
+/// ingest benchmark's reference producer is built here too, so the two always compare
+/// the same settings.
+pub fn producer(
+    config: &KafkaConfig,
+    queue_max: u32,
+    timeout: Duration,
+) -> Result<FutureProducer, fraud_kafka::Error> {
+    fraud_kafka::durable_producer_with(config, |client| {
+        client
+            .set("queue.buffering.max.messages", queue_max.to_string())
+            .set("message.timeout.ms", timeout.as_millis().to_string());
+    })
+}
+
 /// Why an event was not produced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
@@ -59,13 +75,8 @@ impl Publisher {
         queue_max: u32,
         timeout: Duration,
     ) -> Result<Self, fraud_kafka::Error> {
-        let producer = fraud_kafka::durable_producer_with(config, |client| {
-            client
-                .set("queue.buffering.max.messages", queue_max.to_string())
-                .set("message.timeout.ms", timeout.as_millis().to_string());
-        })?;
         Ok(Self {
-            producer,
+            producer: producer(config, queue_max, timeout)?,
             topic: config.transactions_topic.clone(),
         })
     }

@@ -1004,11 +1004,11 @@ async fn run_reference(
     // Exactly ingest's producer (services/ingest/src/publish.rs).
     let queue_max = settings.ingest.producer_queue_max;
     let timeout_ms = settings.ingest.produce_timeout_ms;
-    let producer = fraud_kafka::durable_producer_with(&settings.kafka, |client| {
-        client
-            .set("queue.buffering.max.messages", queue_max.to_string())
-            .set("message.timeout.ms", timeout_ms.to_string());
-    })?;
+    let producer = ingest::publish::producer(
+        &settings.kafka,
+        queue_max,
+        Duration::from_millis(timeout_ms),
+    )?;
     let warmup = &workload.reference[..REFERENCE_WARMUP.min(workload.reference.len())];
     let (_, warmup_failed, _) = produce_all(&producer, topic, warmup).await;
     if warmup_failed > 0 {
