@@ -22,7 +22,7 @@
 //! 4. **`psql \copy`** (the reference of the load): the rows the batch layer wrote,
 //!    exported to CSV, loaded by `psql \copy` in one transaction into empty tables of
 //!    the same schema in a fresh database; compared with the batch layer's own time in
-//!    Postgres (deleting, copying, merging the vendors, deriving the baselines,
+//!    Postgres (deleting, copying, writing the vendors, deriving the baselines,
 //!    committing), in rows written per second;
 //! 5. **incremental night**: one more day of files (that day's events and the late
 //!    arrivals for earlier days ingested that day), then `batch-layer run --as-of T+1d`
@@ -1171,11 +1171,8 @@ tables = {
         "active_days", "max_peak"),
 }
 threads_used = con.execute("SELECT current_setting('threads')").fetchone()[0]
-vendor_days = con.execute(
-    "SELECT count(*) FROM (SELECT DISTINCT customer_id, vendor_id, ts // 86400000 FROM kept)"
-).fetchone()[0]
 print(json.dumps({"seconds": seconds, "steps": steps, "threads": int(threads_used),
-                  "tables": tables, "vendor_days": vendor_days}))
+                  "tables": tables}))
 "#;
 
 /// The same summaries of the batch layer's tables, in Postgres.
@@ -1228,9 +1225,6 @@ struct DuckRun {
     steps: Vec<(String, f64)>,
     threads: u64,
     tables: BTreeMap<String, Summary>,
-    /// Distinct (customer, vendor, day): the rows the batch layer stages to merge the
-    /// vendors.
-    vendor_days: u64,
 }
 
 async fn duckdb_run(
@@ -1307,7 +1301,6 @@ async fn duckdb_run(
         steps,
         threads: value["threads"].as_u64().unwrap_or(0),
         tables,
-        vendor_days: value["vendor_days"].as_u64().unwrap_or(0),
     })
 }
 
@@ -1861,7 +1854,7 @@ fn render_report(
             m.incremental.log.compute,
         ),
         (
-            "copy: delete the replaced rows, CSV and `COPY` into Postgres",
+            "copy: delete the replaced rows (a night: only those that changed), binary `COPY` into Postgres",
             m.full.log.copy,
             m.incremental.log.copy,
         ),
@@ -1948,12 +1941,12 @@ fn render_report(
          loaded by `psql \\copy … FROM` into the empty tables of a fresh database made \
          by `batch-layer migrate` (the same primary keys and indexes), all four in one \
          transaction. The batch layer's time in Postgres is its `copy` and `commit` \
-         phases: it also deletes the rows it replaces, copies the vendors of every day \
-         into a temporary table and merges them ({} rows, one per customer, vendor and \
-         day, for the {} vendor rows kept), and derives the baselines in SQL.\n",
+         phases: it deletes the rows it replaces, copies each day's hourly and daily rows \
+         (binary `COPY`), then at the commit copies the vendors (merged in Rust, one row \
+         per customer and vendor) and derives the baselines (Postgres streams the month's \
+         daily sums and peaks out, Rust groups them, Postgres applies the formulas to one \
+         row per customer).\n",
         mib(m.copy.csv_bytes),
-        fmt_int(m.duck.vendor_days),
-        fmt_int(m.copy.rows.get("batch_vendors").copied().unwrap_or(0))
     );
     let _ = writeln!(r, "| table | rows |\n|---|---|");
     for table in TABLES {
@@ -1969,17 +1962,15 @@ fn render_report(
         fmt_int(m.copy.total_rows()),
         fmt_int(m.full.log.rows)
     );
-    // The copy phase alone: the rows it sends through COPY (the staged vendors instead
-    // of the merged ones, no baselines) over its time.
+    // The copy phase alone: the hourly and daily rows it sends through COPY over its time.
     let copied = m.copy.rows.get("batch_hourly").copied().unwrap_or(0)
-        + m.copy.rows.get("batch_daily").copied().unwrap_or(0)
-        + m.duck.vendor_days;
+        + m.copy.rows.get("batch_daily").copied().unwrap_or(0);
     let copy_phase = m.full.log.copy.as_secs_f64();
     let _ = writeln!(
         r,
-        "\nThe batch layer's `copy` phase alone sent {} rows through `COPY` (hourly, daily \
-         and the staged vendors) in {:.1} s: {} rows/s, {:.0}% of `\\copy`'s rate; its \
-         `commit` phase (the vendors' merge, the baselines, the commit) took {:.1} s more.",
+        "\nThe batch layer's `copy` phase alone sent {} rows through `COPY` (hourly and daily \
+         rows) in {:.1} s: {} rows/s, {:.0}% of `\\copy`'s rate; its `commit` phase (the \
+         vendors, the baselines, the commit) took {:.1} s more.",
         fmt_int(copied),
         copy_phase,
         fmt_rate(copied as f64 / copy_phase.max(1e-9)),
