@@ -132,7 +132,10 @@ pub struct ApplyScript {
     runs_per_call: usize,
 }
 
-/// Runs per script call unless [`ApplyScript::with_runs_per_call`] says otherwise.
+/// Runs per script call unless [`ApplyScript::with_runs_per_call`] says otherwise. At
+/// about 9 µs of Redis time a customer, a call holds Redis for about 5 ms, and the
+/// call's own cost (measured at about 1.6 µs a customer with a call per customer) is
+/// spread over 500 customers.
 pub const RUNS_PER_CALL: usize = 500;
 
 impl Default for ApplyScript {

@@ -3,9 +3,9 @@
 //!
 //! One or more instances form the consumer group `speed.group` and split the topic's
 //! partitions. Each instance polls batches of records on a thread of its own
-//! ([`pipeline`]), applies every customer's run of records with one script call (the
-//! encoding and its invariants live in [`fraud_speed_view`], shared with the serving
-//! API), publishes one window update per touched customer (its window and the events
+//! ([`pipeline`]), applies the customers' runs of records with script calls that each
+//! take many customers, in one Redis pipeline (the encoding and its invariants live in
+//! [`fraud_speed_view`], shared with the serving API), publishes one window update per touched customer (its window and the events
 //! the batch applied) to `kafka.window_updates_topic`, and only then commits the
 //! offsets.
 //!
