@@ -1895,10 +1895,48 @@ async fn alert_phase(
 // The run
 // ---------------------------------------------------------------------------------------
 
+/// The serving API's batch row cache, from its `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+struct CacheCounts {
+    hits: u64,
+    misses: u64,
+    evictions: u64,
+    entries: u64,
+}
+
+impl CacheCounts {
+    /// The counters now; `None` when `/metrics` cannot be read.
+    async fn read(client: &reqwest::Client, base: &str) -> Option<CacheCounts> {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        // Unlabelled series: `name value`; a series not recorded yet is 0.
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .map_or(0, |value| value.max(0.0).round() as u64)
+        };
+        Some(CacheCounts {
+            hits: value("serving_risk_batch_cache_hits_total"),
+            misses: value("serving_risk_batch_cache_misses_total"),
+            evictions: value("serving_risk_batch_cache_evictions_total"),
+            entries: value("serving_risk_batch_cache_entries"),
+        })
+    }
+}
+
 struct Measured {
     batch: BatchViews,
     state: SpeedState,
     risk: GetPhase,
+    /// The serving API's batch row cache before and after the risk phase.
+    risk_cache: Option<(CacheCounts, CacheCounts)>,
     reference: GetPhase,
     /// Bytes of the real risk answer the reference serves.
     reference_body: usize,
@@ -1993,7 +2031,12 @@ async fn measure(
         "before the risk phase",
         wait_for_quiet(&idle, args.quiet_wait_seconds).await,
     ));
+    let cache_before = CacheCounts::read(&client, &serving).await;
     let (risk, risk_cpu) = get_phase(args, stack, &serving, "risk", args.seed).await?;
+    let risk_cache = match (cache_before, CacheCounts::read(&client, &serving).await) {
+        (Some(before), Some(after)) => Some((before, after)),
+        _ => None,
+    };
     cpu.push(("risk".to_owned(), risk_cpu));
     background.push((
         "before the reference",
@@ -2030,6 +2073,7 @@ async fn measure(
         batch,
         state,
         risk,
+        risk_cache,
         reference,
         reference_body: body.len(),
         check,
@@ -2108,6 +2152,28 @@ fn render_report(
         fmt_int(m.risk.load.requests + m.risk.load.transport_errors),
         m.risk.load.statuses_text()
     );
+    match m.risk_cache {
+        Some((before, after)) => {
+            let hits = after.hits.saturating_sub(before.hits);
+            let misses = after.misses.saturating_sub(before.misses);
+            let _ = writeln!(
+                r,
+                "| risk: batch rows from the serving API's cache, warm-up included: hits / misses (Postgres) / evictions; entries before → after | {} / {} ({:.1}% hits) / {}; {} → {} |",
+                fmt_int(hits),
+                fmt_int(misses),
+                100.0 * hits as f64 / (hits + misses).max(1) as f64,
+                fmt_int(after.evictions.saturating_sub(before.evictions)),
+                fmt_int(before.entries),
+                fmt_int(after.entries)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                r,
+                "| risk: batch rows from the serving API's cache | not known (its `/metrics` could not be read) |"
+            );
+        }
+    }
     let _ = writeln!(
         r,
         "| risk: answers checked against what was written | {} checked, {} wrong, {} degraded |",
