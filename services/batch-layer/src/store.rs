@@ -264,9 +264,16 @@ impl Publication {
                 vendors,
             )
             .await?;
+            // Only the pairs that are new or used earlier than stored reach the upsert:
+            // `ON CONFLICT DO UPDATE` locks (so writes) every conflicting row, even when
+            // its `WHERE` keeps the row as it is, and most of a night's pairs are known.
+            // The run holds the advisory lock, so nobody else writes the table meanwhile.
             self.rows += sqlx::query(
                 "INSERT INTO batch_vendors (customer_id, vendor_id, first_seen) \
-                 SELECT customer_id, vendor_id, first_seen FROM new_vendors \
+                 SELECT n.customer_id, n.vendor_id, n.first_seen FROM new_vendors n \
+                 LEFT JOIN batch_vendors v \
+                   ON v.customer_id = n.customer_id AND v.vendor_id = n.vendor_id \
+                 WHERE v.customer_id IS NULL OR n.first_seen < v.first_seen \
                  ON CONFLICT (customer_id, vendor_id) DO UPDATE \
                  SET first_seen = LEAST(batch_vendors.first_seen, EXCLUDED.first_seen) \
                  WHERE EXCLUDED.first_seen < batch_vendors.first_seen",
