@@ -64,6 +64,9 @@ mod batch;
 #[path = "fraud-bench/serving.rs"]
 mod serving;
 
+#[path = "fraud-bench/mixed.rs"]
+mod mixed;
+
 /// The platform's benchmarks (a measurement, not a test: exits 0 when a target is missed).
 #[derive(Parser)]
 #[command(version)]
@@ -90,6 +93,9 @@ enum Benchmark {
     /// Serving API: risk reads against a fixed-body axum handler, and the delay from a
     /// POSTed transaction to its alert on a bound queue.
     Serving(serving::ServingArgs),
+    /// The whole platform at once: generated traffic through ingest, the speed layer,
+    /// risk readers, alerts and a batch run, sampled every second, with plots.
+    Mixed(mixed::MixedArgs),
 }
 
 #[derive(Args, Clone)]
@@ -150,6 +156,7 @@ async fn main() -> ExitCode {
         Benchmark::Encoding(args) => encoding::encoding_benchmark(args),
         Benchmark::Batch(args) => batch::batch_benchmark(args).await,
         Benchmark::Serving(args) => serving::serving_benchmark(args).await,
+        Benchmark::Mixed(args) => mixed::mixed_benchmark(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
