@@ -16,6 +16,10 @@ use crate::rows;
 /// The advisory lock every run takes: two runs never overlap.
 const RUN_LOCK: i64 = 0x0066_7261_7564_6261; // "fraudba"
 
+/// The channel notified, with the run id as text, in the transaction that publishes a
+/// run: readers caching a run's rows (the serving API) move to the new run at once.
+pub const RUNS_CHANNEL: &str = "fraud_batch_runs";
+
 /// Another run holds the lock.
 #[derive(Debug, thiserror::Error)]
 #[error("another batch run is in progress (it holds the advisory lock); this one exits")]
@@ -230,7 +234,8 @@ impl Publication {
     }
 
     /// Merges the vendors, derives the baselines as of `watermark` from the daily rows,
-    /// records the days' fingerprints and the run as succeeded, and commits.
+    /// records the days' fingerprints and the run as succeeded, notifies
+    /// [`RUNS_CHANNEL`], and commits.
     pub async fn commit(
         mut self,
         run_id: i64,
@@ -309,6 +314,12 @@ impl Publication {
         .bind(i64::try_from(rows).unwrap_or(i64::MAX))
         .execute(&mut **tx)
         .await?;
+        // Delivered at the commit, with the rows it announces.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(RUNS_CHANNEL)
+            .bind(run_id.to_string())
+            .execute(&mut **tx)
+            .await?;
         self.transaction.commit().await?;
         Ok(rows)
     }
