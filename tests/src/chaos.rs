@@ -604,7 +604,12 @@ async fn strike(
                 struck = false;
             }
         }
-        Fault::RedisLoss(_) => match delete_prefix(&settings).await {
+        Fault::RedisLoss(_) => match fraud_testkit::redis_keys::delete_prefix(
+            settings.redis.url.expose(),
+            &settings.redis.key_prefix,
+        )
+        .await
+        {
             Ok(count) => note = format!("{count} keys deleted"),
             Err(error) => {
                 note = format!("could not delete the keys: {error:#}");
@@ -768,42 +773,6 @@ async fn deploy_dev(path: &std::path::Path, args: &[&str]) -> anyhow::Result<()>
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
-}
-
-/// Deletes every Redis key of the platform's prefix; how many. SCAN with a large COUNT
-/// (the shared server holds millions of keys: the default COUNT of 10 would take
-/// minutes), deleting each page as it comes.
-async fn delete_prefix(settings: &fraud_config::Settings) -> anyhow::Result<usize> {
-    let client = redis::Client::open(settings.redis.url.expose().as_str())?;
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
-    let mut connection = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let pattern = format!("{}*", settings.redis.key_prefix);
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(20_000)
-            .query_async(&mut connection)
-            .await?;
-        if !keys.is_empty() {
-            let count: usize = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut connection)
-                .await?;
-            deleted += count;
-        }
-        cursor = next;
-        if cursor == 0 {
-            return Ok(deleted);
-        }
-    }
 }
 
 /// Per partition of `topic`, its high watermark.

@@ -448,17 +448,11 @@ async fn remove_namespaces(settings: &Settings) {
     let _ = admin
         .delete_groups(&groups, &rdkafka::admin::AdminOptions::new())
         .await;
-    if let Ok(client) = redis::Client::open(settings.redis.url.expose().as_str())
-        && let Ok(mut redis) = client.get_multiplexed_async_connection().await
-    {
-        let keys: Vec<String> =
-            redis::AsyncCommands::keys(&mut redis, format!("{}*", settings.redis.key_prefix))
-                .await
-                .unwrap_or_default();
-        for chunk in keys.chunks(500) {
-            let _: Result<(), _> = redis::AsyncCommands::del(&mut redis, chunk).await;
-        }
-    }
+    let _ = fraud_testkit::redis_keys::delete_prefix(
+        settings.redis.url.expose(),
+        &settings.redis.key_prefix,
+    )
+    .await;
     if let Ok(connection) = lapin::Connection::connect(
         settings.rabbitmq.url.expose(),
         lapin::ConnectionProperties::default(),

@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
+pub mod redis_keys;
 pub mod service;
 pub mod sse;
 

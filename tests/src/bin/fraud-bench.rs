@@ -947,33 +947,9 @@ async fn delete_group(kafka: &KafkaConfig, group: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deletes the benchmark's Redis keys; how many.
 async fn delete_redis_keys(url: &str, prefix: &str) -> anyhow::Result<u64> {
-    let client = redis::Client::open(url)?;
-    let mut connection = client.get_multiplexed_async_connection().await?;
-    let pattern = format!("{prefix}*");
-    let mut cursor: u64 = 0;
-    let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut connection)
-            .await?;
-        if !keys.is_empty() {
-            let removed: u64 = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut connection)
-                .await?;
-            deleted += removed;
-        }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
-    }
+    Ok(fraud_testkit::redis_keys::delete_prefix(url, prefix).await?)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -587,8 +587,7 @@ async fn batch_at_half_time(
         .stderr
         .lines()
         .chain(run.stdout.lines())
-        .filter(|line| line.contains("batch run") || line.contains("rror"))
-        .last()
+        .rfind(|line| line.contains("batch run") || line.contains("rror"))
         .unwrap_or_default()
         .chars()
         .take(300)
