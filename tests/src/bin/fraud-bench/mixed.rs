@@ -214,7 +214,9 @@ struct Measured {
     alert_delays: Vec<Option<Duration>>,
     alerts_delivered: usize,
     duplicate_deliveries: usize,
-    unexpected_alerts: usize,
+    /// Alerts of no expected episode, per rule (a baseline rule, for one, can fire once
+    /// the half-time batch run has published baselines; the expected set leaves it out).
+    unexpected_alerts: BTreeMap<String, usize>,
     caught_up_after: Option<Duration>,
     /// RabbitMQ closed the queue's connection during the run: the alert figures are
     /// incomplete.
@@ -435,7 +437,7 @@ fn alert_delays(
     expected: &[load::ExpectedEpisode],
     expected_ids: &HashMap<(String, String, i64), usize>,
     alerts: &[(Instant, serde_json::Value)],
-) -> (Vec<Option<Duration>>, usize, usize) {
+) -> (Vec<Option<Duration>>, usize, BTreeMap<String, usize>) {
     let due: HashMap<usize, Duration> = lanes
         .iter()
         .flatten()
@@ -457,7 +459,8 @@ fn alert_delays(
     }
     let mut delays = vec![None; expected.len()];
     let mut seen_ids = std::collections::HashSet::new();
-    let (mut duplicates, mut unexpected) = (0, 0);
+    let mut duplicates = 0;
+    let mut unexpected: BTreeMap<String, usize> = BTreeMap::new();
     for (arrived, body) in alerts {
         let id = body["alertId"].as_str().unwrap_or_default().to_owned();
         if !seen_ids.insert(id) {
@@ -465,7 +468,8 @@ fn alert_delays(
             continue;
         }
         let Some(index) = episode_of(body, expected_ids) else {
-            unexpected += 1;
+            let rule = body["rule"].as_str().unwrap_or("?").to_owned();
+            *unexpected.entry(rule).or_default() += 1;
             continue;
         };
         let episode = &expected[index];
@@ -930,13 +934,26 @@ fn render(
         );
     let _ = writeln!(
         out,
-        "| alerts | {} deliveries: {} of {} expected episodes ({} missed), {} redeliveries of an id, {} of no expected episode | |",
+        "| alerts | {} deliveries: {} of {} expected episodes ({} missed), {} redeliveries of an id, {} of no expected episode{} | |",
         measured.alerts_delivered,
         delays.len(),
         expected.len(),
         missed,
         measured.duplicate_deliveries,
-        measured.unexpected_alerts
+        measured.unexpected_alerts.values().sum::<usize>(),
+        if measured.unexpected_alerts.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                measured
+                    .unexpected_alerts
+                    .iter()
+                    .map(|(rule, count)| format!("{rule}: {count}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     );
     if measured.alert_queue_lost {
         let _ = writeln!(
