@@ -19,7 +19,7 @@ use fraud_config::Settings;
 use crate::reference::{self, Event, LakeRow};
 use fraud_testkit::amqp::Subscriber;
 use fraud_testkit::sse::SseClient;
-use fraud_testkit::{ChildProcess, free_port, local_settings, unique_name, wait_until};
+use fraud_testkit::{ChildProcess, free_port, local_settings, poll_for, unique_name, wait_until};
 use serde_json::Value;
 
 /// How long a service may take to answer `/readyz` with 200 (debug builds, 2 shared
@@ -226,9 +226,19 @@ impl Platform {
         (from, to): (&str, &str),
     ) -> Value {
         let watermark = watermark.map_or(Value::Null, |ms| Value::from(reference::instant(ms)));
-        let (status, risk) = self.read(&format!("/v1/customers/{customer}/risk")).await;
-        assert_eq!(status, 200, "{risk}");
-        assert_eq!(risk["freshness"]["batchWatermark"], watermark, "{risk}");
+        // The serving API learns of a batch run an instant after it is published, and
+        // answers with the previous run, whole, until then.
+        let path = format!("/v1/customers/{customer}/risk");
+        let risk = poll_for(
+            Duration::from_secs(10),
+            &format!("{customer}'s risk with the batch watermark {watermark}"),
+            || async {
+                let (status, risk) = self.read(&path).await;
+                assert_eq!(status, 200, "{risk}");
+                (risk["freshness"]["batchWatermark"] == watermark).then_some(risk)
+            },
+        )
+        .await;
         reference::check_risk(&risk, events, customer);
         let (status, daily) = self
             .read(&format!(

@@ -17,7 +17,7 @@ use fraud_events::TransactionEvent;
 use fraud_lake::{ChunkBuilder, Lake, LakeRoot};
 use fraud_speed_view::meta::meta_key;
 use fraud_speed_view::{CustomerState, SpeedMeta, customer_key};
-use fraud_testkit::{unique_name, wait_until};
+use fraud_testkit::{poll_for, unique_name, wait_until};
 use serde_json::{Value, json};
 use serving_api::rules::{self, Observation, RuleSet};
 
@@ -120,6 +120,8 @@ struct Scenario {
     in_batch: HashSet<String>,
     /// T_b of the last batch run.
     watermark: Option<i64>,
+    /// The id of the last batch run.
+    run_id: Option<i64>,
     redis: fraud_redis::RedisHandle,
 }
 
@@ -142,6 +144,7 @@ impl Scenario {
             lake_through: BTreeMap::new(),
             in_batch: HashSet::new(),
             watermark: None,
+            run_id: None,
             redis,
         }
     }
@@ -266,6 +269,7 @@ impl Scenario {
         .unwrap_or_else(|error| panic!("the batch run failed: {error:#}"));
         assert_eq!(report.watermark, watermark);
         self.watermark = Some(watermark);
+        self.run_id = Some(report.run_id);
         self.in_batch = self
             .produced
             .iter()
@@ -481,6 +485,27 @@ async fn risk(base: &str, schemas: &Schemas, customer: &str) -> Value {
     body
 }
 
+/// Reads `/risk` of `customer` until it answers with the scenario's last batch run: an
+/// instance learns of a run from its notification, an instant after the run committed,
+/// and answers with the previous run, whole, until then.
+async fn risk_after_run(
+    base: &str,
+    schemas: &Schemas,
+    scenario: &Scenario,
+    customer: &str,
+) -> Value {
+    let run = json!(scenario.run_id.expect("a batch run"));
+    poll_for(
+        Duration::from_secs(10),
+        "an answer with the last batch run",
+        || async {
+            let answer = risk(base, schemas, customer).await;
+            (answer["freshness"]["batchRunId"] == run).then_some(answer)
+        },
+    )
+    .await
+}
+
 /// Asserts `/risk`'s merged figures equal the recomputation over `scenario`'s events
 /// at the answer's own `asOf`.
 fn assert_exact(scenario: &Scenario, customer: &str, answer: &Value, moment: &str) {
@@ -503,6 +528,11 @@ fn assert_exact(scenario: &Scenario, customer: &str, answer: &Value, moment: &st
     assert_eq!(
         answer["freshness"]["batchWatermark"],
         json!(scenario.watermark.map(rfc3339)),
+        "{moment}"
+    );
+    assert_eq!(
+        answer["freshness"]["batchRunId"],
+        json!(scenario.run_id),
         "{moment}"
     );
 }
@@ -693,7 +723,7 @@ async fn merged_figures_are_exact_at_the_seam_also_for_late_events() {
 
     // The real batch layer with T_b inside today and the last 24 hours.
     scenario.run_batch(tb).await;
-    let answer = risk(&serving.base, &schemas, customer).await;
+    let answer = risk_after_run(&serving.base, &schemas, &scenario, customer).await;
     assert_exact(&scenario, customer, &answer, "after the first run");
     assert_eq!(answer["known"], true);
     assert_eq!(answer["freshness"]["degraded"], false, "{answer:#}");
@@ -785,7 +815,7 @@ async fn merged_figures_are_exact_at_the_seam_also_for_late_events() {
     // A second run with the same T_b reads the late event from the lake: counted once.
     scenario.run_batch(tb).await;
     assert!(scenario.in_batch.contains(&late_id));
-    let answer = risk(&serving.base, &schemas, customer).await;
+    let answer = risk_after_run(&serving.base, &schemas, &scenario, customer).await;
     assert_exact(&scenario, customer, &answer, "after the second run");
     check_daily(&scenario, &serving.base, &schemas, customer, days.0, days.1).await;
     let in_last24h = hour_floor(parse_time(&answer["asOf"])) - 23 * HOUR <= late_ts;
@@ -1396,7 +1426,7 @@ async fn a_cached_customer_stays_exact_as_speed_events_arrive() {
     scenario.produce(events).await;
     scenario.wait_applied().await;
     scenario.run_batch(tb).await;
-    let answer = risk(&serving.base, &schemas, customer).await;
+    let answer = risk_after_run(&serving.base, &schemas, &scenario, customer).await;
     assert_exact(&scenario, customer, &answer, "first read");
 
     // The run's rows changed without a run: an answer from Postgres would show it.

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::rules::{self, Level, Observation, Verdict};
+use cache::Run;
 use merge::{Ranges, Source, Totals};
 use read::SpeedRead;
 
@@ -112,6 +113,9 @@ pub struct BaselineFigures {
 #[serde(rename_all = "camelCase")]
 pub struct Freshness {
     pub batch_watermark: Option<String>,
+    /// The batch run whose figures the answer used: two runs with the same T_b (a
+    /// rerun after late arrivals) differ only by it.
+    pub batch_run_id: Option<i64>,
     pub speed_lag_ms: Option<i64>,
     pub degraded: bool,
     pub degraded_reasons: Vec<String>,
@@ -250,12 +254,7 @@ fn batch_reasons<T>(
     }
 }
 
-fn freshness(
-    speed: &SpeedRead,
-    watermark: Option<i64>,
-    reasons: Vec<String>,
-    now: i64,
-) -> Freshness {
+fn freshness(speed: &SpeedRead, run: Option<Run>, reasons: Vec<String>, now: i64) -> Freshness {
     let speed_lag_ms = speed
         .meta
         .as_ref()
@@ -266,7 +265,8 @@ fn freshness(
     metrics::counter!("serving_risk_answers_total", "degraded" => degraded.to_string())
         .increment(1);
     Freshness {
-        batch_watermark: watermark.map(rfc3339),
+        batch_watermark: run.map(|run| rfc3339(run.watermark)),
+        batch_run_id: run.map(|run| run.id),
         speed_lag_ms,
         degraded,
         degraded_reasons,
@@ -358,7 +358,7 @@ async fn risk(
         score: assessment.score,
         level: assessment.level,
         reasons: assessment.reasons,
-        freshness: freshness(&speed, watermark, reasons, now),
+        freshness: freshness(&speed, run, reasons, now),
     })
 }
 
@@ -472,7 +472,8 @@ async fn daily(
     )
     .await;
     let rows = batch.as_ref().ok();
-    let watermark = rows.and_then(|rows| rows.watermark);
+    let run = rows.and_then(|rows| rows.run);
+    let watermark = run.map(|run| run.watermark);
     let reasons = batch_reasons(&batch, watermark, now, increments_ttl_ms(app));
     let mut days = Vec::new();
     let mut date = from;
@@ -512,7 +513,7 @@ async fn daily(
         to: to.to_string(),
         as_of: rfc3339(now),
         days,
-        freshness: freshness(&speed, watermark, reasons, now),
+        freshness: freshness(&speed, run, reasons, now),
     })
 }
 

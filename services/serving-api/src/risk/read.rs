@@ -316,12 +316,11 @@ fn baseline_of(
 /// The batch rows `/daily` needs, from one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DailyRows {
-    pub watermark: Option<i64>,
+    /// The run in force in the snapshot.
+    pub run: Option<Run>,
     /// The stored days in the range, by date.
     pub days: BTreeMap<NaiveDate, BatchDay>,
 }
-
-const WATERMARK: &str = "SELECT max(watermark) FROM batch_runs WHERE status = 'succeeded'";
 
 const DAYS: &str = "\
 SELECT day, sum_minor, count, max_minor, distinct_vendors::bigint, peak_30m_sum_minor,
@@ -341,8 +340,8 @@ pub async fn daily_rows(
 ) -> Result<DailyRows, String> {
     let read = async {
         let mut snapshot = pool.begin_with(SNAPSHOT).await?;
-        let watermark: Option<DateTime<Utc>> = sqlx::query_scalar(WATERMARK)
-            .fetch_one(&mut *snapshot)
+        let run: Option<(i64, DateTime<Utc>)> = sqlx::query_as(RUN_IN_FORCE)
+            .fetch_optional(&mut *snapshot)
             .await?;
         let rows: Vec<DayRow> = sqlx::query_as(DAYS)
             .bind(customer)
@@ -351,10 +350,9 @@ pub async fn daily_rows(
             .fetch_all(&mut *snapshot)
             .await?;
         snapshot.commit().await?;
-        Ok::<_, sqlx::Error>((watermark, rows))
+        Ok::<_, sqlx::Error>((run, rows))
     };
-    let (watermark, rows) =
-        bounded(timeout, async { read.await.map_err(|e| e.to_string()) }).await?;
+    let (run, rows) = bounded(timeout, async { read.await.map_err(|e| e.to_string()) }).await?;
     let days = rows
         .into_iter()
         .map(
@@ -381,7 +379,10 @@ pub async fn daily_rows(
         )
         .collect();
     Ok(DailyRows {
-        watermark: watermark.map(|w| w.timestamp_millis()),
+        run: run.map(|(id, watermark)| Run {
+            id,
+            watermark: watermark.timestamp_millis(),
+        }),
         days,
     })
 }
