@@ -218,6 +218,7 @@ mod tests {
                 ("FRAUD_REDIS__URL", "http://wrong-scheme"),
                 ("FRAUD_KAFKA__BROKERZ", "typo"),
                 ("FRAUD_TELEMETRY__LOG_FORMAT", "xml"),
+                ("FRAUD_KAFKA__COMPRESSION", "brotli"),
             ],
         )
         .expect_err("invalid");
@@ -228,12 +229,14 @@ mod tests {
             "redis.url",
             "kafka.brokerz",
             "telemetry.log_format",
+            "kafka.compression",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
-        assert_eq!(error.problems().len(), 5, "{error}");
+        assert_eq!(error.problems().len(), 6, "{error}");
         let text = error.to_string();
-        assert!(text.contains("5 problems"), "{text}");
+        assert!(text.contains("6 problems"), "{text}");
+        assert!(text.contains("`brotli` is not one of lz4, zstd"), "{text}");
         assert!(text.contains("unknown key"), "{text}");
         assert!(
             text.contains("(from environment variable FRAUD_INGEST__LISTEN)"),

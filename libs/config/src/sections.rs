@@ -264,6 +264,8 @@ section! {
         pub transactions_topic: String,
         /// The topic of the speed layer's window updates, keyed by customer.
         pub window_updates_topic: String,
+        /// The codec every producer of the platform compresses its batches with: `lz4`, `zstd`, `snappy`, `gzip` or `none`.
+        pub compression: String,
     }
 }
 
@@ -512,6 +514,9 @@ impl ServiceConfig {
     }
 }
 
+/// The values of `kafka.compression`: librdkafka's `compression.type` codecs.
+pub const COMPRESSION_CODECS: [&str; 5] = ["lz4", "zstd", "snappy", "gzip", "none"];
+
 impl KafkaConfig {
     fn check(&self, problems: &mut Problems<'_>) {
         let malformed = self.brokers.split(',').any(|broker| {
@@ -532,6 +537,16 @@ impl KafkaConfig {
         }
         if self.window_updates_topic.trim().is_empty() {
             problems.add("kafka.window_updates_topic", "must not be empty");
+        }
+        if !COMPRESSION_CODECS.contains(&self.compression.as_str()) {
+            problems.add(
+                "kafka.compression",
+                format!(
+                    "`{}` is not one of {}",
+                    self.compression,
+                    COMPRESSION_CODECS.join(", ")
+                ),
+            );
         }
     }
 }

@@ -58,7 +58,9 @@ pub fn durable_producer_with(
     let mut client = client_config(config);
     // A 1 ms linger keeps a lone record's acknowledgement fast (single-event POSTs) while
     // batches still fill: a request enqueues its records at once.
-    client.set("compression.type", "zstd").set("linger.ms", "1");
+    client
+        .set("compression.type", &config.compression)
+        .set("linger.ms", "1");
     tune(&mut client);
     client
         .set("enable.idempotence", "true")
