@@ -29,18 +29,26 @@
 -- only to trim.
 --
 -- Returns two strings per run, in KEYS' order: the customer's state after it, and one
--- byte per record of the run, in the records' order: 'r' replayed, 'l' late, 'd'
--- duplicate, and for an applied record 's' when the customer had used its vendor
--- before it, 'n' when not. "Used before" means: among the events the duplicate check
--- consults for the record (every event applied before it, in an earlier call or earlier
--- in this run, with ts > C - retention, C the customer's clock before the record), one
--- has the record's vendor digest. Such an event is of another transaction, or the
--- record would be a duplicate. The answer depends only on the records in offset order,
--- like every other decision here, not on batching or on when trimming ran.
+-- byte per record of the run, in the records' order: 'l' late, 'd' duplicate; for an
+-- applied record 's' when the customer had used its vendor before it, 'n' when not;
+-- for a replayed record (at or before the last applied offset) 'S' or 'N' when the very
+-- same event (time, amount, vendor, transaction) is held with ts > C - retention, with
+-- the byte recorded when it was applied, and 'r' when not. "Used before" means: among
+-- the events the duplicate check consults for the record (every event applied before
+-- it, in an earlier call or earlier in this run, with ts > C - retention, C the
+-- customer's clock before the record), one has the record's vendor digest. Such an
+-- event is of another transaction, or the record would be a duplicate. The answer
+-- depends only on the records in offset order, like every other decision here, not on
+-- batching or on when trimming ran; and it is kept with the event, so that a replay of
+-- the record after a crash gets the same answer as its first delivery.
 local HEADER = '<c2c8i8i8Bi8I4I4'
 local HEADER_SIZE = 43
-local EVENT = '<i8i8c8c8'
-local EVENT_SIZE = 32
+local EVENT = '<i8i8c8c8c1'
+local EVENT_SIZE = 33
+local CORE = '<i8i8c8c8' -- an event without its vendor byte, as a record packs it
+local CORE_SIZE = 32
+local SEEN_AT = 32 -- the vendor byte's place in an event: 's', 'n', or '?' (unknown)
+local LEGACY_EVENT_SIZE = 32 -- layout W2: events without the vendor byte
 local VENDOR_AT = 16 -- the vendor digest's place in an event
 local TXN_AT = 24 -- the transaction digest's place in an event
 local HOUR = '<i8i8i8i8i8'
@@ -89,18 +97,43 @@ local function holds(events, first, digest, place, floor)
   end
 end
 
+-- Where the packed event `core` (CORE) starts among the events packed in `events` from
+-- position `first` on, if it is there.
+local function find_event(events, first, core)
+  local from = first
+  while true do
+    local at = string.find(events, core, from, true)
+    if not at then return nil end
+    if (at - first) % EVENT_SIZE == 0 then return at end
+    from = at + 1
+  end
+end
+
+-- The events of a W2 state (from `first` on) in this layout, their vendor byte unknown.
+local function upgraded(stored, first)
+  local events = {}
+  for at = first, #stored, LEGACY_EVENT_SIZE do
+    events[#events + 1] = string.sub(stored, at, at + LEGACY_EVENT_SIZE - 1) .. '?'
+  end
+  return table.concat(events)
+end
+
 -- Applies `records` to `stored` (the customer's state, or false); returns the new state,
 -- the TTL to write it with, and one outcome byte per record.
 local function apply_run(key, stored, records)
   local last_offset = -1
   local clock = nil
   local oldest = nil -- the smallest ts among the held events
-  local held_at = nil -- where the held events start in `stored`, if any are held
+  -- The held events, if any: packed in `held` from position `held_at` on (the stored
+  -- value itself, or its events upgraded from layout W2).
+  local held = nil
+  local held_at = nil
   local hours = {} -- hour, sum, count, edge sum, edge count; ... ascending by hour
   local n_hours = 0
 
   if stored then
-    if string.sub(stored, 1, 2) ~= 'W2' or #stored < HEADER_SIZE then
+    local magic = string.sub(stored, 1, 2)
+    if (magic ~= 'W3' and magic ~= 'W2') or #stored < HEADER_SIZE then
       error('speed state of ' .. key .. ' has an unknown encoding')
     end
     local _, gen, offset, stored_clock, has_clock, stored_oldest, n_events, stored_hours, pos =
@@ -116,7 +149,11 @@ local function apply_run(key, stored, records)
       n_hours = stored_hours
       if n_events > 0 then
         oldest = stored_oldest
-        held_at = pos
+        if magic == 'W2' then
+          held, held_at = upgraded(stored, pos), 1
+        else
+          held, held_at = stored, pos
+        end
       end
     end
   end
@@ -129,8 +166,17 @@ local function apply_run(key, stored, records)
     offset, ts, amount, vendor, txn, pos = struct.unpack(RECORD, records, pos)
     local outcome
     if offset <= last_offset then
-      -- Already applied (a replay after a crash or a rebalance, or a zombie's batch).
+      -- Already delivered (a replay after a crash or a rebalance, or a zombie's batch).
+      -- When it was applied and is still held, its first answer is told again, so the
+      -- replay's window update can list it as the first delivery's did.
       outcome = 'r'
+      if held_at and clock and ts > clock - retention then
+        local at = find_event(held, held_at, struct.pack(CORE, ts, amount, vendor, txn))
+        if at then
+          local seen = string.sub(held, at + SEEN_AT, at + SEEN_AT)
+          if seen == 's' then outcome = 'S' elseif seen == 'n' then outcome = 'N' end
+        end
+      end
     elseif clock and ts <= clock - retention then
       last_offset = offset
       outcome = 'l'
@@ -141,17 +187,17 @@ local function apply_run(key, stored, records)
       -- neither on batching nor on when trimming ran. The same events tell whether the
       -- customer used the vendor before.
       local floor = clock and clock - retention
-      if clock and ((held_at and holds(stored, held_at, txn, TXN_AT, floor))
+      if clock and ((held_at and holds(held, held_at, txn, TXN_AT, floor))
           or holds(added, 1, txn, TXN_AT, floor)) then
         outcome = 'd'
       else
-        if clock and ((held_at and holds(stored, held_at, vendor, VENDOR_AT, floor))
+        if clock and ((held_at and holds(held, held_at, vendor, VENDOR_AT, floor))
             or holds(added, 1, vendor, VENDOR_AT, floor)) then
           outcome = 's'
         else
           outcome = 'n'
         end
-        added = added .. struct.pack(EVENT, ts, amount, vendor, txn)
+        added = added .. struct.pack(EVENT, ts, amount, vendor, txn, outcome)
         if not clock or ts > clock then clock = ts end
         if not oldest or ts < oldest then oldest = ts end
         local hour = ts - ts % HOUR_MS
@@ -178,7 +224,7 @@ local function apply_run(key, stored, records)
   -- Keep what can still matter: events inside the retention (trimmed in bulk), hours
   -- from T_b on.
   local n_events = #added / EVENT_SIZE
-  if held_at then n_events = n_events + (#stored - held_at + 1) / EVENT_SIZE end
+  if held_at then n_events = n_events + (#held - held_at + 1) / EVENT_SIZE end
   local trimmed = nil -- the kept events, packed, when trimming
   if oldest and oldest <= clock - retention - slack then
     local kept = {}
@@ -192,7 +238,7 @@ local function apply_run(key, stored, records)
         end
       end
     end
-    if held_at then keep(stored, held_at) end
+    if held_at then keep(held, held_at) end
     keep(added, 1)
     trimmed = table.concat(kept)
     n_events = #kept
@@ -209,13 +255,13 @@ local function apply_run(key, stored, records)
     hour_block = hour_block .. struct.pack(HOUR, hours[at], hours[at + 1], hours[at + 2],
       hours[at + 3], hours[at + 4])
   end
-  local header = struct.pack(HEADER, 'W2', generation, last_offset, clock or 0,
+  local header = struct.pack(HEADER, 'W3', generation, last_offset, clock or 0,
     clock and 1 or 0, oldest or 0, n_events, kept_hours)
   local state
   if trimmed then
     state = header .. hour_block .. trimmed
   elseif held_at then
-    state = header .. hour_block .. string.sub(stored, held_at) .. added
+    state = header .. hour_block .. string.sub(held, held_at) .. added
   else
     state = header .. hour_block .. added
   end

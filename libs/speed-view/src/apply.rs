@@ -53,8 +53,16 @@ pub enum RecordOutcome {
     Late,
     /// Skipped: a transaction already applied.
     Duplicate,
-    /// Skipped: at or before the last applied offset (already applied earlier).
+    /// Skipped: at or before the last applied offset (delivered before), and not held
+    /// as the same event inside the retention: applied earlier and since past the
+    /// retention, or skipped when first delivered (late, duplicate), or applied by a
+    /// speed layer that did not record `vendor_seen_before`.
     Replayed,
+    /// Skipped: at or before the last applied offset, and the same event (time,
+    /// amount, vendor, transaction) is held inside the retention: it was applied by an
+    /// earlier delivery (a crash or a rebalance came before that batch's window updates
+    /// were committed), with this answer then. A window update lists it again.
+    ReplayedHeld { vendor_seen_before: bool },
 }
 
 impl RecordOutcome {
@@ -70,6 +78,12 @@ impl RecordOutcome {
             b'l' => RecordOutcome::Late,
             b'd' => RecordOutcome::Duplicate,
             b'r' => RecordOutcome::Replayed,
+            b'S' => RecordOutcome::ReplayedHeld {
+                vendor_seen_before: true,
+            },
+            b'N' => RecordOutcome::ReplayedHeld {
+                vendor_seen_before: false,
+            },
             _ => return None,
         })
     }
@@ -89,7 +103,7 @@ pub struct ApplyOutcome {
     pub late: u64,
     /// Skipped: a transaction already applied.
     pub duplicates: u64,
-    /// Skipped: at or before the last applied offset (already applied earlier).
+    /// Skipped: at or before the last applied offset (delivered before), held or not.
     pub replayed: u64,
 }
 
@@ -272,7 +286,12 @@ fn outcome(state: Value, verdicts: Value, records: usize) -> Result<ApplyOutcome
         applied: tally(|record| matches!(record, RecordOutcome::Applied { .. })),
         late: tally(|record| *record == RecordOutcome::Late),
         duplicates: tally(|record| *record == RecordOutcome::Duplicate),
-        replayed: tally(|record| *record == RecordOutcome::Replayed),
+        replayed: tally(|record| {
+            matches!(
+                record,
+                RecordOutcome::Replayed | RecordOutcome::ReplayedHeld { .. }
+            )
+        }),
         records: per_record,
     })
 }

@@ -1,12 +1,19 @@
 //! A customer's state as stored, and the aggregates read from it.
 //!
-//! Layout `W2` (little-endian, written by `apply.lua`):
+//! Layout `W3` (little-endian, written by `apply.lua`):
 //!
 //! | part | fields |
 //! |---|---|
-//! | header (43 bytes) | magic `W2` (2), generation (8), last offset (i64), clock (i64), has clock (u8), oldest held event time (i64, 0 when none), events n (u32), hours m (u32) |
+//! | header (43 bytes) | magic `W3` (2), generation (8), last offset (i64), clock (i64), has clock (u8), oldest held event time (i64, 0 when none), events n (u32), hours m (u32) |
 //! | m hours (40 bytes each, ascending) | hour start ms (i64), sum (i64), count (i64), edge sum (i64), edge count (i64) |
-//! | n events (32 bytes each, in the order applied) | event time ms (i64), amount minor (i64), vendor digest (8), transaction digest (8) |
+//! | n events (33 bytes each, in the order applied) | event time ms (i64), amount minor (i64), vendor digest (8), transaction digest (8), vendor used before (1: `s` yes, `n` no, `?` unknown) |
+//!
+//! The last byte of an event is the script's answer, when it applied the event, to
+//! whether the customer had used its vendor before ([`crate::update::AppliedEvent`]),
+//! kept so that a replay of the record after a crash is answered the same. Layout `W2`
+//! (speed layers before it) is the same without that byte: it is still read, its events'
+//! byte taken as unknown, and the script rewrites a `W2` state as `W3` the first time it
+//! writes it. Readers must be able to read `W3` before a speed layer writes it.
 //!
 //! The events come last so that the script appends to them without decoding them. They
 //! hold every applied event with `ts > clock - retention`, and may still hold older ones
@@ -17,9 +24,11 @@
 use crate::meta::Generation;
 use crate::{HOUR_MS, WINDOW_MS};
 
-const MAGIC: &[u8; 2] = b"W2";
+const MAGIC: &[u8; 2] = b"W3";
+const LEGACY_MAGIC: &[u8; 2] = b"W2";
 const HEADER_LEN: usize = 43;
-const EVENT_LEN: usize = 32;
+const EVENT_LEN: usize = 33;
+const LEGACY_EVENT_LEN: usize = 32;
 const HOUR_LEN: usize = 40;
 
 /// An event inside the retention.
@@ -29,6 +38,9 @@ pub struct WindowEvent {
     pub amount: i64,
     pub vendor: [u8; 8],
     pub transaction: [u8; 8],
+    /// Whether the customer had used the vendor before this event, as decided when it
+    /// was applied; `None` for an event of a `W2` state, which did not record it.
+    pub vendor_seen_before: Option<bool>,
 }
 
 /// The applied events of one UTC hour `[hour, hour + 1 h)`; the edge is the part with
@@ -100,9 +112,14 @@ impl CustomerState {
     /// Decodes a stored state.
     pub fn decode(bytes: &[u8]) -> Result<CustomerState, DecodeError> {
         let mut reader = Reader { bytes, pos: 0 };
-        if reader.take(2)? != MAGIC {
+        let magic = reader.take(2)?;
+        let event_len = if magic == MAGIC {
+            EVENT_LEN
+        } else if magic == LEGACY_MAGIC {
+            LEGACY_EVENT_LEN
+        } else {
             return Err(DecodeError("unknown encoding"));
-        }
+        };
         let generation = Generation::from_bytes(reader.bytes8()?);
         let last_offset = reader.i64()?;
         let clock = reader.i64()?;
@@ -111,7 +128,7 @@ impl CustomerState {
         let n_events = reader.u32()?;
         let n_hours = reader.u32()?;
         debug_assert_eq!(reader.pos, HEADER_LEN);
-        if bytes.len() != HEADER_LEN + n_events * EVENT_LEN + n_hours * HOUR_LEN {
+        if bytes.len() != HEADER_LEN + n_events * event_len + n_hours * HOUR_LEN {
             return Err(DecodeError("length does not match the counts"));
         }
         let mut hours = Vec::with_capacity(n_hours);
@@ -131,6 +148,16 @@ impl CustomerState {
                 amount: reader.i64()?,
                 vendor: reader.bytes8()?,
                 transaction: reader.bytes8()?,
+                vendor_seen_before: if event_len == EVENT_LEN {
+                    match reader.take(1)?[0] {
+                        b's' => Some(true),
+                        b'n' => Some(false),
+                        b'?' => None,
+                        _ => return Err(DecodeError("an event's vendor byte is unknown")),
+                    }
+                } else {
+                    None
+                },
             });
         }
         if events.iter().map(|event| event.ts).min().unwrap_or(0) != oldest {

@@ -20,9 +20,13 @@
 //! ```
 //!
 //! `events` lists every record of the customer's run in the batch that the apply script
-//! applied, in offset order; records it skipped (late, duplicate, replayed) are not
-//! listed, so a batch that applied nothing new for the customer (a replay) gives an
-//! update with no events. Each listed event carries `window`, the aggregates of
+//! applied, in offset order, and every replayed record whose event an earlier delivery
+//! applied and the state still holds inside the retention
+//! ([`crate::RecordOutcome::ReplayedHeld`]), with the answers of that first delivery:
+//! so a batch replayed after a crash that came between Redis and its updates lists its
+//! events again. Records skipped as late or duplicate are not listed, nor replayed
+//! records the state no longer holds, so a replay of records long past gives an update
+//! with no events. Each listed event carries `window`, the aggregates of
 //! `W(c, ts)` at its own instant ([`AppliedEvent::window`]), so that a window that
 //! crossed a limit at one event of the batch and fell back by its last is still seen.
 //! `window` was added to version 2 without a new version: readers ignore fields they do
@@ -49,9 +53,10 @@ pub struct WindowUpdate {
     pub count: i64,
     pub max_minor: i64,
     pub distinct_vendors: i64,
-    /// Every record of the customer's run that the batch applied, in offset order, for
-    /// rules about single events; empty when it applied none (a replay, or only late and
-    /// duplicate records).
+    /// Every record of the customer's run that the batch applied or found applied by an
+    /// earlier delivery and still held, in offset order, for rules about single events;
+    /// empty when there is none (only late and duplicate records, or a replay of records
+    /// no longer held).
     pub events: Vec<AppliedEvent>,
     /// Where the update comes from: the transactions partition and the customer's last
     /// applied (or skipped) offset there (later updates of a customer have larger
@@ -80,7 +85,9 @@ pub struct AppliedEvent {
     /// `ts > C - R` and the same vendor digest ([`crate::digest`]) as this one. Those are
     /// exactly the events the duplicate check consults, so that event is of another
     /// transaction (else this record would have been a duplicate, not applied); late,
-    /// duplicate and replayed records were never applied and never count. Before the
+    /// duplicate and replayed records were never applied and never count. The answer
+    /// is stored with the event, and a replayed record listed again carries the answer
+    /// of its first delivery. Before the
     /// customer's first applied event (no clock) it is false. The answer depends only
     /// on the customer's records in offset order: not on how they were batched, nor on
     /// when the script trimmed old events. Vendors used before the retention are the

@@ -183,15 +183,6 @@ fn sorted_events(events: impl IntoIterator<Item = WindowEvent>) -> Vec<WindowEve
     events
 }
 
-fn as_event(record: &Record) -> WindowEvent {
-    WindowEvent {
-        ts: record.ts,
-        amount: record.amount,
-        vendor: record.vendor,
-        transaction: record.transaction,
-    }
-}
-
 /// The stored state is exactly the model's: offset, clock, the events inside the
 /// retention, the hours from the watermark on.
 fn check_state(
@@ -212,7 +203,7 @@ fn check_state(
         state.events.iter().partition(|event| event.ts > floor);
     prop_assert_eq!(
         sorted_events(inside),
-        sorted_events(model.kept().map(as_event)),
+        sorted_events(model.kept_events()),
         "kept events"
     );
     for event in past {
@@ -222,10 +213,7 @@ fn check_state(
             event
         );
         prop_assert!(
-            model
-                .applied
-                .iter()
-                .any(|applied| as_event(applied) == event),
+            model.applied_events().any(|applied| applied == event),
             "a held event that was never applied: {:?}",
             event
         );
@@ -465,6 +453,15 @@ async fn drive(
             "a replay of customer {}",
             c
         );
+        let verdicts: Vec<RecordOutcome> =
+            run.iter().map(|record| models[c].apply(record)).collect();
+        prop_assert_eq!(
+            &outcome.records,
+            &verdicts,
+            "each record's outcome in customer {}'s replay {:?}",
+            c,
+            run
+        );
         let previous = last_state[c].as_ref().expect("written before");
         let expected_hours: Vec<HourIncrement> = previous
             .hours
@@ -489,7 +486,7 @@ async fn drive(
         };
         let state = CustomerState::decode(&stored).map_err(fail)?;
         prop_assert_eq!(Some(&state), last_state[c].as_ref());
-        prop_assert_eq!(encode(&state), stored, "the documented layout");
+        prop_assert_eq!(encode(&state, false), stored, "the documented layout");
         check_state(&state, &models[c], generation, written_with[c])?;
         check_queries(&state, &models[c], written_with[c], &mut rng, true)?;
         let ttl: i64 = redis::cmd("PTTL")
@@ -1028,9 +1025,14 @@ async fn the_script_is_loaded_when_redis_does_not_have_it() {
     }
 }
 
-/// A state in the layout `state` documents.
-fn encode(state: &CustomerState) -> Vec<u8> {
-    let mut out = b"W2".to_vec();
+/// A state in the layout `state` documents: `W3`, or with `legacy` the layout `W2`
+/// of speed layers before it (no vendor byte).
+fn encode(state: &CustomerState, legacy: bool) -> Vec<u8> {
+    let mut out = if legacy {
+        b"W2".to_vec()
+    } else {
+        b"W3".to_vec()
+    };
     out.extend_from_slice(state.generation.as_bytes());
     out.extend_from_slice(&state.last_offset.to_le_bytes());
     out.extend_from_slice(&state.clock.unwrap_or(0).to_le_bytes());
@@ -1055,6 +1057,13 @@ fn encode(state: &CustomerState) -> Vec<u8> {
         out.extend_from_slice(&event.amount.to_le_bytes());
         out.extend_from_slice(&event.vendor);
         out.extend_from_slice(&event.transaction);
+        if !legacy {
+            out.push(match event.vendor_seen_before {
+                Some(true) => b's',
+                Some(false) => b'n',
+                None => b'?',
+            });
+        }
     }
     out
 }
@@ -1070,6 +1079,7 @@ fn decode_reads_the_layout_and_rejects_anything_else() {
             amount: 12,
             vendor: vendor(1),
             transaction: fraud_speed_view::digest("t"),
+            vendor_seen_before: Some(true),
         }],
         hours: vec![HourIncrement {
             hour: T0,
@@ -1079,9 +1089,37 @@ fn decode_reads_the_layout_and_rejects_anything_else() {
             edge_count: 1,
         }],
     };
-    let bytes = encode(&state);
-    assert_eq!(bytes.len(), 43 + 40 + 32);
+    let bytes = encode(&state, false);
+    assert_eq!(bytes.len(), 43 + 40 + 33);
     assert_eq!(CustomerState::decode(&bytes), Ok(state.clone()));
+    for (byte, seen) in [(b'n', Some(false)), (b'?', None)] {
+        let mut other = bytes.clone();
+        *other.last_mut().unwrap() = byte;
+        let decoded = CustomerState::decode(&other).expect("a vendor byte it knows");
+        assert_eq!(decoded.events[0].vendor_seen_before, seen);
+    }
+    let mut unknown_byte = bytes.clone();
+    *unknown_byte.last_mut().unwrap() = b'x';
+    assert!(
+        CustomerState::decode(&unknown_byte).is_err(),
+        "a vendor byte it does not know"
+    );
+    // The layout before the vendor byte is still read, the byte unknown.
+    let legacy = encode(&state, true);
+    assert_eq!(legacy.len(), 43 + 40 + 32);
+    let read = CustomerState::decode(&legacy).expect("a W2 state");
+    assert_eq!(read.events[0].vendor_seen_before, None);
+    assert_eq!(read.events[0].ts, state.events[0].ts);
+    assert_eq!(
+        (read.last_offset, read.clock),
+        (state.last_offset, state.clock)
+    );
+    let mut legacy_longer = legacy.clone();
+    legacy_longer.push(b's');
+    assert!(
+        CustomerState::decode(&legacy_longer).is_err(),
+        "a W2 state with W3's event size"
+    );
 
     let mut longer = bytes.clone();
     longer.push(0);
@@ -1116,7 +1154,72 @@ fn decode_reads_the_layout_and_rejects_anything_else() {
         hours: Vec::new(),
         ..state
     };
-    assert_eq!(CustomerState::decode(&encode(&no_clock)), Ok(no_clock));
+    assert_eq!(
+        CustomerState::decode(&encode(&no_clock, false)),
+        Ok(no_clock)
+    );
+}
+
+/// A state a speed layer before the vendor byte wrote (`W2`) is applied to as before and
+/// rewritten as `W3`: its events keep their place and count as uses of their vendors,
+/// their byte unknown, so a replay of one of them is not told an answer it never had.
+#[tokio::test]
+async fn a_state_of_the_layout_before_the_vendor_byte_is_upgraded() {
+    let mut connection = connect().await;
+    let prefix = TestPrefix::new("speed-view-upgrade");
+    let key = customer_key(&prefix, "c");
+    let generation = Generation::random();
+    let old = record(1, T0, 100, 0, "old");
+    let legacy = CustomerState {
+        generation,
+        last_offset: 1,
+        clock: Some(T0),
+        events: vec![as_event(&old, None)],
+        hours: vec![HourIncrement {
+            hour: T0,
+            sum: 100,
+            count: 1,
+            edge_sum: 100,
+            edge_count: 1,
+        }],
+    };
+    let _: () = connection
+        .set(&key, encode(&legacy, true))
+        .await
+        .expect("SET");
+    let new = record(2, T0 + MINUTE_MS, 50, 0, "new");
+    let outcome = apply(&mut connection, generation, None, &key, vec![old, new]).await;
+    assert_eq!(
+        outcome.records,
+        vec![
+            RecordOutcome::Replayed,
+            RecordOutcome::Applied {
+                vendor_seen_before: true
+            },
+        ],
+        "the old event is held but its answer unknown; it is a use of vendor 0"
+    );
+    let stored: Vec<u8> = connection.get(&key).await.expect("GET");
+    assert_eq!(&stored[..2], b"W3");
+    let state = CustomerState::decode(&stored).expect("decode");
+    assert_eq!(
+        state.events,
+        vec![as_event(&old, None), as_event(&new, Some(true))]
+    );
+    assert_eq!(state.hours[0].sum, 150);
+    assert_eq!(stored, encode(&state, false));
+    let again = apply(&mut connection, generation, None, &key, vec![old, new]).await;
+    assert_eq!(
+        again.records,
+        vec![
+            RecordOutcome::Replayed,
+            RecordOutcome::ReplayedHeld {
+                vendor_seen_before: true
+            },
+        ]
+    );
+    assert_eq!(again.state, state);
+    assert_eq!(delete_prefix(&mut connection, &prefix).await, 1);
 }
 
 #[tokio::test]
@@ -1415,11 +1518,12 @@ async fn each_record_s_outcome_says_whether_its_vendor_was_used_before() {
             record(6, t - retention, 7, 2, "late"),
             // Vendor 2: the late record was not applied, so it is new.
             record(7, t - MINUTE_MS, 7, 2, "e"),
-            // A replay of "a".
+            // A replay of "a": held, so told again with its first answer.
             record(1, t - 10 * MINUTE_MS, 5, 0, "a"),
         ],
     )
     .await;
+    let held = |vendor_seen_before| RecordOutcome::ReplayedHeld { vendor_seen_before };
     assert_eq!(
         second.records,
         vec![
@@ -1429,7 +1533,7 @@ async fn each_record_s_outcome_says_whether_its_vendor_was_used_before() {
             applied(true),
             RecordOutcome::Late,
             applied(false),
-            RecordOutcome::Replayed,
+            held(false),
         ]
     );
     assert_eq!(
@@ -1668,7 +1772,25 @@ async fn one_call_keeps_its_customers_apart() {
             );
         }
 
-        // Both replayed whole, in one call, B first: nothing changes.
+        // Both replayed whole, in one call, B first: nothing changes, and each record
+        // whose very event is held gets its first answer again: A's own duplicate
+        // (an exact copy) the answer of the event it copies, B's (another time) none.
+        let held = |vendor_seen_before| RecordOutcome::ReplayedHeld { vendor_seen_before };
+        let replayed_a = vec![
+            held(false),
+            held(false),
+            held(false),
+            held(true),
+            RecordOutcome::Replayed,
+            held(false),
+        ];
+        let replayed_b = vec![
+            held(false),
+            RecordOutcome::Replayed,
+            held(true),
+            RecordOutcome::Replayed,
+            held(false),
+        ];
         let replay = vec![
             (keys[1].clone(), customer_b.clone()),
             (keys[0].clone(), customer_a.clone()),
@@ -1677,15 +1799,10 @@ async fn one_call_keeps_its_customers_apart() {
             .apply(&mut connection, generation, None, TUNING, &replay)
             .await
             .expect("replay");
-        for (outcome, c) in replayed.iter().zip([1, 0]) {
-            assert!(
-                outcome
-                    .records
-                    .iter()
-                    .all(|record| *record == RecordOutcome::Replayed),
-                "customer {c}: {:?}",
-                outcome.records
-            );
+        for ((outcome, c), expected) in replayed.iter().zip([1, 0]).zip([&replayed_b, &replayed_a])
+        {
+            assert_eq!(&outcome.records, expected, "customer {c}'s replay");
+            assert_eq!(outcome.replayed, expected.len() as u64);
             assert_eq!(Some(&outcome.state), last[c].as_ref());
         }
         assert_eq!(delete_prefix(&mut connection, &prefix).await, 2);

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Model, SpeedTest, assert_exact, event};
-use fraud_speed_view::WindowUpdate;
+use fraud_speed_view::{
+    ApplyScript, Record, RecordOutcome, Tuning, WindowUpdate, customer_key, digest,
+};
 use fraud_testkit::wait_until;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRng, TestRunner};
@@ -419,6 +421,160 @@ async fn the_trace_context_of_a_transaction_travels_to_its_window_update() {
         "the transaction that caused the update"
     );
     assert_eq!(update.events[0].vendor_id, "v1");
+    shutdown.trigger();
+    shutdown.wait().await.expect("a clean stop");
+    test.remove().await;
+}
+
+/// A batch a speed layer applied to Redis and then crashed before it published its
+/// window updates and committed: the restarted instance replays it, applies nothing
+/// again, and its update lists the batch's events with the answers of the lost
+/// delivery, so rules about single events still judge them. The crashed instance's
+/// effect is the apply script run directly, in the current generation, as the pipeline
+/// runs it.
+#[tokio::test]
+async fn a_batch_whose_updates_were_lost_in_a_crash_is_listed_when_replayed() {
+    let test = SpeedTest::create("speed-lost-updates", 1).await;
+    let settings = &test.settings;
+    let run = fraud_testkit::unique_name("tx");
+    let id = |name: &str| format!("{run}-{name}");
+    let t = fraud_domain::EventTime::now().as_millis() - 5 * MINUTE;
+    let customer = "lost";
+
+    // An earlier event, applied, published and committed; then a clean stop.
+    test.produce(vec![event(
+        &id("a"),
+        customer,
+        "v1",
+        1_000,
+        t - 10 * MINUTE,
+    )])
+    .await;
+    let shutdown = test.start().await;
+    wait_until(DEADLINE, "the first event committed", || {
+        fraud_testkit::kafka::group_caught_up(
+            &settings.kafka,
+            &settings.speed.group,
+            &settings.kafka.transactions_topic,
+        )
+    })
+    .await;
+    shutdown.trigger();
+    shutdown.wait().await.expect("a clean stop");
+    let committed_updates = test.updates().await.len();
+
+    // The batch of the crashed instance: in Redis, never published nor committed.
+    let b = event(&id("b"), customer, "v2", 150_000, t - 5 * MINUTE);
+    let produced = test
+        .produce(vec![
+            b.clone(),
+            event(&id("c"), customer, "v1", 500, t - 4 * MINUTE),
+            // An exact copy of "b": a duplicate.
+            b,
+            event(&id("d"), customer, "v2", 700, t),
+        ])
+        .await;
+    let generation = test.meta().await.generation.expect("a generation");
+    let records: Vec<Record> = produced
+        .iter()
+        .map(|p| Record {
+            offset: p.offset,
+            ts: p.event.event_time.as_millis(),
+            amount: p.event.amount.minor(),
+            vendor: digest(p.event.vendor_id.as_str()),
+            transaction: digest(p.event.transaction_id.as_str()),
+        })
+        .collect();
+    let retention_ms = settings.speed.retention_ms();
+    let tuning = Tuning {
+        retention_ms,
+        idle_ttl_ms: retention_ms,
+        increments_ttl_ms: i64::try_from(settings.speed.increments_ttl_ms).unwrap(),
+    };
+    let handle = fraud_redis::RedisHandle::new(&settings.redis, Duration::from_secs(5))
+        .expect("a redis handle");
+    let mut redis = handle.connection().await.expect("redis");
+    let key = customer_key(&settings.redis.key_prefix, customer);
+    let lost = ApplyScript::new()
+        .apply(&mut redis, generation, None, tuning, &[(key, records)])
+        .await
+        .expect("apply")
+        .pop()
+        .expect("one outcome");
+    let applied = |vendor_seen_before| RecordOutcome::Applied { vendor_seen_before };
+    assert_eq!(
+        lost.records,
+        vec![
+            applied(false),
+            applied(true),
+            RecordOutcome::Duplicate,
+            applied(true)
+        ]
+    );
+    assert_eq!(
+        test.updates().await.len(),
+        committed_updates,
+        "nothing published"
+    );
+
+    // The restart replays the batch from the committed offset.
+    let shutdown = test.start().await;
+    let last = produced.last().unwrap().offset;
+    let update = fraud_testkit::poll_for(DEADLINE, "the replayed batch's update", || async {
+        test.updates()
+            .await
+            .into_iter()
+            .find(|update| update.customer_id == customer && update.source_offset == last)
+    })
+    .await;
+    let listed: Vec<(i64, String, i64, bool)> = update
+        .events
+        .iter()
+        .map(|event| {
+            (
+                event.offset,
+                event.transaction_id.clone(),
+                event.amount_minor,
+                event.vendor_seen_before,
+            )
+        })
+        .collect();
+    let expected = |index: usize, seen: bool| {
+        let record = &produced[index];
+        (
+            record.offset,
+            record.event.transaction_id.as_str().to_owned(),
+            record.event.amount.minor(),
+            seen,
+        )
+    };
+    // The lost delivery's answers; the exact copy of "b" is listed again too, with
+    // b's answer (its event is held, and the state cannot tell a copy from the
+    // original), which judges the same instant again.
+    assert_eq!(
+        listed,
+        vec![
+            expected(0, false),
+            expected(1, true),
+            expected(2, false),
+            expected(3, true),
+        ]
+    );
+    for event in &update.events {
+        let window = event.window.expect("a window");
+        assert_eq!(
+            window,
+            test.state(customer)
+                .await
+                .unwrap()
+                .window_at(event.ts)
+                .into()
+        );
+    }
+    // Nothing was applied twice.
+    let state = test.state(customer).await.expect("a state");
+    assert_eq!(state, lost.state);
+    assert_eq!(state.events.len(), 4);
     shutdown.trigger();
     shutdown.wait().await.expect("a clean stop");
     test.remove().await;

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use fraud_speed_view::{
-    HOUR_MS, HourIncrement, Record, RecordOutcome, Tuning, WINDOW_MS, WindowAggregates,
+    HOUR_MS, HourIncrement, Record, RecordOutcome, Tuning, WINDOW_MS, WindowAggregates, WindowEvent,
 };
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -150,6 +150,17 @@ pub fn record(offset: i64, ts: i64, amount: i64, vendor_n: u8, txn: &str) -> Rec
     }
 }
 
+/// `record` as a held event, with `vendor_seen_before`.
+pub fn as_event(record: &Record, vendor_seen_before: Option<bool>) -> WindowEvent {
+    WindowEvent {
+        ts: record.ts,
+        amount: record.amount,
+        vendor: record.vendor,
+        transaction: record.transaction,
+        vendor_seen_before,
+    }
+}
+
 /// Counts as an `ApplyOutcome` reports them: (applied, late, duplicates, replayed).
 pub fn counts(verdicts: &[RecordOutcome]) -> (u64, u64, u64, u64) {
     let count = |wanted: fn(&RecordOutcome) -> bool| {
@@ -159,7 +170,12 @@ pub fn counts(verdicts: &[RecordOutcome]) -> (u64, u64, u64, u64) {
         count(|v| matches!(v, RecordOutcome::Applied { .. })),
         count(|v| *v == RecordOutcome::Late),
         count(|v| *v == RecordOutcome::Duplicate),
-        count(|v| *v == RecordOutcome::Replayed),
+        count(|v| {
+            matches!(
+                v,
+                RecordOutcome::Replayed | RecordOutcome::ReplayedHeld { .. }
+            )
+        }),
     )
 }
 
@@ -172,6 +188,8 @@ pub struct Model {
     /// The largest event time applied.
     pub clock: Option<i64>,
     pub applied: Vec<Record>,
+    /// `vendor_seen_before` of each applied event, as the outcome said.
+    pub seen: Vec<bool>,
 }
 
 impl Model {
@@ -181,12 +199,20 @@ impl Model {
             last_offset: None,
             clock: None,
             applied: Vec::new(),
+            seen: Vec::new(),
         }
     }
 
     pub fn apply(&mut self, record: &Record) -> RecordOutcome {
         if self.last_offset.is_some_and(|last| record.offset <= last) {
-            return RecordOutcome::Replayed;
+            // Delivered before: told again when the same event was applied and is kept.
+            return self
+                .kept_events()
+                .find(|event| *event == as_event(record, event.vendor_seen_before))
+                .and_then(|event| event.vendor_seen_before)
+                .map_or(RecordOutcome::Replayed, |vendor_seen_before| {
+                    RecordOutcome::ReplayedHeld { vendor_seen_before }
+                });
         }
         self.last_offset = Some(record.offset);
         if self
@@ -207,8 +233,24 @@ impl Model {
             .kept()
             .any(|event| event.vendor == record.vendor && event.transaction != record.transaction);
         self.applied.push(*record);
+        self.seen.push(vendor_seen_before);
         self.clock = Some(self.clock.map_or(record.ts, |clock| clock.max(record.ts)));
         RecordOutcome::Applied { vendor_seen_before }
+    }
+
+    /// Every applied event as the state holds it.
+    pub fn applied_events(&self) -> impl Iterator<Item = WindowEvent> + '_ {
+        self.applied
+            .iter()
+            .zip(&self.seen)
+            .map(|(record, seen)| as_event(record, Some(*seen)))
+    }
+
+    /// The applied events with `ts > clock - retention`, as the state holds them.
+    pub fn kept_events(&self) -> impl Iterator<Item = WindowEvent> + '_ {
+        let horizon = self.clock.map_or(i64::MIN, |clock| clock - self.retention);
+        self.applied_events()
+            .filter(move |event| event.ts > horizon)
     }
 
     /// The applied events with `ts > clock - retention`.

@@ -294,6 +294,7 @@ mod tests {
             amount,
             vendor: [vendor; 8],
             transaction: (ts as u64).to_le_bytes(),
+            vendor_seen_before: Some(false),
         }
     }
 

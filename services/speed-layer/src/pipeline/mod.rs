@@ -12,9 +12,11 @@
 //! (4) commit the batch's offsets. A crash anywhere
 //! replays from the last commit: the script's offset fence makes the replay change
 //! nothing, and the updates are published again (at least once; a consumer keeps the one
-//! with the largest source offset). A replayed record is not applied again, so it is not
-//! listed again either: after a crash between (2) and (3) the replayed batch's updates
-//! carry the right windows but no events.
+//! with the largest source offset). A replayed record is not applied again, but when the
+//! state still holds its event, the script answers as it did on the first delivery
+//! (kept with the event), and the update lists it again: after a crash between (2) and
+//! (3) the replayed batch's updates list the lost ones' events again, each with the
+//! answers of its first delivery and its window over the state as it is then.
 //! A failure of Redis or Kafka retries the same batch with backoff until it succeeds or
 //! the service stops.
 //!

@@ -407,25 +407,28 @@ impl Worker {
                 let state = &outcome.state;
                 let as_of = state.clock?;
                 let window = state.window_at(as_of);
-                // The script's outcome per record says which were applied, and whether
-                // the customer had used each one's vendor before it (see
-                // `AppliedEvent::vendor_seen_before`).
+                // The script's outcome per record says which were applied (now, or by a
+                // delivery before a crash, still held), and whether the customer had used
+                // each one's vendor before it (see `AppliedEvent::vendor_seen_before`).
                 let events = run
                     .records
                     .iter()
                     .zip(&run.events)
                     .zip(&outcome.records)
                     .filter_map(|((record, event), verdict)| match *verdict {
-                        RecordOutcome::Applied { vendor_seen_before } => Some(AppliedEvent {
-                            offset: record.offset,
-                            transaction_id: event.transaction_id.as_str().to_owned(),
-                            vendor_id: event.vendor_id.as_str().to_owned(),
-                            amount_minor: record.amount,
-                            ts: record.ts,
-                            vendor_seen_before,
-                            // W(c, ts) as of the end of the batch (`AppliedEvent::window`).
-                            window: Some(state.window_at(record.ts).into()),
-                        }),
+                        RecordOutcome::Applied { vendor_seen_before }
+                        | RecordOutcome::ReplayedHeld { vendor_seen_before } => {
+                            Some(AppliedEvent {
+                                offset: record.offset,
+                                transaction_id: event.transaction_id.as_str().to_owned(),
+                                vendor_id: event.vendor_id.as_str().to_owned(),
+                                amount_minor: record.amount,
+                                ts: record.ts,
+                                vendor_seen_before,
+                                // W(c, ts) as of the end of the batch (`AppliedEvent::window`).
+                                window: Some(state.window_at(record.ts).into()),
+                            })
+                        }
                         _ => None,
                     })
                     .collect();
