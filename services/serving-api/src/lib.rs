@@ -52,12 +52,18 @@ pub struct AppState {
 /// The serving API, bound and ready to run.
 pub struct App {
     http: HttpService,
+    batch_cache: Arc<BatchCache>,
 }
 
 impl App {
     /// The port the API listens on.
     pub fn port(&self) -> u16 {
         self.http.port()
+    }
+
+    /// `/risk`'s batch row cache, to look into (tests).
+    pub fn batch_cache(&self) -> Arc<BatchCache> {
+        Arc::clone(&self.batch_cache)
     }
 }
 
@@ -101,7 +107,7 @@ impl Service for App {
             .merge(rules_api::routes(Arc::clone(&state)))
             .merge(alerts_api::routes(Arc::clone(&state), alert_signal));
         let http = HttpService::bind(settings.serving.listen, router, shutdown).await?;
-        Ok(Self { http })
+        Ok(Self { http, batch_cache })
     }
 
     /// Serves until shutdown, then drains.

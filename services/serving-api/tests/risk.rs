@@ -1437,6 +1437,14 @@ async fn a_cached_customer_stays_exact_as_speed_events_arrive() {
     scenario.run_batch(tb).await;
     let answer = risk_after_run(&serving.base, &schemas, &scenario, customer).await;
     assert_exact(&scenario, customer, &answer, "first read");
+    // The instance fills its cache after it learns of the run (or keeps a read's rows
+    // once it has): from then on its answers read no Postgres.
+    wait_until(
+        Duration::from_secs(10),
+        "the customer's rows cached",
+        || async { serving.batch_cache.holds(customer, scenario.run_id) },
+    )
+    .await;
 
     // The run's rows changed without a run: an answer from Postgres would show it.
     let changed = sqlx::query(

@@ -305,7 +305,7 @@ impl BatchCache {
             Inserted::Evicted => {
                 metrics::counter!("serving_risk_batch_cache_evictions_total").increment(1);
             }
-            Inserted::Replaced | Inserted::Refused => return,
+            Inserted::Kept | Inserted::Refused => return,
         }
         metrics::gauge!("serving_risk_batch_cache_entries")
             .set(self.entries.load(Ordering::Relaxed) as f64);
@@ -371,6 +371,16 @@ impl BatchCache {
                 tracing::warn!(%error, run = run.id, "could not fill the batch row cache")
             }
         }
+    }
+
+    /// Whether `customer`'s rows of run `run_id` are cached and that run is in force:
+    /// what a request for the customer would use without reading Postgres.
+    pub fn holds(&self, customer: &str, run_id: Option<i64>) -> bool {
+        let in_force = match *read_lock(&self.in_force) {
+            InForce::Known { run, .. } => run.map(|run| run.id),
+            InForce::Unknown => return false,
+        };
+        in_force == run_id && self.shard(customer).get(customer, run_id).is_some()
     }
 
     fn capacity(&self) -> usize {
@@ -496,7 +506,9 @@ fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Inserted {
     Added,
-    Replaced,
+    /// The customer's entry of the same run was there already and stays: a run's rows
+    /// never change, so a second read of them (a fill after a request's miss) is the same.
+    Kept,
     /// Took the place of another customer's entry.
     Evicted,
     /// Of another run than the shard's, or no capacity.
@@ -545,9 +557,8 @@ impl Shard {
         if self.run != Some(run) || self.capacity == 0 {
             return Inserted::Refused;
         }
-        if let Some(at) = self.index.get(customer) {
-            self.slots[*at].rows = rows;
-            return Inserted::Replaced;
+        if self.index.contains_key(customer) {
+            return Inserted::Kept;
         }
         let customer: Arc<str> = Arc::from(customer);
         if self.slots.len() < self.capacity {
@@ -715,7 +726,12 @@ mod tests {
         for name in ["a", "b", "c"] {
             assert_eq!(shard.insert(name, Some(1), entry(1)), Inserted::Added);
         }
-        assert_eq!(shard.insert("a", Some(1), entry(2)), Inserted::Replaced);
+        assert_eq!(shard.insert("a", Some(1), entry(2)), Inserted::Kept);
+        assert_eq!(
+            shard.get("a", Some(1)),
+            Some(entry(1)),
+            "the first rows stay"
+        );
         // a and c used: b goes first.
         assert!(shard.get("a", Some(1)).is_some());
         assert!(shard.get("c", Some(1)).is_some());

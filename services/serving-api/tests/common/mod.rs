@@ -31,6 +31,8 @@ pub struct ServingTest {
 pub struct RunningServing {
     pub shutdown: Shutdown,
     pub base: String,
+    /// The instance's batch row cache.
+    pub batch_cache: std::sync::Arc<serving_api::risk::cache::BatchCache>,
 }
 
 impl ServingTest {
@@ -111,12 +113,17 @@ impl ServingTest {
             .await
             .expect("the serving API starts");
         let base = format!("http://127.0.0.1:{}", app.port());
+        let batch_cache = app.batch_cache();
         tokio::spawn(async move {
             if let Err(error) = app.run_until_stopped().await {
                 panic!("the serving API failed: {error:#}");
             }
         });
-        RunningServing { shutdown, base }
+        RunningServing {
+            shutdown,
+            base,
+            batch_cache,
+        }
     }
 
     /// Produces `events` in order (each keyed by customer, timestamped with its ingest
