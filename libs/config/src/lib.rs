@@ -219,6 +219,7 @@ mod tests {
                 ("FRAUD_KAFKA__BROKERZ", "typo"),
                 ("FRAUD_TELEMETRY__LOG_FORMAT", "xml"),
                 ("FRAUD_KAFKA__COMPRESSION", "brotli"),
+                ("FRAUD_KAFKA__FETCH_MAX_WAIT_MS", "0"),
             ],
         )
         .expect_err("invalid");
@@ -230,12 +231,13 @@ mod tests {
             "kafka.brokerz",
             "telemetry.log_format",
             "kafka.compression",
+            "kafka.fetch_max_wait_ms",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
-        assert_eq!(error.problems().len(), 6, "{error}");
+        assert_eq!(error.problems().len(), 7, "{error}");
         let text = error.to_string();
-        assert!(text.contains("6 problems"), "{text}");
+        assert!(text.contains("7 problems"), "{text}");
         assert!(text.contains("`brotli` is not one of lz4, zstd"), "{text}");
         assert!(text.contains("unknown key"), "{text}");
         assert!(

@@ -266,6 +266,10 @@ section! {
         pub window_updates_topic: String,
         /// The codec every producer of the platform compresses its batches with: `lz4`, `zstd`, `snappy`, `gzip` or `none`.
         pub compression: String,
+        /// A consumer's fetch returns once this many bytes are ready (or after `fetch_max_wait_ms`): fewer, fuller fetches for the broker (1 to 100,000,000).
+        pub fetch_min_bytes: u32,
+        /// The longest a consumer's fetch waits for `fetch_min_bytes`, in ms: at most this much delay a hop when traffic is light (1 to 60,000).
+        pub fetch_max_wait_ms: u32,
     }
 }
 
@@ -537,6 +541,12 @@ impl KafkaConfig {
         }
         if self.window_updates_topic.trim().is_empty() {
             problems.add("kafka.window_updates_topic", "must not be empty");
+        }
+        if !(1..=100_000_000).contains(&self.fetch_min_bytes) {
+            problems.add("kafka.fetch_min_bytes", "must be from 1 to 100,000,000");
+        }
+        if !(1..=60_000).contains(&self.fetch_max_wait_ms) {
+            problems.add("kafka.fetch_max_wait_ms", "must be from 1 to 60,000");
         }
         if !COMPRESSION_CODECS.contains(&self.compression.as_str()) {
             problems.add(

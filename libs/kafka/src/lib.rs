@@ -93,9 +93,15 @@ pub fn manual_commit_consumer_with<C: ConsumerContext>(
     tune: impl FnOnce(&mut ClientConfig),
 ) -> Result<BaseConsumer<C>, Error> {
     let mut client = client_config(config);
+    // librdkafka's defaults (1 byte, 500 ms) answer a fetch as soon as one record is
+    // there: under a steady trickle every consumer sends about one fetch per produced
+    // batch, and the broker's request handling becomes the largest cost on a small
+    // machine. A fetch now waits for a fuller answer, up to a few ms.
     client
         .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed");
+        .set("isolation.level", "read_committed")
+        .set("fetch.min.bytes", config.fetch_min_bytes.to_string())
+        .set("fetch.wait.max.ms", config.fetch_max_wait_ms.to_string());
     tune(&mut client);
     client
         .set("group.id", group_id)

@@ -353,7 +353,7 @@ fn poll_batch(consumer: &BaseConsumer<UpdatesContext>) -> anyhow::Result<Batch> 
     Ok(batch)
 }
 
-/// Commits, per partition, the offset after the batch's last record.
+/// Commits, per partition, the offset after the batch's last record (asynchronously).
 fn commit(consumer: &BaseConsumer<UpdatesContext>, batch: &Batch) -> anyhow::Result<()> {
     let topic = &consumer.context().topic;
     let mut list = TopicPartitionList::new();
@@ -361,7 +361,9 @@ fn commit(consumer: &BaseConsumer<UpdatesContext>, batch: &Batch) -> anyhow::Res
         list.add_partition_offset(topic, partition, Offset::Offset(offset + 1))
             .context("failed to list the offsets to commit")?;
     }
-    if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
+    // Asynchronously: the next batch need not wait for the broker's answer, and a
+    // commit lost with a crash only replays updates already evaluated (harmless).
+    if let Err(error) = consumer.commit(&list, CommitMode::Async) {
         // The batch's effects are in Postgres; evaluating it again is harmless.
         tracing::warn!(%error, "committing window-update offsets failed; they will be replayed");
     }
