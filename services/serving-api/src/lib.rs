@@ -47,6 +47,8 @@ pub struct AppState {
     pub rules: Arc<RuleStore>,
     /// `/risk`'s batch rows of the run in force, per customer.
     pub batch_cache: Arc<BatchCache>,
+    /// The speed view's meta key, as last read whole.
+    pub speed_meta: crate::risk::read::MetaCache,
 }
 
 /// The serving API, bound and ready to run.
@@ -89,6 +91,7 @@ impl Service for App {
             keys: ApiKeys::from_config(&settings.auth),
             rules: Arc::clone(&rules),
             batch_cache: Arc::clone(&batch_cache),
+            speed_meta: Default::default(),
         });
         shutdown.spawn("rules-refresh", rules.keep_fresh(shutdown.clone()));
         batch_cache.spawn_follower(pool.clone(), timeout, &shutdown);

@@ -12,12 +12,12 @@
 //! force; that module says why its rows keep the merge exact.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use fraud_speed_view::meta::meta_key;
-use fraud_speed_view::{CustomerState, SpeedMeta, customer_key};
-use redis::AsyncCommands;
+use fraud_speed_view::{CustomerState, Generation, SpeedMeta, customer_key};
 use sqlx::PgPool;
 
 use super::cache::{CustomerRows, HourTotals, Run};
@@ -28,7 +28,7 @@ use crate::AppState;
 #[derive(Debug, Default)]
 pub struct SpeedRead {
     /// The meta key; `None` when Redis could not be read.
-    pub meta: Option<SpeedMeta>,
+    pub meta: Option<Arc<SpeedMeta>>,
     /// The customer's state, if it exists in the meta key's generation (a state of
     /// another generation counts as absent).
     pub state: Option<CustomerState>,
@@ -36,25 +36,74 @@ pub struct SpeedRead {
     pub reasons: Vec<String>,
 }
 
-/// Reads the meta key and the customer's state (concurrently, on the shared
-/// multiplexed connection).
+/// How long a read of the whole meta key serves later requests, within its generation.
+pub const META_MAX_AGE: Duration = Duration::from_millis(50);
+
+/// The speed view's meta key as last read whole, shared by the requests of this process.
+///
+/// Every request reads the meta key's generation with the customer's state (one round
+/// trip), so a state is always judged against the generation current at that read; the
+/// rest of the key (each partition's status and progress, about two dozen fields that
+/// cost more to read and parse than the whole answer) is read again only when the
+/// generation differs from the cached one or the cached read is older than
+/// [`META_MAX_AGE`]. Within a generation a partition's status only goes from rebuilding
+/// to ready, never back, so a cached `degraded` can only be a little late to clear; the
+/// progress behind `speedLagMs` is reported about once a second anyway.
+#[derive(Debug, Default)]
+pub struct MetaCache {
+    read: RwLock<Option<(Instant, Arc<SpeedMeta>)>>,
+}
+
+impl MetaCache {
+    /// The cached meta key, if it was read less than [`META_MAX_AGE`] ago in `generation`.
+    fn fresh(&self, generation: Option<Generation>) -> Option<Arc<SpeedMeta>> {
+        let guard = self
+            .read
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (at, meta) = guard.as_ref()?;
+        (generation.is_some() && meta.generation == generation && at.elapsed() < META_MAX_AGE)
+            .then(|| Arc::clone(meta))
+    }
+
+    fn store(&self, meta: &Arc<SpeedMeta>) {
+        let mut guard = self
+            .read
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *guard = Some((Instant::now(), Arc::clone(meta)));
+    }
+}
+
+/// Reads the customer's state with the meta key's generation (one round trip), and the
+/// whole meta key when [`MetaCache`] has no fresh read of it.
 pub async fn speed(app: &AppState, customer: &str) -> SpeedRead {
     let timeout = app.settings.service.probe_timeout();
     let prefix = &app.settings.redis.key_prefix;
     let read = async {
-        let connection = app.redis.connection().await.map_err(|e| e.to_string())?;
-        let mut for_meta = connection.clone();
-        let mut for_state = connection;
+        let mut connection = app.redis.connection().await.map_err(|e| e.to_string())?;
         let meta_key = meta_key(prefix);
         let state_key = customer_key(prefix, customer);
-        let (meta, state) = tokio::join!(
-            SpeedMeta::read(&mut for_meta, &meta_key),
-            for_state.get::<_, Option<Vec<u8>>>(&state_key)
-        );
-        Ok::<_, String>((
-            meta.map_err(|e| e.to_string())?,
-            state.map_err(|e| e.to_string())?,
-        ))
+        let (generation, state): (Option<String>, Option<Vec<u8>>) = redis::pipe()
+            .hget(&meta_key, "generation")
+            .get(&state_key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        let generation = generation.as_deref().and_then(Generation::parse_hex);
+        let meta = match app.speed_meta.fresh(generation) {
+            Some(meta) => meta,
+            None => {
+                let meta = Arc::new(
+                    SpeedMeta::read(&mut connection, &meta_key)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+                app.speed_meta.store(&meta);
+                meta
+            }
+        };
+        Ok::<_, String>((meta, state))
     };
     let (meta, bytes) = match bounded(timeout, read).await {
         Ok(read) => read,
@@ -399,5 +448,45 @@ async fn bounded<T>(
     match tokio::time::timeout(timeout, read).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(generation: Option<Generation>) -> Arc<SpeedMeta> {
+        Arc::new(SpeedMeta {
+            generation,
+            ..SpeedMeta::default()
+        })
+    }
+
+    #[test]
+    fn the_meta_cache_serves_only_a_fresh_read_of_the_same_generation() {
+        let cache = MetaCache::default();
+        let current = Generation::random();
+        assert!(cache.fresh(Some(current)).is_none(), "nothing read yet");
+        cache.store(&meta(Some(current)));
+        assert!(cache.fresh(Some(current)).is_some());
+        assert!(
+            cache.fresh(Some(Generation::random())).is_none(),
+            "another generation: read the key again"
+        );
+        assert!(
+            cache.fresh(None).is_none(),
+            "no generation: read the key again"
+        );
+        cache.store(&meta(None));
+        assert!(
+            cache.fresh(None).is_none(),
+            "a key without a generation is never kept"
+        );
+        // Too old.
+        *cache.read.write().unwrap() = Some((
+            Instant::now() - META_MAX_AGE - Duration::from_millis(1),
+            meta(Some(current)),
+        ));
+        assert!(cache.fresh(Some(current)).is_none());
     }
 }
