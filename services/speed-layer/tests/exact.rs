@@ -119,6 +119,40 @@ fn listed_events(updates: &[WindowUpdate]) -> BTreeMap<String, Vec<(i64, String,
     listed
 }
 
+/// A listed event as the tests compare it: offset, transaction id, amount, event time,
+/// vendor id and whether the customer had used the vendor before.
+type ListedEvent = (i64, String, i64, i64, String, bool);
+
+/// The events `update` lists.
+fn listed_in(update: &WindowUpdate) -> Vec<ListedEvent> {
+    update
+        .events
+        .iter()
+        .map(|event| {
+            (
+                event.offset,
+                event.transaction_id.clone(),
+                event.amount_minor,
+                event.ts,
+                event.vendor_id.clone(),
+                event.vendor_seen_before,
+            )
+        })
+        .collect()
+}
+
+/// How `record` must be listed, with `seen` as its vendor answer.
+fn as_listed(record: &common::Produced, seen: bool) -> ListedEvent {
+    (
+        record.offset,
+        record.event.transaction_id.as_str().to_owned(),
+        record.event.amount.minor(),
+        record.event.event_time.as_millis(),
+        record.event.vendor_id.as_str().to_owned(),
+        seen,
+    )
+}
+
 /// A customer's records that land in one batch give one update listing exactly the
 /// records the batch applied, in offset order, each saying whether the customer had
 /// used its vendor before it: through an event of an earlier batch, or one earlier in
@@ -174,33 +208,9 @@ async fn one_update_lists_every_record_its_batch_applied_in_order() {
     let last = produced.last().unwrap().offset;
     let update =
         fraud_testkit::poll_for(DEADLINE, "the second batch's update", || update_of(last)).await;
-    let listed: Vec<(i64, String, i64, i64, String, bool)> = update
-        .events
-        .iter()
-        .map(|event| {
-            (
-                event.offset,
-                event.transaction_id.clone(),
-                event.amount_minor,
-                event.ts,
-                event.vendor_id.clone(),
-                event.vendor_seen_before,
-            )
-        })
-        .collect();
-    let expected = |index: usize, seen: bool| {
-        let record = &produced[index];
-        (
-            record.offset,
-            record.event.transaction_id.as_str().to_owned(),
-            record.event.amount.minor(),
-            record.event.event_time.as_millis(),
-            record.event.vendor_id.as_str().to_owned(),
-            seen,
-        )
-    };
+    let expected = |index: usize, seen: bool| as_listed(&produced[index], seen);
     assert_eq!(
-        listed,
+        listed_in(&update),
         vec![
             expected(0, false),
             expected(1, true),
@@ -527,32 +537,12 @@ async fn a_batch_whose_updates_were_lost_in_a_crash_is_listed_when_replayed() {
             .find(|update| update.customer_id == customer && update.source_offset == last)
     })
     .await;
-    let listed: Vec<(i64, String, i64, bool)> = update
-        .events
-        .iter()
-        .map(|event| {
-            (
-                event.offset,
-                event.transaction_id.clone(),
-                event.amount_minor,
-                event.vendor_seen_before,
-            )
-        })
-        .collect();
-    let expected = |index: usize, seen: bool| {
-        let record = &produced[index];
-        (
-            record.offset,
-            record.event.transaction_id.as_str().to_owned(),
-            record.event.amount.minor(),
-            seen,
-        )
-    };
+    let expected = |index: usize, seen: bool| as_listed(&produced[index], seen);
     // The lost delivery's answers; the exact copy of "b" is listed again too, with
     // b's answer (its event is held, and the state cannot tell a copy from the
     // original), which judges the same instant again.
     assert_eq!(
-        listed,
+        listed_in(&update),
         vec![
             expected(0, false),
             expected(1, true),
