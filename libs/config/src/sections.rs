@@ -355,6 +355,9 @@ section! {
         pub producer_queue_max: u32,
         /// How long to wait for the brokers' acknowledgement before answering 503, in ms.
         pub produce_timeout_ms: u64,
+        /// Requests the instance works on at once, over every key; one more is refused
+        /// at once (503 with `Retry-After`) instead of waiting in a growing queue.
+        pub max_in_flight_requests: u32,
     }
 }
 
@@ -696,6 +699,11 @@ impl IngestConfig {
             problems,
             "ingest.produce_timeout_ms",
             self.produce_timeout_ms,
+        );
+        at_least_one(
+            problems,
+            "ingest.max_in_flight_requests",
+            self.max_in_flight_requests.into(),
         );
     }
 }

@@ -268,3 +268,61 @@ async fn back_pressure_is_503_and_a_retry_loses_nothing_and_doubles_nothing() {
     assert_eq!(ids, expected, "every transaction exactly once");
     roomy.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_beyond_the_in_flight_limit_is_refused_at_once_and_produces_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ingest = Harness::start(|settings| settings.ingest.max_in_flight_requests = 1).await;
+    // A request whose body is only half sent holds the one slot.
+    let held_body = transaction("in-flight-held", json!("c-held"), json!(12.5)).to_string();
+    let (first_half, second_half) = held_body.split_at(held_body.len() / 2);
+    let address = ingest.base.trim_start_matches("http://").to_owned();
+    let mut held = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/transactions HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {WRITER}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        held_body.len()
+    );
+    held.write_all(head.as_bytes()).await.unwrap();
+    held.write_all(first_half.as_bytes()).await.unwrap();
+
+    // Another request is refused before anything of it is read: a body of the wrong
+    // media type gets 415 while a slot is free and 503 once the held request has it.
+    let (headers, problem) = fraud_testkit::poll_for(
+        std::time::Duration::from_secs(10),
+        "a request refused for the held slot",
+        || async {
+            let (status, headers, problem) = ingest.post(Some(WRITER), "text/plain", "x").await;
+            assert!(status == 415 || status == 503, "{status}: {problem}");
+            (status == 503).then_some((headers, problem))
+        },
+    )
+    .await;
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    assert_eq!(problem["status"], 503);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("as many requests"),
+        "{problem}"
+    );
+
+    // The held request completes; its slot is free again for the next one.
+    held.write_all(second_half.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    held.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let next = transaction("in-flight-next", json!("c-next"), json!(3));
+    let (status, _, body) = ingest.post_json(&next).await;
+    assert_eq!(status, 202, "{body}");
+
+    let mut ids: Vec<String> = events(&ingest.records().await)
+        .iter()
+        .map(|event| event.transaction_id.as_str().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["in-flight-held", "in-flight-next"]);
+    ingest.stop().await;
+}

@@ -1,7 +1,9 @@
 //! The ingest HTTP API: `POST /v1/transactions` and `GET /openapi.json`.
 //!
 //! A request goes through, in order: authentication (scope `ingest`, 401/403), the
-//! caller's rate limit (429), the media type (415), the body size (413), decoding (400)
+//! caller's rate limit (429), the instance's limit of requests in flight (503 with
+//! `Retry-After` at once, so an overload sheds load instead of queueing it), the media
+//! type (415), the body size (413), decoding (400)
 //! and validation of every item (413 for too many, 422 listing every invalid field);
 //! then the idempotency keys (409 for an id reused with other content), producing to
 //! Kafka (503 with `Retry-After` under back-pressure) and the answer (202), which means
@@ -75,6 +77,8 @@ pub struct Ingest {
     idempotency: Idempotency,
     publisher: Publisher,
     openapi: String,
+    /// One permit per request being worked on (`ingest.max_in_flight_requests`).
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Ingest {
@@ -99,6 +103,9 @@ impl Ingest {
             max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
             idempotency,
             publisher,
+            in_flight: tokio::sync::Semaphore::new(
+                usize::try_from(config.max_in_flight_requests).unwrap_or(usize::MAX),
+            ),
         })
     }
 }
@@ -157,6 +164,13 @@ async fn accept(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Resp
         .limiter
         .acquire(&caller.key_name)
         .map_err(Problem::rate_limited)?;
+    // Held until the answer is made; nothing of a request refused here was read.
+    let _working = ingest.in_flight.try_acquire().map_err(|_| {
+        Problem::unavailable(
+            "this instance is working on as many requests as it may; retry",
+            RETRY_AFTER_SECONDS,
+        )
+    })?;
     let ndjson = media_type_is_ndjson(headers)?;
     let bytes = read_body(body, ingest.max_body_bytes).await?;
     let (framing, items) = if ndjson {
