@@ -67,6 +67,9 @@ mod serving;
 #[path = "fraud-bench/mixed.rs"]
 mod mixed;
 
+#[path = "fraud-bench/overload.rs"]
+mod overload;
+
 /// The platform's benchmarks (a measurement, not a test: exits 0 when a target is missed).
 #[derive(Parser)]
 #[command(version)]
@@ -124,6 +127,17 @@ struct IngestArgs {
     /// Warm-up before the single-event phase is measured, in seconds.
     #[arg(long, default_value_t = 2)]
     singles_warmup_seconds: u64,
+    /// Length of the overload phase (single events offered open loop at
+    /// `--overload-factor` times the single-event phase's rate), in seconds; 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    overload_seconds: u64,
+    /// The overload phase's offered rate, as a multiple of the single-event phase's.
+    #[arg(long, default_value_t = 2.0)]
+    overload_factor: f64,
+    /// Most requests of the overload phase waiting for an answer at once; a request due
+    /// while that many wait is not sent, and counted.
+    #[arg(long, default_value_t = 4096)]
+    overload_max_connections: usize,
     /// How long to wait after the batch phase for the lake writer's lag to return to 0.
     #[arg(long, default_value_t = 60)]
     lake_drain_seconds: u64,
@@ -181,6 +195,11 @@ async fn ingest_benchmark(args: IngestArgs) -> anyhow::Result<()> {
     }
     if args.batch_size == 0 || args.events == 0 || args.singles_clients == 0 {
         bail!("--batch-size, --events and --singles-clients must be positive");
+    }
+    if !(args.overload_factor.is_finite() && args.overload_factor > 0.0)
+        || args.overload_max_connections == 0
+    {
+        bail!("--overload-factor and --overload-max-connections must be positive");
     }
     let settings = Settings::load(None).context("load the platform's configuration")?;
     let ingest_bin = service_binary(args.ingest_bin.as_deref(), "ingest", "--ingest-bin")?;
@@ -257,6 +276,8 @@ struct Measured {
     batches: LoadResult,
     lake: LakeResult,
     singles: LoadResult,
+    /// The overload phase, unless `--overload-seconds 0`.
+    overload: Option<overload::OverloadResult>,
     cpu: Vec<(&'static str, CpuUsage)>,
     /// The machine before the run, with nothing of ours running.
     background: CpuUsage,
@@ -356,7 +377,7 @@ async fn measure(
     let lake = wait_for_lake(args, settings, stack, &sampler, batch_end).await;
     sampler.stop();
     cpu.push(("lake drain", before.usage_until(&CpuSnapshot::take(&pids))));
-    progress(format!("lake writer: {}", lake.summary()));
+    progress(format!("lake writer: {}", lake.summary("the batch phase")));
 
     progress(format!(
         "singles: {} clients for {}s (after {}s of warm-up)",
@@ -393,6 +414,26 @@ async fn measure(
         fmt_micros(singles.latency.value_at_quantile(0.99))
     ));
 
+    let overload = if args.overload_seconds == 0 {
+        None
+    } else {
+        let before = CpuSnapshot::take(&pids);
+        let result = overload::run(
+            args,
+            settings,
+            stack,
+            &target,
+            &workload.overload,
+            singles.requests_per_second(),
+        )
+        .await?;
+        cpu.push((
+            "overload (and lake drain)",
+            before.usage_until(&CpuSnapshot::take(&pids)),
+        ));
+        Some(result)
+    };
+
     Ok(Measured {
         reference,
         sweep,
@@ -400,6 +441,7 @@ async fn measure(
         batches,
         lake,
         singles,
+        overload,
         cpu,
         background,
     })
@@ -429,6 +471,9 @@ struct Workload {
     /// The sustained phase's events as Kafka records: (key, value).
     reference: Vec<(String, Vec<u8>)>,
     singles: Vec<RequestBody>,
+    /// The overload phase's requests (single events), room for `--overload-factor` times
+    /// the most single-event requests per second the pool is sized for.
+    overload: Vec<RequestBody>,
     total_events: usize,
     customers: usize,
     vendors: usize,
@@ -479,18 +524,22 @@ impl Workload {
 
         let singles_count =
             (args.singles_seconds + args.singles_warmup_seconds) * SINGLES_POOL_PER_SECOND;
-        let singles = (0..singles_count)
-            .map(|_| RequestBody {
-                bytes: Bytes::from(generator.next_event().json),
-                events: 1,
-            })
-            .collect();
+        let mut single = || RequestBody {
+            bytes: Bytes::from(generator.next_event().json),
+            events: 1,
+        };
+        let singles = (0..singles_count).map(|_| single()).collect();
+        let overload_count =
+            (args.overload_seconds as f64 * SINGLES_POOL_PER_SECOND as f64 * args.overload_factor)
+                .ceil() as usize;
+        let overload = (0..overload_count).map(|_| single()).collect();
         Ok(Workload {
             warmup_batches,
             sweep_batches,
             batches,
             reference,
             singles,
+            overload,
             total_events: generator.generated,
             customers: generator.customers.len(),
             vendors: generator.vendors.len(),
@@ -1138,6 +1187,21 @@ impl LoadResult {
     }
 }
 
+/// A failed request as a report names it: its status and the start of its answer.
+fn failure_text(status: u16, text: &str) -> String {
+    format!("{status}: {}", text.chars().take(300).collect::<String>())
+}
+
+/// "p50 / p99 / max" of a histogram of microseconds.
+fn p50_p99_max(histogram: &Histogram<u64>) -> String {
+    format!(
+        "{} / {} / {}",
+        fmt_micros(histogram.value_at_quantile(0.50)),
+        fmt_micros(histogram.value_at_quantile(0.99)),
+        fmt_micros(histogram.max())
+    )
+}
+
 fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
@@ -1207,18 +1271,15 @@ async fn run_load(
                         *part.statuses.entry(status).or_default() += 1;
                         if status == 202 {
                             part.accepted_events += body.events as u64;
-                        } else if part.first_failure.is_none() {
-                            part.first_failure = Some(format!(
-                                "{status}: {}",
-                                text.chars().take(300).collect::<String>()
-                            ));
+                        } else {
+                            part.first_failure
+                                .get_or_insert_with(|| failure_text(status, &text));
                         }
                     }
                     Err(error) => {
                         part.transport_errors += 1;
-                        if part.first_failure.is_none() {
-                            part.first_failure = Some(format!("no answer: {error}"));
-                        }
+                        part.first_failure
+                            .get_or_insert_with(|| format!("no answer: {error}"));
                     }
                 }
             }
@@ -1447,18 +1508,19 @@ struct LakeResult {
 }
 
 impl LakeResult {
-    fn summary(&self) -> String {
+    /// The lag in a phrase; `phase` is what the wait started after.
+    fn summary(&self, phase: &str) -> String {
         if let Some(reason) = &self.not_measurable {
             return format!("not measurable: {reason}");
         }
         match self.back_to_zero {
             Some(after) => format!(
-                "max lag {} records; back to 0 {:.1}s after the batch phase",
+                "max lag {} records; back to 0 {:.1}s after {phase}",
                 fmt_int(self.max_lag as u64),
                 after.as_secs_f64()
             ),
             None => format!(
-                "max lag {} records; not back to 0 within {}s of the batch phase",
+                "max lag {} records; not back to 0 within {}s of {phase}",
                 fmt_int(self.max_lag as u64),
                 self.bound.as_secs()
             ),
@@ -2148,6 +2210,10 @@ fn render_report(
             fmt_int(workload.singles.len() as u64),
             args.singles_seconds
         );
+    }
+
+    if let Some(overload) = &m.overload {
+        overload::render(&mut r, args, settings, overload);
     }
 
     let _ = writeln!(r, "\n## CPU during each phase\n");

@@ -55,9 +55,9 @@ use rdkafka::consumer::BaseConsumer;
 use super::{
     BUSY_BACKGROUND_PERCENT, CpuUsage, JSON, LoadResult, Machine, Part, Pids, RequestBody,
     SINGLES_POOL_PER_SECOND, Target, ThreadMatch, delete_group, delete_redis_keys, fmt_int,
-    fmt_micros, fmt_rate, http_client, latency_histogram, lock, machine_ticks, pass, process_ticks,
-    produce_all, progress, run_line, run_load, sample_lag, stop_process, tail, uuid_hex,
-    wait_for_quiet, wait_for_topic, workspace_root, write_report,
+    fmt_micros, fmt_rate, http_client, latency_histogram, lock, machine_ticks, p50_p99_max, pass,
+    process_ticks, produce_all, progress, run_line, run_load, sample_lag, stop_process, tail,
+    uuid_hex, wait_for_quiet, wait_for_topic, workspace_root, write_report,
 };
 
 #[derive(Args, Clone)]
@@ -2246,10 +2246,8 @@ fn render_report(
             );
             let _ = writeln!(
                 r,
-                "| alerts: POST sent → delivered on the bound queue, p50 / p99 / max | {} / {} / {} |",
-                fmt_micros(a.delay.value_at_quantile(0.50)),
-                fmt_micros(a.delay.value_at_quantile(0.99)),
-                fmt_micros(a.delay.max())
+                "| alerts: POST sent → delivered on the bound queue, p50 / p99 / max | {} |",
+                p50_p99_max(&a.delay)
             );
             let _ = writeln!(
                 r,
