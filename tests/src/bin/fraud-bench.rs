@@ -156,6 +156,10 @@ struct IngestArgs {
     /// The ingest binary (default: `ingest` next to this program).
     #[arg(long)]
     ingest_bin: Option<PathBuf>,
+    /// The speed-layer binary of the overload phase (default: `speed-layer` next to this
+    /// program).
+    #[arg(long)]
+    speed_bin: Option<PathBuf>,
     /// Where to write the report (default: `target/bench/ingest.md` under the workspace).
     #[arg(long)]
     report: Option<PathBuf>,
@@ -417,20 +421,17 @@ async fn measure(
     let overload = if args.overload_seconds == 0 {
         None
     } else {
-        let before = CpuSnapshot::take(&pids);
         let result = overload::run(
             args,
             settings,
             stack,
             &target,
+            &pids,
             &workload.overload,
             singles.requests_per_second(),
         )
         .await?;
-        cpu.push((
-            "overload (and lake drain)",
-            before.usage_until(&CpuSnapshot::take(&pids)),
-        ));
+        cpu.push(("overload", result.cpu));
         Some(result)
     };
 

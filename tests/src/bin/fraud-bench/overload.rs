@@ -7,8 +7,10 @@
 //! `Retry-After`), quickly, with its memory bounded, and lose nothing it accepted. The
 //! phase records every answer by status with its latency, ingest's resident memory
 //! every 100 ms, the events the topic gained (which must equal the events answered 202:
-//! every generated id is new, so none is a replay) and the time the lake writer takes to
-//! hold all of them. Requests the client could not even send because
+//! every generated id is new, so none is a replay) and the time the lake writer, and a
+//! real speed layer started on the topic for the phase, take to process all of them. The
+//! speed layer sees a Redis prefix of its own with no state, which it treats as lost
+//! data: it rebuilds from the topic first, and the phase starts once it is ready. Requests the client could not even send because
 //! `--overload-max-connections` were already waiting are counted apart (a figure, not a
 //! requirement: the load generator shares the machine's cores with ingest and Kafka).
 
@@ -18,15 +20,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use fraud_config::{KafkaConfig, Settings};
+use fraud_testkit::{ChildProcess, free_port};
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::{
-    IngestArgs, JSON, LagSampler, LakeResult, RequestBody, Stack, Target, failure_text, fmt_int,
-    fmt_rate, latency_histogram, lock, p50_p99_max, pass, progress, wait_for_lake,
+    CpuSnapshot, CpuUsage, IngestArgs, JSON, LagSampler, LakeResult, Pids, RequestBody, Stack,
+    Target, delete_group, failure_text, fmt_int, fmt_rate, latency_histogram, lock, p50_p99_max,
+    pass, progress, service_binary, stop_process, wait_for_lake, wait_for_topic,
 };
+use crate::speed::{SpeedPlace, speed_command};
 
 /// ingest's resident memory (`VmRSS`) may not exceed this during the phase: the bound
 /// the attack test holds ingest to under overload.
@@ -62,6 +67,10 @@ pub struct OverloadResult {
     pub topic_gained: i64,
     /// The lake writer's lag after the phase.
     pub lake: LakeResult,
+    /// The speed layer's lag after the phase.
+    pub speed: LakeResult,
+    /// CPU from the first request due to the last answer.
+    pub cpu: CpuUsage,
 }
 
 impl OverloadResult {
@@ -124,6 +133,13 @@ impl OverloadResult {
                 ),
                 self.lake.not_measurable.is_none() && self.lake.back_to_zero.is_some(),
             ),
+            (
+                format!(
+                    "every accepted event applied by the speed layer (it commits after Redis holds the effect): {}",
+                    self.speed.summary("the phase")
+                ),
+                self.speed.not_measurable.is_none() && self.speed.back_to_zero.is_some(),
+            ),
         ]
     }
 }
@@ -134,12 +150,11 @@ pub async fn run(
     settings: &Settings,
     stack: &Stack,
     target: &Target,
+    pids: &Pids,
     bodies: &[RequestBody],
     sustained: f64,
 ) -> anyhow::Result<OverloadResult> {
     let offered_rate = (sustained * args.overload_factor).max(1.0);
-    let due = ((offered_rate * args.overload_seconds as f64) as u64).min(bodies.len() as u64);
-    let exhausted = (bodies.len() as f64) < offered_rate * args.overload_seconds as f64;
     progress(format!(
         "overload: {} requests/s offered for {} s ({:.1} × the sustained {} requests/s)",
         fmt_rate(offered_rate),
@@ -147,6 +162,61 @@ pub async fn run(
         args.overload_factor,
         fmt_rate(sustained)
     ));
+    let speed_bin = service_binary(args.speed_bin.as_deref(), "speed-layer", "--speed-bin")?;
+    let speed = SpeedLayer::start(args, settings, stack, &speed_bin).await?;
+    let phase = Phase {
+        target,
+        pids,
+        bodies,
+        sustained,
+        speed: &speed,
+    };
+    let result = offer(args, settings, stack, &phase).await;
+    for problem in speed.stop(settings).await {
+        progress(format!("clean-up: {problem}"));
+    }
+    let result = result?;
+    progress(format!(
+        "overload: {} answered ({}), {} not sent; {}",
+        fmt_int(result.answered()),
+        statuses_text(&result.statuses),
+        fmt_int(result.not_sent),
+        if result.verdicts().iter().all(|(_, held)| *held) {
+            "every requirement held"
+        } else {
+            "a requirement did NOT hold (see the report)"
+        }
+    ));
+    Ok(result)
+}
+
+/// What the phase posts, where, and with what running.
+struct Phase<'a> {
+    target: &'a Target,
+    pids: &'a Pids,
+    bodies: &'a [RequestBody],
+    /// The single-event phase's requests/s.
+    sustained: f64,
+    speed: &'a SpeedLayer,
+}
+
+/// The phase itself, with its speed layer running.
+async fn offer(
+    args: &IngestArgs,
+    settings: &Settings,
+    stack: &Stack,
+    phase: &Phase<'_>,
+) -> anyhow::Result<OverloadResult> {
+    let Phase {
+        target,
+        pids,
+        bodies,
+        sustained,
+        speed,
+    } = *phase;
+    let offered_rate = (sustained * args.overload_factor).max(1.0);
+    let due = ((offered_rate * args.overload_seconds as f64) as u64).min(bodies.len() as u64);
+    let exhausted = (bodies.len() as f64) < offered_rate * args.overload_seconds as f64;
     let kafka = settings.kafka.clone();
     let topic = stack.ingest_topic.clone();
     let records_before = {
@@ -158,6 +228,13 @@ pub async fn run(
         settings.kafka.clone(),
         stack.ingest_topic.clone(),
         stack.writer_group.clone(),
+        args.partitions,
+        Duration::from_secs(1),
+    );
+    let speed_sampler = LagSampler::start(
+        settings.kafka.clone(),
+        stack.ingest_topic.clone(),
+        speed.group.clone(),
         args.partitions,
         Duration::from_secs(1),
     );
@@ -174,6 +251,7 @@ pub async fn run(
     let waiting = Arc::new(tokio::sync::Semaphore::new(args.overload_max_connections));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let interval = Duration::from_secs_f64(1.0 / offered_rate);
+    let cpu_before = CpuSnapshot::take(pids);
     let started = tokio::time::Instant::now();
     let mut not_sent = 0u64;
     let mut max_waiting = 0usize;
@@ -212,6 +290,7 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     let window = started.elapsed();
     let end = Instant::now();
+    let cpu = cpu_before.usage_until(&CpuSnapshot::take(pids));
     let rss_max = memory.stop().max(rss_before);
     let rss_after = rss_bytes(pid).unwrap_or(0);
     let records_after = {
@@ -219,9 +298,11 @@ pub async fn run(
         tokio::task::spawn_blocking(move || topic_records(&kafka, &topic, partitions)).await??
     };
 
-    progress("overload: waiting for the lake writer's lag to return to 0");
+    progress("overload: waiting for the lake writer's and the speed layer's lag to return to 0");
     let lake = wait_for_lake(args, settings, stack, &sampler, end).await;
     sampler.stop();
+    let speed_lag = wait_for_lake(args, settings, stack, &speed_sampler, end).await;
+    speed_sampler.stop();
 
     let tally = std::mem::take(&mut *lock(&tally));
     let result = OverloadResult {
@@ -242,19 +323,101 @@ pub async fn run(
         rss_after,
         topic_gained: records_after - records_before,
         lake,
+        speed: speed_lag,
+        cpu,
     };
-    progress(format!(
-        "overload: {} answered ({}), {} not sent; {}",
-        fmt_int(result.answered()),
-        statuses_text(&result.statuses),
-        fmt_int(result.not_sent),
-        if result.verdicts().iter().all(|(_, held)| *held) {
-            "every requirement held"
-        } else {
-            "a requirement did NOT hold (see the report)"
-        }
-    ));
     Ok(result)
+}
+
+/// How long the phase's speed layer may take to rebuild from the topic (the batch and
+/// single-event phases' events) and be ready.
+const SPEED_READY_WITHIN: Duration = Duration::from_secs(300);
+
+/// The speed layer of the phase: the real binary on ingest's topic, with a group, window
+/// updates topic and Redis prefix of its own (under the stack's, so the stack's clean-up
+/// removes its keys).
+struct SpeedLayer {
+    process: ChildProcess,
+    group: String,
+    updates_topic: String,
+}
+
+impl SpeedLayer {
+    async fn start(
+        args: &IngestArgs,
+        settings: &Settings,
+        stack: &Stack,
+        speed_bin: &std::path::Path,
+    ) -> anyhow::Result<SpeedLayer> {
+        let group = format!("{}-speed", stack.ingest_topic);
+        let updates_topic = format!("{}-updates", stack.ingest_topic);
+        let prefix = format!("{}speed:", stack.redis_prefix);
+        fraud_kafka::ensure_topic(&settings.kafka, &updates_topic, args.partitions, 1)
+            .await
+            .with_context(|| format!("create topic {updates_topic}"))?;
+        wait_for_topic(&settings.kafka, &updates_topic, args.partitions).await?;
+        let port = free_port();
+        let command = speed_command(
+            settings,
+            speed_bin,
+            &SpeedPlace {
+                topic: &stack.ingest_topic,
+                updates_topic: &updates_topic,
+                redis_url: &stack.redis_url,
+                prefix: &prefix,
+                group: &group,
+                port,
+            },
+        );
+        progress(format!(
+            "overload: starting {} (group {group}); it rebuilds from the topic before it is ready",
+            speed_bin.display()
+        ));
+        let mut process = ChildProcess::spawn("bench-overload-speed-layer", command);
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if !process.is_running() {
+                bail!(
+                    "the speed layer exited before it was ready:\n{}",
+                    process.output()
+                );
+            }
+            let answer = client.get(&ready).send().await;
+            if answer.is_ok_and(|answer| answer.status().is_success()) {
+                break;
+            }
+            if started.elapsed() > SPEED_READY_WITHIN {
+                let mut problems = Vec::new();
+                stop_process(process, "the speed layer", &mut problems).await;
+                bail!("the speed layer was not ready within {SPEED_READY_WITHIN:?} ({problems:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        progress(format!(
+            "overload: the speed layer is ready after {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(SpeedLayer {
+            process,
+            group,
+            updates_topic,
+        })
+    }
+
+    /// Stops it and removes its group and updates topic; what could not be done.
+    async fn stop(self, settings: &Settings) -> Vec<String> {
+        let mut problems = Vec::new();
+        stop_process(self.process, "the speed layer", &mut problems).await;
+        if let Err(error) = fraud_kafka::delete_topic(&settings.kafka, &self.updates_topic).await {
+            problems.push(format!("delete topic {}: {error}", self.updates_topic));
+        }
+        if let Err(error) = delete_group(&settings.kafka, &self.group).await {
+            problems.push(format!("delete group {}: {error}", self.group));
+        }
+        problems
+    }
 }
 
 /// The answers of the phase as they come in.

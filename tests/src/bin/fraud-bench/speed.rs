@@ -218,59 +218,18 @@ impl SpeedStack {
     /// configuration as this program read it); returns when it was started.
     fn start_speed(&mut self, settings: &Settings, speed_bin: &Path) -> Instant {
         self.speed_port = free_port();
-        let mut command = Command::new(speed_bin);
-        // Only what is set here: a developer's FRAUD_ variables must not leak in.
-        for (variable, _) in std::env::vars() {
-            if variable.starts_with("FRAUD_") {
-                command.env_remove(variable);
-            }
-        }
-        let speed = &settings.speed;
-        let env = [
-            ("FRAUD_KAFKA__BROKERS", settings.kafka.brokers.clone()),
-            ("FRAUD_KAFKA__TRANSACTIONS_TOPIC", self.topic.clone()),
-            (
-                "FRAUD_KAFKA__WINDOW_UPDATES_TOPIC",
-                self.updates_topic.clone(),
-            ),
-            ("FRAUD_REDIS__URL", self.redis_url.clone()),
-            ("FRAUD_REDIS__KEY_PREFIX", self.prefix.clone()),
-            (
-                "FRAUD_POSTGRES__URL",
-                settings.postgres.url.expose().clone(),
-            ),
-            (
-                "FRAUD_INGEST__MAX_FUTURE_SKEW_MS",
-                settings.ingest.max_future_skew_ms.to_string(),
-            ),
-            ("FRAUD_SPEED__GROUP", self.group.clone()),
-            (
-                "FRAUD_SPEED__LISTEN",
-                format!("127.0.0.1:{}", self.speed_port),
-            ),
-            (
-                "FRAUD_SPEED__ALLOWED_LATENESS_MS",
-                speed.allowed_lateness_ms.to_string(),
-            ),
-            (
-                "FRAUD_SPEED__INCREMENTS_TTL_MS",
-                speed.increments_ttl_ms.to_string(),
-            ),
-            (
-                "FRAUD_SPEED__MAX_BATCH_RECORDS",
-                speed.max_batch_records.to_string(),
-            ),
-            (
-                "FRAUD_SPEED__MAX_BATCH_WAIT_MS",
-                speed.max_batch_wait_ms.to_string(),
-            ),
-            (
-                "FRAUD_SPEED__WATERMARK_REFRESH_MS",
-                speed.watermark_refresh_ms.to_string(),
-            ),
-            ("FRAUD_TELEMETRY__LOG_FILTER", "warn".to_owned()),
-        ];
-        command.envs(env);
+        let command = speed_command(
+            settings,
+            speed_bin,
+            &SpeedPlace {
+                topic: &self.topic,
+                updates_topic: &self.updates_topic,
+                redis_url: &self.redis_url,
+                prefix: &self.prefix,
+                group: &self.group,
+                port: self.speed_port,
+            },
+        );
         progress(format!(
             "starting {} (metrics on 127.0.0.1:{})",
             speed_bin.display(),
@@ -2074,4 +2033,70 @@ fn lag_table(main: &MainPhase, samples: &[LagSample]) -> String {
         second += step;
     }
     r
+}
+
+/// Where a benchmark's speed layer works: its topics, Redis prefix, group and port.
+pub struct SpeedPlace<'a> {
+    pub topic: &'a str,
+    pub updates_topic: &'a str,
+    pub redis_url: &'a str,
+    pub prefix: &'a str,
+    pub group: &'a str,
+    pub port: u16,
+}
+
+/// The command that starts the speed layer at `place`, the rest of its configuration as
+/// this program read it (`settings`); logs at `warn`.
+pub fn speed_command(settings: &Settings, speed_bin: &Path, place: &SpeedPlace<'_>) -> Command {
+    let mut command = Command::new(speed_bin);
+    // Only what is set here: a developer's FRAUD_ variables must not leak in.
+    for (variable, _) in std::env::vars() {
+        if variable.starts_with("FRAUD_") {
+            command.env_remove(variable);
+        }
+    }
+    let speed = &settings.speed;
+    let env = [
+        ("FRAUD_KAFKA__BROKERS", settings.kafka.brokers.clone()),
+        ("FRAUD_KAFKA__TRANSACTIONS_TOPIC", place.topic.to_owned()),
+        (
+            "FRAUD_KAFKA__WINDOW_UPDATES_TOPIC",
+            place.updates_topic.to_owned(),
+        ),
+        ("FRAUD_REDIS__URL", place.redis_url.to_owned()),
+        ("FRAUD_REDIS__KEY_PREFIX", place.prefix.to_owned()),
+        (
+            "FRAUD_POSTGRES__URL",
+            settings.postgres.url.expose().clone(),
+        ),
+        (
+            "FRAUD_INGEST__MAX_FUTURE_SKEW_MS",
+            settings.ingest.max_future_skew_ms.to_string(),
+        ),
+        ("FRAUD_SPEED__GROUP", place.group.to_owned()),
+        ("FRAUD_SPEED__LISTEN", format!("127.0.0.1:{}", place.port)),
+        (
+            "FRAUD_SPEED__ALLOWED_LATENESS_MS",
+            speed.allowed_lateness_ms.to_string(),
+        ),
+        (
+            "FRAUD_SPEED__INCREMENTS_TTL_MS",
+            speed.increments_ttl_ms.to_string(),
+        ),
+        (
+            "FRAUD_SPEED__MAX_BATCH_RECORDS",
+            speed.max_batch_records.to_string(),
+        ),
+        (
+            "FRAUD_SPEED__MAX_BATCH_WAIT_MS",
+            speed.max_batch_wait_ms.to_string(),
+        ),
+        (
+            "FRAUD_SPEED__WATERMARK_REFRESH_MS",
+            speed.watermark_refresh_ms.to_string(),
+        ),
+        ("FRAUD_TELEMETRY__LOG_FILTER", "warn".to_owned()),
+    ];
+    command.envs(env);
+    command
 }
