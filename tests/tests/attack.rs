@@ -490,14 +490,9 @@ struct Outcomes {
     wrong: Vec<String>,
 }
 
-/// The resident set of `pid` in KiB.
+/// The resident set of `pid` in KiB (0 when it cannot be read).
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    fraud_testkit::process::resident_bytes(pid).map_or(0, |bytes| bytes / 1024)
 }
 
 /// The rate each key may sustain (requests per second) and the producer's queue: small,

@@ -4,6 +4,21 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The resident memory of process `pid` in bytes (`VmRSS` of `/proc/PID/status`), or
+/// `None` when it cannot be read (the process is gone).
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// A child process that is killed when dropped, with its output kept in a file.
 pub struct ChildProcess {
     name: String,

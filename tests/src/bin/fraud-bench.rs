@@ -1459,6 +1459,22 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The sum of the high watermarks of `topic`'s partitions 0 to `partitions` − 1.
+fn high_watermark_sum(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> rdkafka::error::KafkaResult<i64> {
+    (0..partitions)
+        .map(|partition| {
+            consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map(|(_, high)| high)
+        })
+        .sum()
+}
+
 fn sample_lag(consumer: &BaseConsumer, topic: &str, partitions: i32) -> anyhow::Result<LagSample> {
     let timeout = Duration::from_secs(5);
     let mut list = TopicPartitionList::new();

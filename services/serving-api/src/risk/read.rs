@@ -20,7 +20,7 @@ use fraud_speed_view::meta::meta_key;
 use fraud_speed_view::{CustomerState, Generation, SpeedMeta, customer_key};
 use sqlx::PgPool;
 
-use super::cache::{CustomerRows, HourTotals, Run};
+use super::cache::{CustomerRows, HourTotals, Run, read_lock, write_lock};
 use super::merge::{BatchDay, Ranges};
 use crate::AppState;
 
@@ -57,21 +57,14 @@ pub struct MetaCache {
 impl MetaCache {
     /// The cached meta key, if it was read less than [`META_MAX_AGE`] ago in `generation`.
     fn fresh(&self, generation: Option<Generation>) -> Option<Arc<SpeedMeta>> {
-        let guard = self
-            .read
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = read_lock(&self.read);
         let (at, meta) = guard.as_ref()?;
         (generation.is_some() && meta.generation == generation && at.elapsed() < META_MAX_AGE)
             .then(|| Arc::clone(meta))
     }
 
     fn store(&self, meta: &Arc<SpeedMeta>) {
-        let mut guard = self
-            .read
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *guard = Some((Instant::now(), Arc::clone(meta)));
+        *write_lock(&self.read) = Some((Instant::now(), Arc::clone(meta)));
     }
 }
 

@@ -691,14 +691,7 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> i32 {
 
 /// The sum of `topic`'s high watermarks (-1 when Kafka did not answer).
 fn records(consumer: &BaseConsumer, topic: &str, partitions: i32) -> i64 {
-    (0..partitions)
-        .map(|partition| {
-            consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(5))
-                .map(|(_, high)| high)
-        })
-        .sum::<Result<i64, _>>()
-        .unwrap_or(-1)
+    super::high_watermark_sum(consumer, topic, partitions, Duration::from_secs(5)).unwrap_or(-1)
 }
 
 /// The samples with each second's risk answers and alert deliveries added.

@@ -22,14 +22,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fraud_config::{KafkaConfig, Settings};
+use fraud_testkit::process::resident_bytes;
 use fraud_testkit::{ChildProcess, free_port};
 use hdrhistogram::Histogram;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 
 use super::{
     CpuSnapshot, CpuUsage, IngestArgs, JSON, LagSampler, LakeResult, Pids, RequestBody, Stack,
-    Target, delete_group, failure_text, fmt_int, fmt_rate, latency_histogram, lock, p50_p99_max,
-    pass, progress, service_binary, stop_process, wait_for_lake, wait_for_topic,
+    Target, delete_group, failure_text, fmt_int, fmt_rate, high_watermark_sum, latency_histogram,
+    lock, p50_p99_max, pass, progress, service_binary, stop_process, wait_for_lake, wait_for_topic,
 };
 use crate::speed::{SpeedPlace, speed_command};
 
@@ -239,7 +240,7 @@ async fn offer(
         Duration::from_secs(1),
     );
     let pid = stack.ingest_pid();
-    let rss_before = rss_bytes(pid).unwrap_or(0);
+    let rss_before = resident_bytes(pid).unwrap_or(0);
     let memory = MemorySampler::start(pid);
 
     // Its own client: as many connections as requests may wait, none reused from before.
@@ -292,7 +293,7 @@ async fn offer(
     let end = Instant::now();
     let cpu = cpu_before.usage_until(&CpuSnapshot::take(pids));
     let rss_max = memory.stop().max(rss_before);
-    let rss_after = rss_bytes(pid).unwrap_or(0);
+    let rss_after = resident_bytes(pid).unwrap_or(0);
     let records_after = {
         let partitions = args.partitions;
         tokio::task::spawn_blocking(move || topic_records(&kafka, &topic, partitions)).await??
@@ -487,22 +488,8 @@ fn topic_records(kafka: &KafkaConfig, topic: &str, partitions: i32) -> anyhow::R
     let consumer: BaseConsumer = fraud_kafka::client_config(kafka)
         .create()
         .context("create a consumer to read watermarks")?;
-    let mut records = 0;
-    for partition in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .with_context(|| format!("watermarks of {topic}/{partition}"))?;
-        records += high - low;
-    }
-    Ok(records)
-}
-
-/// Resident memory of process `pid`, in bytes (`VmRSS` of `/proc/PID/status`).
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    high_watermark_sum(&consumer, topic, partitions, Duration::from_secs(10))
+        .with_context(|| format!("watermarks of {topic}"))
 }
 
 /// The largest resident memory of a process, sampled every 100 ms on a thread.
@@ -520,7 +507,7 @@ impl MemorySampler {
             let (largest, stop) = (Arc::clone(&largest), Arc::clone(&stop));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some(rss) = rss_bytes(pid) {
+                    if let Some(rss) = resident_bytes(pid) {
                         let mut largest = lock(&largest);
                         *largest = (*largest).max(rss);
                     }
