@@ -879,40 +879,17 @@ rate_limit_burst = {rate}
         ));
         let mut process = ChildProcess::spawn("bench-ingest", command);
         self.ingest_pid = process.pid();
-        let ready = format!("{}/readyz", self.base);
-        let client = http_client()?;
-        let started = Instant::now();
-        loop {
-            if !process.is_running() {
-                let output = process.output();
-                self.ingest = Some(process);
-                bail!(
-                    "ingest exited during start-up; its output:\n{}",
-                    tail(&output, 40)
-                );
-            }
-            if let Ok(response) = client.get(&ready).send().await
-                && response.status() == 200
-            {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                let output = process.output();
-                self.ingest = Some(process);
-                bail!(
-                    "ingest was not ready after 60s; its output:\n{}",
-                    tail(&output, 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        progress(format!(
-            "ingest ready in {:.1}s (pid {})",
-            started.elapsed().as_secs_f64(),
-            self.ingest_pid
-        ));
+        let ready = wait_ready(
+            &mut process,
+            "ingest",
+            &self.base,
+            &[200],
+            Duration::from_secs(60),
+        )
+        .await;
+        // Kept even when it failed, so that `stop` ends it.
         self.ingest = Some(process);
-        Ok(())
+        ready.map(|_| ())
     }
 
     fn ingest_pid(&self) -> u32 {
@@ -2332,6 +2309,48 @@ fn render_report(
         let _ = writeln!(r, "- {line}");
     }
     r
+}
+
+/// Waits until `process` (`name`, serving on `base`) answers `/readyz` with one of
+/// `statuses`, at most `bound`; how long that took. Fails, with the end of its output,
+/// when it exits first or is not ready in time (it is left running).
+async fn wait_ready(
+    process: &mut ChildProcess,
+    name: &str,
+    base: &str,
+    statuses: &[u16],
+    bound: Duration,
+) -> anyhow::Result<Duration> {
+    let client = http_client()?;
+    let url = format!("{base}/readyz");
+    let started = Instant::now();
+    loop {
+        if !process.is_running() {
+            bail!(
+                "{name} exited during start-up; its output:\n{}",
+                tail(&process.output(), 40)
+            );
+        }
+        if let Ok(response) = client.get(&url).send().await
+            && statuses.contains(&response.status().as_u16())
+        {
+            let took = started.elapsed();
+            progress(format!(
+                "{name} ready in {:.1}s (pid {})",
+                took.as_secs_f64(),
+                process.pid()
+            ));
+            return Ok(took);
+        }
+        if started.elapsed() > bound {
+            bail!(
+                "{name} was not ready after {}s; its output:\n{}",
+                bound.as_secs(),
+                tail(&process.output(), 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Stops a running service: SIGTERM, then SIGKILL after 30 s (noted in `problems`).

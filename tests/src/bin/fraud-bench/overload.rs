@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use fraud_config::{KafkaConfig, Settings};
 use fraud_testkit::process::resident_bytes;
 use fraud_testkit::{ChildProcess, free_port};
@@ -31,6 +31,7 @@ use super::{
     CpuSnapshot, CpuUsage, IngestArgs, JSON, LagSampler, LakeResult, Pids, RequestBody, Stack,
     Target, delete_group, failure_text, fmt_int, fmt_rate, high_watermark_sum, latency_histogram,
     lock, p50_p99_max, pass, progress, service_binary, stop_process, wait_for_lake, wait_for_topic,
+    wait_ready,
 };
 use crate::speed::{SpeedPlace, speed_command};
 
@@ -375,31 +376,19 @@ impl SpeedLayer {
             speed_bin.display()
         ));
         let mut process = ChildProcess::spawn("bench-overload-speed-layer", command);
-        let ready = format!("http://127.0.0.1:{port}/readyz");
-        let client = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            if !process.is_running() {
-                bail!(
-                    "the speed layer exited before it was ready:\n{}",
-                    process.output()
-                );
-            }
-            let answer = client.get(&ready).send().await;
-            if answer.is_ok_and(|answer| answer.status().is_success()) {
-                break;
-            }
-            if started.elapsed() > SPEED_READY_WITHIN {
-                let mut problems = Vec::new();
-                stop_process(process, "the speed layer", &mut problems).await;
-                bail!("the speed layer was not ready within {SPEED_READY_WITHIN:?} ({problems:?})");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let ready = wait_ready(
+            &mut process,
+            "the speed layer",
+            &format!("http://127.0.0.1:{port}"),
+            &[200],
+            SPEED_READY_WITHIN,
+        )
+        .await;
+        if let Err(error) = ready {
+            let mut problems = Vec::new();
+            stop_process(process, "the speed layer", &mut problems).await;
+            return Err(error.context(format!("clean-up: {problems:?}")));
         }
-        progress(format!(
-            "overload: the speed layer is ready after {:.1} s",
-            started.elapsed().as_secs_f64()
-        ));
         Ok(SpeedLayer {
             process,
             group,

@@ -441,40 +441,10 @@ impl ServingStack {
     /// Waits for process `index` to answer `/readyz` with 200 (or, with no `/readyz`, to
     /// answer at all).
     async fn wait_ready(&mut self, index: usize, bound: Duration) -> anyhow::Result<()> {
-        let client = http_client()?;
-        let started = Instant::now();
         let running = &mut self.processes[index];
-        let url = format!("{}/readyz", running.base);
-        loop {
-            let process = running.process.as_mut().context("not running")?;
-            if !process.is_running() {
-                bail!(
-                    "{} exited during start-up; its output:\n{}",
-                    running.name,
-                    tail(&process.output(), 40)
-                );
-            }
-            if let Ok(response) = client.get(&url).send().await
-                && (response.status() == 200 || response.status() == 404)
-            {
-                progress(format!(
-                    "{} ready in {:.1}s (pid {})",
-                    running.name,
-                    started.elapsed().as_secs_f64(),
-                    running.pid
-                ));
-                return Ok(());
-            }
-            if started.elapsed() > bound {
-                bail!(
-                    "{} was not ready after {}s; its output:\n{}",
-                    running.name,
-                    bound.as_secs(),
-                    tail(&process.output(), 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let process = running.process.as_mut().context("not running")?;
+        super::wait_ready(process, running.name, &running.base, &[200, 404], bound).await?;
+        Ok(())
     }
 
     fn pid(&self, name: &str) -> u32 {
