@@ -247,6 +247,40 @@ mod tests {
     }
 
     #[test]
+    fn the_lake_s3_keys_are_checked_and_the_secret_never_printed() {
+        let error = load_with_env(
+            None,
+            [
+                ("FRAUD_LAKE__S3_ENDPOINT", "127.0.0.1:9000"),
+                ("FRAUD_LAKE__S3_ACCESS_KEY_ID", "key-id"),
+            ],
+        )
+        .expect_err("invalid");
+        let keys: Vec<&str> = error.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["lake.s3_endpoint", "lake.s3_secret_access_key"],
+            "{error}"
+        );
+        let text = error.to_string();
+        assert!(text.contains("not an http:// or https:// URL"), "{text}");
+        assert!(text.contains("or neither"), "{text}");
+
+        let settings = load_with_env(
+            None,
+            [
+                ("FRAUD_LAKE__S3_ENDPOINT", "https://s3.example:9000"),
+                ("FRAUD_LAKE__S3_ACCESS_KEY_ID", "key-id"),
+                ("FRAUD_LAKE__S3_SECRET_ACCESS_KEY", "hunter2"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(settings.lake.s3_secret_access_key.expose(), "hunter2");
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
     fn the_variable_naming_the_config_file_is_not_taken_for_a_key() {
         let settings = load_with_env(None, [(CONFIG_FILE_ENV, "/etc/fraud.toml")]);
         assert!(settings.is_ok(), "{settings:?}");

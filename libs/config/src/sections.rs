@@ -327,6 +327,17 @@ section! {
         /// A partition's open file is closed once its first record has waited this long,
         /// in ms, even while records keep arriving: the lake is never more than this behind.
         pub max_chunk_age_ms: u64,
+        /// For an `s3://` root: the endpoint of an S3-compatible store, such as
+        /// `http://127.0.0.1:9000` (plain HTTP only when it says `http://`). Empty: AWS
+        /// S3 itself, or `AWS_ENDPOINT`.
+        pub s3_endpoint: String,
+        /// For an `s3://` root: the bucket's region. Empty: `AWS_REGION`, else us-east-1.
+        pub s3_region: String,
+        /// For an `s3://` root: the access key id. Empty: the standard AWS credential
+        /// sources (`AWS_ACCESS_KEY_ID`, web identity, instance metadata).
+        pub s3_access_key_id: String,
+        /// The secret of `lake.s3_access_key_id`; set both or neither.
+        pub s3_secret_access_key: Secret<String>,
     }
 }
 
@@ -646,6 +657,26 @@ impl LakeConfig {
         at_least_one(problems, "lake.row_group_rows", self.row_group_rows.into());
         at_least_one(problems, "lake.idle_flush_ms", self.idle_flush_ms);
         at_least_one(problems, "lake.max_chunk_age_ms", self.max_chunk_age_ms);
+        let endpoint = self.s3_endpoint.trim();
+        let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !is_url {
+            problems.add(
+                "lake.s3_endpoint",
+                format!("`{endpoint}` is not an http:// or https:// URL"),
+            );
+        }
+        let key_id = !self.s3_access_key_id.trim().is_empty();
+        let secret = !self.s3_secret_access_key.expose().is_empty();
+        if key_id != secret {
+            problems.add(
+                if key_id {
+                    "lake.s3_secret_access_key"
+                } else {
+                    "lake.s3_access_key_id"
+                },
+                "set both lake.s3_access_key_id and lake.s3_secret_access_key, or neither",
+            );
+        }
     }
 }
 

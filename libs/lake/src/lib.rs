@@ -16,7 +16,8 @@
 //!   last offset and carrying the chunk's total row count ([`CHUNK_ROWS_KEY`]).
 //! - [`store`]: [`Lake`], the lake on an object store: a local directory
 //!   (`LocalFileSystem`, fsynced) or `s3://bucket/prefix` (`AmazonS3`, configured from the
-//!   standard `AWS_*` environment variables). A file appears under its final name only
+//!   `lake.s3_*` keys over the standard `AWS_*` environment variables; any S3-compatible
+//!   store with conditional PUTs). A file appears under its final name only
 //!   once complete: a local file is staged under a temporary name in its directory and
 //!   renamed; an object store's single PUT is atomic.
 //! - [`claim`]: the fence between two writers of a partition. A writer claims a chunk
@@ -43,7 +44,7 @@ pub use claim::{CLAIMS_DIR, ChunkWrite, Claim, ClaimOutcome, Fence};
 pub use layout::{ChunkId, LakeFile, LayoutError};
 pub use recovery::{ChunkFiles, FileFooter, IncompleteChunk, PartitionState, Recovery, ResumeAt};
 pub use schema::{CHUNK_ROWS_KEY, schema};
-pub use store::{Lake, LakeRoot, ListedFile};
+pub use store::{Lake, LakeRoot, ListedFile, S3Connection};
 
 /// What can go wrong with the lake.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use fraud_config::{LakeConfig, Secret};
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
@@ -25,13 +26,58 @@ use crate::layout::{LakeFile, table_dir};
 
 const S3_SCHEME: &str = "s3://";
 
-/// Where the lake lives, as configured (`lake.root`).
+/// Where the lake lives, as configured (`lake.root`, and the `lake.s3_*` keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LakeRoot {
     /// A directory (created when missing).
     Local(PathBuf),
-    /// `s3://bucket/prefix`.
-    S3 { bucket: String, prefix: String },
+    /// `s3://bucket/prefix`, and how to reach the store.
+    S3 {
+        bucket: String,
+        prefix: String,
+        connection: S3Connection,
+    },
+}
+
+/// How to reach an S3 store, over what the standard `AWS_*` environment variables say:
+/// each field set here wins over its variable.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Connection {
+    /// An S3-compatible store's endpoint (MinIO, s3proxy, R2); plain HTTP only when it
+    /// starts with `http://`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Access key id and secret.
+    pub credentials: Option<(String, Secret<String>)>,
+}
+
+impl fmt::Debug for S3Connection {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("S3Connection")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field(
+                "access_key_id",
+                &self.credentials.as_ref().map(|(id, _)| id),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Connection {
+    /// From the `lake.s3_*` configuration keys: an empty one is not set.
+    pub fn configured(config: &LakeConfig) -> Self {
+        let given = |value: &str| Some(value.trim().to_owned()).filter(|value| !value.is_empty());
+        let secret = config.s3_secret_access_key.expose();
+        Self {
+            endpoint: given(&config.s3_endpoint),
+            region: given(&config.s3_region),
+            credentials: given(&config.s3_access_key_id)
+                .filter(|_| !secret.is_empty())
+                .map(|id| (id, Secret::new(secret.clone()))),
+        }
+    }
 }
 
 impl LakeRoot {
@@ -55,6 +101,7 @@ impl LakeRoot {
             return Ok(Self::S3 {
                 bucket: bucket.to_owned(),
                 prefix: prefix.to_owned(),
+                connection: S3Connection::default(),
             });
         }
         if root.contains("://") {
@@ -64,16 +111,31 @@ impl LakeRoot {
         }
         Ok(Self::Local(PathBuf::from(root)))
     }
+
+    /// The configured lake: `lake.root`, and for an `s3://` root the `lake.s3_*` keys.
+    /// Performs no I/O.
+    pub fn configured(config: &LakeConfig) -> Result<Self, Error> {
+        Ok(match Self::parse(&config.root)? {
+            Self::S3 { bucket, prefix, .. } => Self::S3 {
+                bucket,
+                prefix,
+                connection: S3Connection::configured(config),
+            },
+            local => local,
+        })
+    }
 }
 
 impl fmt::Display for LakeRoot {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Local(path) => write!(formatter, "{}", path.display()),
-            Self::S3 { bucket, prefix } if prefix.is_empty() => {
+            Self::S3 { bucket, prefix, .. } if prefix.is_empty() => {
                 write!(formatter, "{S3_SCHEME}{bucket}")
             }
-            Self::S3 { bucket, prefix } => write!(formatter, "{S3_SCHEME}{bucket}/{prefix}"),
+            Self::S3 { bucket, prefix, .. } => {
+                write!(formatter, "{S3_SCHEME}{bucket}/{prefix}")
+            }
         }
     }
 }
@@ -96,8 +158,8 @@ pub struct Lake {
 
 impl Lake {
     /// Opens the lake at `root`: for a directory, creates it when missing; for S3,
-    /// configures the client from the standard `AWS_*` environment variables (no request
-    /// is made until the lake is used).
+    /// configures the client from the root's connection over the standard `AWS_*`
+    /// environment variables (no request is made until the lake is used).
     pub fn open(root: &LakeRoot) -> Result<Self, Error> {
         let open_error = |reason: String| Error::Open {
             root: root.to_string(),
@@ -125,9 +187,26 @@ impl Lake {
                     store: Arc::new(store),
                 })
             }
-            LakeRoot::S3 { bucket, prefix } => {
-                let s3 = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
+            LakeRoot::S3 {
+                bucket,
+                prefix,
+                connection,
+            } => {
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some(endpoint) = &connection.endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                if let Some(region) = &connection.region {
+                    builder = builder.with_region(region);
+                }
+                if let Some((key_id, secret)) = &connection.credentials {
+                    builder = builder
+                        .with_access_key_id(key_id)
+                        .with_secret_access_key(secret.expose());
+                }
+                let s3 = builder
                     .build()
                     .map_err(|error| open_error(error.to_string()))?;
                 let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
@@ -323,7 +402,8 @@ mod tests {
             LakeRoot::parse("s3://fraud-lake").unwrap(),
             LakeRoot::S3 {
                 bucket: "fraud-lake".into(),
-                prefix: String::new()
+                prefix: String::new(),
+                connection: S3Connection::default(),
             }
         );
         let nested = LakeRoot::parse("s3://fraud-lake/prod/v1/").unwrap();
@@ -331,12 +411,51 @@ mod tests {
             nested,
             LakeRoot::S3 {
                 bucket: "fraud-lake".into(),
-                prefix: "prod/v1".into()
+                prefix: "prod/v1".into(),
+                connection: S3Connection::default(),
             }
         );
         assert_eq!(nested.to_string(), "s3://fraud-lake/prod/v1");
         for bad in ["", "  ", "s3://", "s3:///prefix", "gs://bucket/x"] {
             assert!(LakeRoot::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_s3_root_takes_its_connection_from_the_configuration_and_hides_the_secret() {
+        let mut config = fraud_config::Settings::load(None).unwrap().lake;
+        assert_eq!(
+            LakeRoot::configured(&config).unwrap(),
+            LakeRoot::parse(&config.root).unwrap(),
+            "a directory has no connection"
+        );
+        config.root = "s3://fraud-lake/prod".into();
+        let LakeRoot::S3 { connection, .. } = LakeRoot::configured(&config).unwrap() else {
+            panic!("not an S3 root");
+        };
+        assert_eq!(connection, S3Connection::default(), "empty keys are unset");
+
+        config.s3_endpoint = " http://127.0.0.1:9000 ".into();
+        config.s3_region = "eu-central-1".into();
+        config.s3_access_key_id = "key-id".into();
+        config.s3_secret_access_key = Secret::new("very-secret".into());
+        let root = LakeRoot::configured(&config).unwrap();
+        let LakeRoot::S3 { connection, .. } = &root else {
+            panic!("not an S3 root");
+        };
+        assert_eq!(
+            connection.endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(connection.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(
+            connection.credentials,
+            Some(("key-id".into(), Secret::new("very-secret".into())))
+        );
+        let shown = format!("{root:?} {root}");
+        assert!(
+            shown.contains("key-id") && !shown.contains("very-secret"),
+            "{shown}"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! name ([`unique_name`]: their own topic, group, key prefix, database, queue). They poll
 //! with a deadline ([`wait_until`]) instead of sleeping. [`process`] runs real programs
 //! (a service binary, a private `redis-server`) and stops them with real signals;
-//! [`service`] holds the checks every service binary must pass.
+//! [`service`] holds the checks every service binary must pass; [`s3`] points a lake at
+//! the local S3 store.
 
 pub mod amqp;
 pub mod kafka;
@@ -12,6 +13,7 @@ pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod redis_keys;
+pub mod s3;
 pub mod service;
 pub mod sse;
 

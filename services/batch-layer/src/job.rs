@@ -114,7 +114,7 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
     let mut lock = store::lock(&pool).await?;
     let previous = store::previous(&mut lock).await?;
 
-    let root = LakeRoot::parse(&settings.lake.root).context("lake.root is not usable")?;
+    let root = LakeRoot::configured(&settings.lake).context("lake.root is not usable")?;
     let lake = Lake::open(&root).context("failed to open the lake")?;
     let view = LakeView::read(&lake)
         .await

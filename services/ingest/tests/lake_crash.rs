@@ -42,7 +42,7 @@ fn start_ingest(test: &TestLake) -> ChildProcess {
          [lake]\nroot = \"{root}\"\nwriter_group = \"{group}\"\n\
          max_rows_per_file = 2000\nrow_group_rows = 500\nidle_flush_ms = 300\n",
         topic = test.topic(),
-        root = test.root.display(),
+        root = test.dir().display(),
         group = test.settings.lake.writer_group,
     );
     let (process, _base) = ingest().start(&toml, &[]);
@@ -121,7 +121,7 @@ async fn the_lake_is_exact_after_sigkills_at_several_points_of_a_stream() {
             }
         })
         .await;
-        let mid_write = wait_for_a_write(test.root.clone(), MID_WRITE_WATCH).await;
+        let mid_write = wait_for_a_write(test.dir().to_owned(), MID_WRITE_WATCH).await;
         process.signal(libc::SIGKILL);
         let status = process.wait_for_exit(Duration::from_secs(10));
         assert_eq!(
@@ -157,7 +157,7 @@ async fn the_lake_is_exact_after_sigkills_at_several_points_of_a_stream() {
     restarts_output.push(process.output());
 
     assert_lake_holds_exactly(&test.lake, &produced).await;
-    let summary = lake_support::duckdb_summary(&test.root);
+    let summary = lake_support::duckdb_summary(test.dir());
     assert_eq!(summary["count"], EVENTS, "{summary}");
     assert_eq!(summary["distinct_positions"], EVENTS, "{summary}");
     assert_eq!(summary["distinct_transactions"], EVENTS, "{summary}");

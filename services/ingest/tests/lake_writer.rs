@@ -1,8 +1,7 @@
 //! The lake writer in process against the real Kafka: every produced event lands in the
 //! lake exactly once with every field as produced, readable by DuckDB as it is; the
-//! position comes from the lake (not from the group's committed offsets); a chunk
-//! closes at its maximum age; a poison
-//! record stops the writer loudly.
+//! position comes from the lake (not from the group's committed offsets); the same on an
+//! S3 store; a chunk closes at its maximum age; a poison record stops the writer loudly.
 
 mod lake_support;
 
@@ -15,6 +14,7 @@ use lake_support::{
     TestLake, assert_duckdb_agrees, assert_lake_holds_exactly, event, headers, lake_is_complete,
     last_offsets, produce,
 };
+use object_store::{ObjectStoreExt, PutPayload};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -62,7 +62,7 @@ async fn every_event_lands_once_with_every_field_and_duckdb_reads_the_lake() {
     })
     .await;
     assert_lake_holds_exactly(&test.lake, &produced).await;
-    assert_duckdb_agrees(&test.root, &produced);
+    assert_duckdb_agrees(test.dir(), &produced);
 
     // Row groups are bounded and chunks close at the row limit.
     for listed in test.lake.list().await.unwrap() {
@@ -147,6 +147,99 @@ async fn the_writer_resumes_from_the_lake_not_from_committed_offsets() {
     .await;
     assert!(!staged.exists(), "the staged leftover is removed");
     assert_lake_holds_exactly(&test.lake, &produced).await;
+    shutdown.trigger();
+    shutdown.wait().await.expect("the writer stops cleanly");
+    test.remove().await;
+}
+
+#[tokio::test]
+async fn on_s3_every_event_lands_once_and_the_writer_resumes_from_the_lake() {
+    let mut test = TestLake::create_s3("lake-s3", 3).await;
+    test.settings.lake.max_rows_per_file = 400;
+    test.settings.lake.row_group_rows = 128;
+    test.settings.lake.idle_flush_ms = 300;
+    let run = fraud_testkit::unique_name("tx");
+    let producer = fraud_kafka::durable_producer(&test.settings.kafka).unwrap();
+    let mut produced = produce(
+        &producer,
+        test.topic(),
+        (0..1500).map(|number| event(&run, number)).collect(),
+    )
+    .await;
+
+    // The lake already holds partition 0 up to offset 199 in a complete chunk, then the
+    // first file of an unfinished chunk from 200 (a writer stopped mid-chunk).
+    let mut complete = ChunkBuilder::new(0);
+    let mut interrupted = ChunkBuilder::new(0);
+    for (&(partition, offset), event) in &produced {
+        match (partition, offset) {
+            (0, 0..=199) => complete.push(offset, event).unwrap(),
+            (0, 200..=349) => interrupted.push(offset, event).unwrap(),
+            _ => {}
+        }
+    }
+    test.lake
+        .write_chunk(&complete.finish().unwrap().unwrap(), 1000)
+        .await
+        .unwrap();
+    let interrupted = interrupted.finish().unwrap().unwrap();
+    assert!(
+        interrupted.files().len() > 1,
+        "the chunk spans several dates"
+    );
+    let first_file = &interrupted.files()[0];
+    test.lake
+        .store()
+        .put(
+            &first_file.file().path(),
+            PutPayload::from(first_file.encode(interrupted.rows(), 1000).unwrap()),
+        )
+        .await
+        .unwrap();
+
+    // The writer resumes from the lake, takes events arriving while it runs, and, once
+    // restarted, goes on from where the lake is.
+    let shutdown = start_writer(&test);
+    produced.extend(
+        produce(
+            &producer,
+            test.topic(),
+            (1500..2500).map(|number| event(&run, number)).collect(),
+        )
+        .await,
+    );
+    let last = last_offsets(&produced);
+    wait_until(
+        DEADLINE,
+        "the S3 lake to hold every produced offset",
+        || lake_is_complete(&test.lake, &last),
+    )
+    .await;
+    shutdown.trigger();
+    shutdown.wait().await.expect("the writer stops cleanly");
+
+    produced.extend(
+        produce(
+            &producer,
+            test.topic(),
+            (2500..3000).map(|number| event(&run, number)).collect(),
+        )
+        .await,
+    );
+    let shutdown = start_writer(&test);
+    let last = last_offsets(&produced);
+    wait_until(
+        DEADLINE,
+        "the S3 lake to hold the later offsets too",
+        || lake_is_complete(&test.lake, &last),
+    )
+    .await;
+    assert_lake_holds_exactly(&test.lake, &produced).await;
+    let claimed = test.lake.claim_offsets(1).await.unwrap();
+    assert!(
+        !claimed.is_empty(),
+        "the writer claims its chunks on S3 too"
+    );
     shutdown.trigger();
     shutdown.wait().await.expect("the writer stops cleanly");
     test.remove().await;

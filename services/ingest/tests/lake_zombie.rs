@@ -88,7 +88,7 @@ async fn a_zombie_writing_its_chunk_after_the_new_owner_moved_on_writes_nothing(
     // The zombie wakes up and writes the chunk it held, 100..=199.
     let late = zombie.write_chunk(0).await.unwrap();
     assert_lake_holds_exactly(&test.lake, &produced).await;
-    assert_duckdb_agrees(&test.root, &produced);
+    assert_duckdb_agrees(test.dir(), &produced);
     let Written::Fenced {
         chunk,
         fence: Fence::Lost(claim),
@@ -158,7 +158,7 @@ async fn an_owner_that_loses_the_claim_race_completes_the_claimed_chunk_and_goes
     })
     .await;
     assert_lake_holds_exactly(&test.lake, &produced).await;
-    assert_duckdb_agrees(&test.root, &produced);
+    assert_duckdb_agrees(test.dir(), &produced);
     let chunks: std::collections::BTreeSet<ChunkId> = test
         .lake
         .list()

@@ -127,7 +127,7 @@ struct Config {
 impl Config {
     fn new(settings: &Settings) -> anyhow::Result<Self> {
         let lake = &settings.lake;
-        let root = LakeRoot::parse(&lake.root).context("lake.root is not usable")?;
+        let root = LakeRoot::configured(lake).context("lake.root is not usable")?;
         Ok(Config {
             kafka: settings.kafka.clone(),
             topic: settings.kafka.transactions_topic.clone(),

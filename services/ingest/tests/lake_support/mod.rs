@@ -11,7 +11,9 @@ use fraud_config::Settings;
 use fraud_domain::{Currency, CustomerId, EventTime, Money, TransactionId, VendorId};
 use fraud_events::TransactionEvent;
 use fraud_lake::{ChunkId, Lake, LakeRoot};
+use futures::TryStreamExt;
 use futures::future::join_all;
+use object_store::ObjectStoreExt;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -27,21 +29,44 @@ const JUNE_1: i64 = 1_717_200_000_000;
 /// Event times spread over this many UTC dates.
 pub const DATES: i64 = 4;
 
-/// A topic, consumer group and lake directory of the test's own.
+/// A topic, consumer group and lake (a directory, or a prefix in the local S3 store) of
+/// the test's own.
 pub struct TestLake {
     pub settings: Settings,
-    pub root: PathBuf,
+    /// The lake's directory; `None` on S3.
+    local: Option<PathBuf>,
     pub lake: Lake,
 }
 
 impl TestLake {
     /// A new topic with `partitions` partitions, a new group and an empty lake directory.
     pub async fn create(name: &str, partitions: i32) -> TestLake {
+        let root = std::env::temp_dir().join(fraud_testkit::unique_name(&format!("{name}-lake")));
+        Self::create_at(name, partitions, |lake| {
+            lake.root = root.display().to_string();
+            Some(root.clone())
+        })
+        .await
+    }
+
+    /// The same, with the lake under a new prefix in the local S3 store.
+    pub async fn create_s3(name: &str, partitions: i32) -> TestLake {
+        Self::create_at(name, partitions, |lake| {
+            fraud_testkit::s3::use_s3_lake(lake, &format!("{name}-lake"));
+            None
+        })
+        .await
+    }
+
+    async fn create_at(
+        name: &str,
+        partitions: i32,
+        place: impl FnOnce(&mut fraud_config::LakeConfig) -> Option<PathBuf>,
+    ) -> TestLake {
         let mut settings = fraud_testkit::local_settings();
         settings.kafka.transactions_topic = fraud_testkit::unique_name(name);
         settings.lake.writer_group = fraud_testkit::unique_name(&format!("{name}-writer"));
-        let root = std::env::temp_dir().join(fraud_testkit::unique_name(&format!("{name}-lake")));
-        settings.lake.root = root.display().to_string();
+        let local = place(&mut settings.lake);
         fraud_kafka::ensure_topic(
             &settings.kafka,
             &settings.kafka.transactions_topic,
@@ -50,10 +75,11 @@ impl TestLake {
         )
         .await
         .expect("create the test topic");
-        let lake = Lake::open(&LakeRoot::Local(root.clone())).expect("open the test lake");
+        let root = LakeRoot::configured(&settings.lake).expect("the test lake's root");
+        let lake = Lake::open(&root).expect("open the test lake");
         TestLake {
             settings,
-            root,
+            local,
             lake,
         }
     }
@@ -62,12 +88,31 @@ impl TestLake {
         &self.settings.kafka.transactions_topic
     }
 
-    /// Deletes the topic and the lake directory.
+    /// The lake's directory (a local lake's only).
+    pub fn dir(&self) -> &Path {
+        self.local.as_deref().expect("a local lake")
+    }
+
+    /// Deletes the topic and the lake.
     pub async fn remove(self) {
         fraud_kafka::delete_topic(&self.settings.kafka, self.topic())
             .await
             .expect("delete the test topic");
-        let _ = std::fs::remove_dir_all(&self.root);
+        match &self.local {
+            Some(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            None => {
+                let store = self.lake.store();
+                let objects: Vec<_> = store.list(None).try_collect().await.expect("list the lake");
+                for object in objects {
+                    store
+                        .delete(&object.location)
+                        .await
+                        .expect("delete an object");
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,73 @@
+//! A lake on S3: the scenarios every lake passes (tests/common), against the
+//! S3-compatible store `deploy/dev` runs, each under a key prefix of its own. The claims'
+//! fence rests on the store's create-if-absent PUT (`If-None-Match: *`), so the race
+//! between writers is run here against a real server, not only on a local directory.
+
+mod common;
+
+use fraud_lake::{Lake, LakeRoot};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+
+/// A lake under a new prefix of the local S3 store.
+fn s3_lake(name: &str) -> Lake {
+    let mut config = fraud_testkit::local_settings().lake;
+    fraud_testkit::s3::use_s3_lake(&mut config, name);
+    let root = LakeRoot::configured(&config).expect("an S3 root");
+    assert!(matches!(root, LakeRoot::S3 { .. }), "{root:?}");
+    Lake::open(&root).expect("open the lake")
+}
+
+/// Deletes every object of the lake's prefix.
+async fn remove(lake: Lake) {
+    let store = lake.store();
+    let objects: Vec<_> = store
+        .list(None)
+        .try_collect()
+        .await
+        .expect("list the prefix");
+    for object in objects {
+        store
+            .delete(&object.location)
+            .await
+            .expect("delete an object");
+    }
+}
+
+/// A `#[tokio::test]` per shared scenario, each on a fresh prefix.
+macro_rules! on_an_s3_lake {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $scenario() {
+                let lake = s3_lake(stringify!($scenario));
+                common::$scenario(&lake).await;
+                remove(lake).await;
+            }
+        )*
+    };
+}
+
+on_an_s3_lake!(
+    an_empty_lake_has_no_partitions_and_resumes_at_the_beginning,
+    written_chunks_are_listed_and_read_back_exactly,
+    a_claimed_range_is_the_only_one_written_from_its_first_offset,
+    of_writers_racing_for_one_first_offset_exactly_one_wins,
+    a_claimed_chunk_its_writer_left_unfinished_is_completed_not_deleted,
+    an_unfinished_unclaimed_newest_chunk_is_deleted_on_recovery,
+    old_claims_are_collected_and_a_writer_behind_them_is_still_fenced,
+    a_lake_without_claims_is_continued_from_its_files,
+);
+
+#[tokio::test]
+async fn wrong_credentials_are_an_error_naming_the_operation_not_an_empty_lake() {
+    let mut config = fraud_testkit::local_settings().lake;
+    fraud_testkit::s3::use_s3_lake(&mut config, "wrong-key");
+    config.s3_secret_access_key = fraud_config::Secret::new("not-the-secret".into());
+    let lake = Lake::open(&LakeRoot::configured(&config).unwrap()).unwrap();
+    let error = lake
+        .list()
+        .await
+        .expect_err("the store refuses the request");
+    assert!(error.to_string().contains("list"), "{error}");
+}
