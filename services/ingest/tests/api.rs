@@ -242,13 +242,12 @@ async fn back_pressure_is_503_and_a_retry_loses_nothing_and_doubles_nothing() {
     let (status, headers, problem) = tight.post_json(&batch).await;
     assert_eq!(status, 503, "{problem}");
     assert_eq!(headers.get("retry-after").unwrap(), "1");
-    let settings = tight.settings.clone();
-    tight.stop().await;
+    let settings = tight.stop_keeping_namespace().await;
 
     // The client retries the whole batch against an instance with room.
     let mut roomy_settings = settings;
     roomy_settings.ingest.producer_queue_max = 100_000;
-    let roomy = Harness::on(roomy_settings).await;
+    let roomy = Harness::taking_over(roomy_settings).await;
     let (status, _, body) = roomy.post_json(&batch).await;
     assert_eq!(status, 202, "{body}");
     let accepted = body["accepted"].as_u64().unwrap();

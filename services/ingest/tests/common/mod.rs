@@ -19,6 +19,8 @@ pub const READER: &str = "reader-secret";
 pub struct Harness {
     pub base: String,
     pub settings: Settings,
+    /// Whether [`Harness::stop`] removes the topic, Redis keys and lake directory.
+    owns_namespace: bool,
     shutdown: Shutdown,
     running: tokio::task::JoinHandle<anyhow::Result<()>>,
     client: reqwest::Client,
@@ -53,11 +55,21 @@ impl Harness {
         fraud_kafka::ensure_topic(&settings.kafka, &name, 3, 1)
             .await
             .expect("create the topic");
-        Self::on(settings).await
+        Self::taking_over(settings).await
     }
 
-    /// Another ingest on the same topic and Redis prefix as `settings`.
+    /// Another ingest on the same topic and Redis prefix as `settings`, whose owner
+    /// removes them.
     pub async fn on(settings: Settings) -> Harness {
+        Harness {
+            owns_namespace: false,
+            ..Self::taking_over(settings).await
+        }
+    }
+
+    /// An ingest on the topic and Redis prefix of `settings`, which it removes when it
+    /// stops: after [`Harness::stop_keeping_namespace`].
+    pub async fn taking_over(settings: Settings) -> Harness {
         let shutdown = Shutdown::new(Duration::from_secs(5));
         let app = ingest::App::build(&settings, shutdown.clone())
             .await
@@ -67,6 +79,7 @@ impl Harness {
         Harness {
             base,
             settings,
+            owns_namespace: true,
             shutdown,
             running,
             client: reqwest::Client::new(),
@@ -107,9 +120,35 @@ impl Harness {
             .expect("read the topic")
     }
 
+    /// Stops the ingest; its owner also deletes the topic, the Redis keys and the lake
+    /// directory, so test runs leave nothing behind.
     pub async fn stop(self) {
+        let owns_namespace = self.owns_namespace;
+        let settings = self.stop_keeping_namespace().await;
+        assert!(
+            !settings.redis.key_prefix.is_empty(),
+            "a test's Redis keys have a prefix of their own"
+        );
+        if owns_namespace {
+            fraud_kafka::delete_topic(&settings.kafka, &settings.kafka.transactions_topic)
+                .await
+                .expect("delete the test topic");
+            fraud_testkit::redis_keys::delete_prefix(
+                settings.redis.url.expose(),
+                &settings.redis.key_prefix,
+            )
+            .await
+            .expect("delete the test's Redis keys");
+            let _ = std::fs::remove_dir_all(&settings.lake.root);
+        }
+    }
+
+    /// Stops the ingest and leaves its topic, keys and lake for the next one
+    /// ([`Harness::taking_over`]); returns its settings.
+    pub async fn stop_keeping_namespace(self) -> Settings {
         self.shutdown.trigger();
         self.running.await.expect("task").expect("clean stop");
+        self.settings
     }
 }
 
