@@ -366,6 +366,12 @@ section! {
         pub producer_queue_max: u32,
         /// How long to wait for the brokers' acknowledgement before answering 503, in ms.
         pub produce_timeout_ms: u64,
+        /// How long the producer waits to fill a batch before sending records of
+        /// requests with several events, in ms (Kafka's `linger.ms`).
+        pub linger_ms: u32,
+        /// The same for requests of one event, which go through a producer of their own
+        /// so they do not wait for a batch to fill; 0 sends at once.
+        pub single_event_linger_ms: u32,
         /// Requests the instance works on at once, over every key; one more is refused
         /// at once (503 with `Retry-After`) instead of waiting in a growing queue.
         pub max_in_flight_requests: u32,

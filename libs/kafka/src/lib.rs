@@ -56,8 +56,8 @@ pub fn durable_producer_with(
     tune: impl FnOnce(&mut ClientConfig),
 ) -> Result<FutureProducer, Error> {
     let mut client = client_config(config);
-    // A 1 ms linger keeps a lone record's acknowledgement fast (single-event POSTs) while
-    // batches still fill: a request enqueues its records at once.
+    // A 1 ms linger lets a burst of records share produce requests while a lone record
+    // waits little; a caller tunes it (ingest sends single events with none).
     client
         .set("compression.type", &config.compression)
         .set("linger.ms", "1");

@@ -60,8 +60,7 @@ impl Service for App {
             produce_timeout + Duration::from_secs(5),
             Duration::from_millis(ingest.idempotency_horizon_ms),
         );
-        let publisher =
-            publish::Publisher::new(&settings.kafka, ingest.producer_queue_max, produce_timeout)?;
+        let publisher = publish::Publisher::new(&settings.kafka, ingest)?;
         let api = api::Ingest::new(settings, idempotency, publisher)?;
         let lake_writer = lake_writer::LakeWriter::new(settings)?;
         let router = api::routes(Arc::new(api)).merge(fraud_service::ops::routes(readiness));

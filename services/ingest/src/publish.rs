@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use fraud_config::KafkaConfig;
+use fraud_config::{IngestConfig, KafkaConfig};
 use fraud_events::TransactionEvent;
 use fraud_events::{CONTENT_TYPE, CONTENT_TYPE_HEADER, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -36,19 +36,21 @@ pub fn record_headers(trace: &[(String, String)]) -> OwnedHeaders {
     headers
 }
 
-/// The producer ingest publishes with: the platform's durable producer with a queue of
-/// at most `queue_max` records that gives up on an acknowledgement after `timeout`. The
-/// ingest benchmark's reference producer is built here too, so the two always compare
-/// the same settings.
+/// A producer ingest publishes with: the platform's durable producer with a queue of
+/// at most `queue_max` records that gives up on an acknowledgement after `timeout` and
+/// waits `linger` to fill a batch. The ingest benchmark's reference producer is built
+/// here too, so the two always compare the same settings.
 pub fn producer(
     config: &KafkaConfig,
     queue_max: u32,
     timeout: Duration,
+    linger: Duration,
 ) -> Result<FutureProducer, fraud_kafka::Error> {
     fraud_kafka::durable_producer_with(config, |client| {
         client
             .set("queue.buffering.max.messages", queue_max.to_string())
-            .set("message.timeout.ms", timeout.as_millis().to_string());
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("linger.ms", linger.as_millis().to_string());
     })
 }
 
@@ -61,23 +63,32 @@ pub enum PublishError {
     NotAcknowledged(String),
 }
 
-/// Produces transactions to the transactions topic.
+/// Produces transactions to the transactions topic, through one of two producers: one
+/// for requests of several events, which lingers (`ingest.linger_ms`) so that a batch's
+/// records share produce requests, and one for requests of a single event, which sends
+/// at once (`ingest.single_event_linger_ms`) instead of waiting for records that will
+/// not come. Records of one request never span both, and a request is answered only
+/// once its records are acknowledged, so a customer's records stay in the order of the
+/// requests that were answered.
 pub struct Publisher {
-    producer: FutureProducer,
+    batches: FutureProducer,
+    single_events: FutureProducer,
     topic: String,
 }
 
 impl Publisher {
-    /// A publisher whose queue holds at most `queue_max` records and which gives up on
-    /// an acknowledgement after `timeout`.
-    pub fn new(
-        config: &KafkaConfig,
-        queue_max: u32,
-        timeout: Duration,
-    ) -> Result<Self, fraud_kafka::Error> {
+    /// A publisher whose producers each queue at most `ingest.producer_queue_max`
+    /// records and give up on an acknowledgement after `ingest.produce_timeout_ms`.
+    pub fn new(kafka: &KafkaConfig, ingest: &IngestConfig) -> Result<Self, fraud_kafka::Error> {
+        let timeout = Duration::from_millis(ingest.produce_timeout_ms);
+        let with_linger = |linger_ms: u32| {
+            let linger = Duration::from_millis(linger_ms.into());
+            producer(kafka, ingest.producer_queue_max, timeout, linger)
+        };
         Ok(Self {
-            producer: producer(config, queue_max, timeout)?,
-            topic: config.transactions_topic.clone(),
+            batches: with_linger(ingest.linger_ms)?,
+            single_events: with_linger(ingest.single_event_linger_ms)?,
+            topic: kafka.transactions_topic.clone(),
         })
     }
 
@@ -88,6 +99,11 @@ impl Publisher {
         events: &[&TransactionEvent],
         trace: &[(String, String)],
     ) -> Vec<Result<(), PublishError>> {
+        let producer = if events.len() == 1 {
+            &self.single_events
+        } else {
+            &self.batches
+        };
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let payload = fraud_events::encode(event);
@@ -99,7 +115,7 @@ impl Publisher {
                 // t" seek by it (an event's ts is at most the future skew past it).
                 .timestamp(event.ingest_time.as_millis())
                 .headers(headers);
-            pending.push(match self.producer.send_result(record) {
+            pending.push(match producer.send_result(record) {
                 Ok(delivery) => Some(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => None,
                 Err((error, _)) => {

@@ -990,8 +990,10 @@ struct ReferenceResult {
     queue_full_waits: usize,
     queue_max: u32,
     timeout_ms: u64,
-    /// Acknowledgement latency of one record at a time, in microseconds: the floor under
-    /// a single-event POST.
+    linger_ms: u32,
+    single_event_linger_ms: u32,
+    /// Acknowledgement latency of one record at a time (with the single-event linger), in
+    /// microseconds: the floor under a single-event POST.
     alone: Histogram<u64>,
 }
 
@@ -1014,11 +1016,18 @@ async fn run_reference(
     // Exactly ingest's producer (services/ingest/src/publish.rs).
     let queue_max = settings.ingest.producer_queue_max;
     let timeout_ms = settings.ingest.produce_timeout_ms;
-    let producer = ingest::publish::producer(
-        &settings.kafka,
-        queue_max,
-        Duration::from_millis(timeout_ms),
-    )?;
+    let with_linger = |linger_ms: u32| {
+        ingest::publish::producer(
+            &settings.kafka,
+            queue_max,
+            Duration::from_millis(timeout_ms),
+            Duration::from_millis(linger_ms.into()),
+        )
+    };
+    // Ingest's producer of requests with several events, and (for one record at a time)
+    // its producer of single events.
+    let producer = with_linger(settings.ingest.linger_ms)?;
+    let single_event_producer = with_linger(settings.ingest.single_event_linger_ms)?;
     let warmup = &workload.reference[..REFERENCE_WARMUP.min(workload.reference.len())];
     let (_, warmup_failed, _) = produce_all(&producer, topic, warmup).await;
     if warmup_failed > 0 {
@@ -1035,7 +1044,8 @@ async fn run_reference(
     let mut alone = latency_histogram();
     for record in workload.reference.iter().take(REFERENCE_ALONE) {
         let sent = Instant::now();
-        let (_, failed, _) = produce_all(&producer, topic, std::slice::from_ref(record)).await;
+        let (_, failed, _) =
+            produce_all(&single_event_producer, topic, std::slice::from_ref(record)).await;
         if failed == 0 {
             let _ = alone.record((sent.elapsed().as_micros() as u64).max(1));
         }
@@ -1047,6 +1057,8 @@ async fn run_reference(
         queue_full_waits,
         queue_max,
         timeout_ms,
+        linger_ms: settings.ingest.linger_ms,
+        single_event_linger_ms: settings.ingest.single_event_linger_ms,
         alone,
     })
 }
@@ -2249,8 +2261,11 @@ fn render_report(
             stack.ingest_topic, stack.reference_topic, args.partitions
         ),
         format!(
-            "producer (ingest and reference alike): `fraud_kafka::durable_producer_with` — idempotent, acks=all, zstd, linger.ms 1, queue.buffering.max.messages {}, message.timeout.ms {}; key customerId, headers `schema-version: 1` and `content-type`",
-            m.reference.queue_max, m.reference.timeout_ms
+            "producer (ingest and reference alike): `fraud_kafka::durable_producer_with` — idempotent, acks=all, zstd, linger.ms {} (one-event requests and the one-record-at-a-time reference: {}), queue.buffering.max.messages {}, message.timeout.ms {}; key customerId, headers `schema-version: 1` and `content-type`",
+            m.reference.linger_ms,
+            m.reference.single_event_linger_ms,
+            m.reference.queue_max,
+            m.reference.timeout_ms
         ),
         format!(
             "reference: {} records after a {}-record warm-up; {} waits for a full queue; {} not acknowledged",
