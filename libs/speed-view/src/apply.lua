@@ -24,9 +24,12 @@
 -- ARGV[5 + i]  run i's records, in offset order: n x (offset i8, ts i8, amount i8,
 --              vendor c8, txn c8)
 --
--- The cost of a run does not grow with the events held: they stay one string, copied
--- as is, searched with string.find for a duplicate and for the vendor, and unpacked
--- only to trim.
+-- The events held stay one string, copied as is and unpacked only to trim. A short run
+-- searches it with string.find for a duplicate and for the vendor, record by record; a
+-- run of INDEX_RUN records or more (a hot customer: a bot, a card under test) first
+-- indexes the transactions and vendors of the held events (digest -> newest ts) and
+-- looks each record up there, so its cost grows with the events held once, not once
+-- per record. Both give the same answers.
 --
 -- Returns two strings per run, in KEYS' order: the customer's state after it, and one
 -- byte per record of the run, in the records' order: 'l' late, 'd' duplicate; for an
@@ -56,6 +59,7 @@ local RECORD = '<i8i8i8c8c8'
 local RECORD_SIZE = 40
 local HOUR_MS = 3600000
 local EXACT = 9007199254740992 -- 2^53: beyond it a Lua number is no longer exact
+local INDEX_RUN = 32 -- records of one run from which the held events are indexed
 
 local runs = #KEYS
 if #ARGV ~= 5 + runs then
@@ -95,6 +99,35 @@ local function holds(events, first, digest, place, floor)
     end
     from = at + 1
   end
+end
+
+-- An index of digests (at `place` of each event: TXN_AT or VENDOR_AT) to the newest ts
+-- of an event holding it: `holds` for many lookups.
+local function note(index, digest, ts)
+  local newest = index[digest]
+  if not newest or ts > newest then index[digest] = ts end
+end
+
+local function indexed(events, first, place)
+  local index = {}
+  for at = first, #events, EVENT_SIZE do
+    note(index, string.sub(events, at + place, at + place + 7), struct.unpack('<i8', events, at))
+  end
+  return index
+end
+
+local function in_index(index, digest, floor)
+  local newest = index[digest]
+  return newest ~= nil and newest > floor
+end
+
+-- Whether an event held (packed in `held` from `held_at` on, if any) or applied by the
+-- run (packed in `added`) holds `digest` at `place` with ts > floor; looked up in
+-- `index` (of both) when the run has one.
+local function seen_before(index, held, held_at, added, digest, place, floor)
+  if index then return in_index(index, digest, floor) end
+  return (held_at and holds(held, held_at, digest, place, floor))
+    or holds(added, 1, digest, place, floor)
 end
 
 -- Where the packed event `core` (CORE) starts among the events packed in `events` from
@@ -158,10 +191,21 @@ local function apply_run(key, stored, records)
     end
   end
 
-  local added = '' -- the events applied by this run, packed
+  local added = '' -- the events applied by this run, packed (in a long run: at the end)
   local outcomes = ''
+  -- A long run: the transactions and vendors of every event held or applied by it, and
+  -- the packed events and outcomes gathered in tables, concatenated once.
+  local n_records = #records / RECORD_SIZE
+  local txns, vendors, added_parts, outcome_parts = nil, nil, nil, nil
+  if n_records >= INDEX_RUN then
+    txns, vendors, added_parts, outcome_parts = {}, {}, {}, {}
+    if held_at then
+      txns = indexed(held, held_at, TXN_AT)
+      vendors = indexed(held, held_at, VENDOR_AT)
+    end
+  end
   local pos = 1
-  for _ = 1, #records / RECORD_SIZE do
+  for _ = 1, n_records do
     local offset, ts, amount, vendor, txn
     offset, ts, amount, vendor, txn, pos = struct.unpack(RECORD, records, pos)
     local outcome
@@ -187,17 +231,22 @@ local function apply_run(key, stored, records)
       -- neither on batching nor on when trimming ran. The same events tell whether the
       -- customer used the vendor before.
       local floor = clock and clock - retention
-      if clock and ((held_at and holds(held, held_at, txn, TXN_AT, floor))
-          or holds(added, 1, txn, TXN_AT, floor)) then
+      if clock and seen_before(txns, held, held_at, added, txn, TXN_AT, floor) then
         outcome = 'd'
       else
-        if clock and ((held_at and holds(held, held_at, vendor, VENDOR_AT, floor))
-            or holds(added, 1, vendor, VENDOR_AT, floor)) then
+        if clock and seen_before(vendors, held, held_at, added, vendor, VENDOR_AT, floor) then
           outcome = 's'
         else
           outcome = 'n'
         end
-        added = added .. struct.pack(EVENT, ts, amount, vendor, txn, outcome)
+        local event = struct.pack(EVENT, ts, amount, vendor, txn, outcome)
+        if txns then
+          added_parts[#added_parts + 1] = event
+          note(txns, txn, ts)
+          note(vendors, vendor, ts)
+        else
+          added = added .. event
+        end
         if not clock or ts > clock then clock = ts end
         if not oldest or ts < oldest then oldest = ts end
         local hour = ts - ts % HOUR_MS
@@ -218,7 +267,17 @@ local function apply_run(key, stored, records)
         end
       end
     end
-    if #records == RECORD_SIZE then outcomes = outcome else outcomes = outcomes .. outcome end
+    if outcome_parts then
+      outcome_parts[#outcome_parts + 1] = outcome
+    elseif n_records == 1 then
+      outcomes = outcome
+    else
+      outcomes = outcomes .. outcome
+    end
+  end
+  if added_parts then
+    added = table.concat(added_parts)
+    outcomes = table.concat(outcome_parts)
   end
 
   -- Keep what can still matter: events inside the retention (trimmed in bulk), hours

@@ -192,6 +192,67 @@ impl CustomerState {
         aggregates
     }
 
+    /// [`CustomerState::window_at`] of every instant of `times`, in their order, computed
+    /// in one sweep over the events sorted by time: a hot customer's update asks for the
+    /// window at each of its many events, which one scan per instant made quadratic.
+    pub fn windows_at(&self, times: &[i64]) -> Vec<WindowAggregates> {
+        let mut events: Vec<&WindowEvent> = self.events.iter().collect();
+        events.sort_unstable_by_key(|event| event.ts);
+        let mut order: Vec<usize> = (0..times.len()).collect();
+        order.sort_unstable_by_key(|&at| times[at]);
+
+        let mut windows = vec![WindowAggregates::default(); times.len()];
+        // The window is events[start..end]: its sum and count, its vendors with their
+        // events' count, and the indexes of its events whose amount no later event in it
+        // reaches, so the first is the maximum.
+        let (mut start, mut end) = (0, 0);
+        let (mut sum, mut count) = (0i64, 0i64);
+        let mut vendors: std::collections::HashMap<[u8; 8], usize> =
+            std::collections::HashMap::new();
+        let mut largest: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+        for at in order {
+            let t = times[at];
+            while end < events.len() && events[end].ts <= t {
+                let event = events[end];
+                sum += event.amount;
+                count += 1;
+                *vendors.entry(event.vendor).or_default() += 1;
+                while largest
+                    .back()
+                    .is_some_and(|&back| events[back].amount <= event.amount)
+                {
+                    largest.pop_back();
+                }
+                largest.push_back(end);
+                end += 1;
+            }
+            while start < end && events[start].ts <= t - WINDOW_MS {
+                let event = events[start];
+                sum -= event.amount;
+                count -= 1;
+                if let Some(left) = vendors.get_mut(&event.vendor) {
+                    *left -= 1;
+                    if *left == 0 {
+                        vendors.remove(&event.vendor);
+                    }
+                }
+                if largest.front() == Some(&start) {
+                    largest.pop_front();
+                }
+                start += 1;
+            }
+            windows[at] = WindowAggregates {
+                sum,
+                count,
+                max: largest
+                    .front()
+                    .map_or(0, |&front| events[front].amount.max(0)),
+                distinct_vendors: vendors.len() as i64,
+            };
+        }
+        windows
+    }
+
     /// Sum and count of the applied events with `after < ts` and `from <= ts <= until`,
     /// where `after` is the batch watermark T_b (hour-aligned; `None` before any batch
     /// run) and `from` is hour-aligned (a UTC day or hour). Whole hours come from the
@@ -227,5 +288,53 @@ impl CustomerState {
             }
         }
         (sum, count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn state_of(events: Vec<WindowEvent>) -> CustomerState {
+        CustomerState {
+            generation: Generation::random(),
+            last_offset: 0,
+            clock: events.iter().map(|event| event.ts).max(),
+            events,
+            hours: Vec::new(),
+        }
+    }
+
+    fn event() -> impl Strategy<Value = WindowEvent> {
+        // Few distinct times, amounts and vendors: ties and exact window edges are common.
+        (0..8i64, 0..4i64, 1..6i64, 0..5u8).prop_map(|(slot, nudge, amount, vendor)| WindowEvent {
+            ts: slot * WINDOW_MS / 3 + nudge,
+            amount,
+            vendor: [vendor; 8],
+            transaction: [0; 8],
+            vendor_seen_before: None,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn windows_at_many_instants_equal_each_window_alone(
+            events in prop::collection::vec(event(), 0..60),
+            picks in prop::collection::vec((0..60usize, 0..4usize), 0..40),
+        ) {
+            // Instants at, just before and just past the events' times and window edges.
+            let times: Vec<i64> = picks
+                .iter()
+                .map(|&(pick, shift)| {
+                    let ts = events.get(pick).map_or(pick as i64 * 1_000, |event| event.ts);
+                    [ts, ts - 1, ts + WINDOW_MS, ts + WINDOW_MS - 1][shift]
+                })
+                .collect();
+            let state = state_of(events);
+            let alone: Vec<WindowAggregates> = times.iter().map(|&t| state.window_at(t)).collect();
+            prop_assert_eq!(state.windows_at(&times), alone);
+        }
     }
 }

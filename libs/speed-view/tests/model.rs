@@ -148,7 +148,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         1..=3usize,
         0..DAY_MS,
         0..1000i64,
-        prop::collection::vec(raw_record(), 0..=150),
+        prop::collection::vec(raw_record(), 0..=200),
         any::<u64>(),
     )
         .prop_map(|(customers, start, first_offset, raw, seed)| Scenario {
@@ -379,7 +379,14 @@ async fn drive(
                 sent[c] = until;
                 stream[from..until].to_vec()
             } else if sent[c] < stream.len() {
-                let until = (sent[c] + 1 + rng.below(8)).min(stream.len());
+                // Now and then a long run, as a hot customer's batch: the script
+                // indexes the held events for runs of 32 records or more.
+                let length = if rng.below(4) == 0 {
+                    32 + rng.below(24)
+                } else {
+                    1 + rng.below(8)
+                };
+                let until = (sent[c] + length).min(stream.len());
                 let run = stream[sent[c]..until].to_vec();
                 sent[c] = until;
                 run

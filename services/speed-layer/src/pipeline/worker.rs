@@ -406,11 +406,10 @@ impl Worker {
             .filter_map(|(run, outcome)| {
                 let state = &outcome.state;
                 let as_of = state.clock?;
-                let window = state.window_at(as_of);
                 // The script's outcome per record says which were applied (now, or by a
                 // delivery before a crash, still held), and whether the customer had used
                 // each one's vendor before it (see `AppliedEvent::vendor_seen_before`).
-                let events = run
+                let applied: Vec<_> = run
                     .records
                     .iter()
                     .zip(&run.events)
@@ -418,19 +417,31 @@ impl Worker {
                     .filter_map(|((record, event), verdict)| match *verdict {
                         RecordOutcome::Applied { vendor_seen_before }
                         | RecordOutcome::ReplayedHeld { vendor_seen_before } => {
-                            Some(AppliedEvent {
-                                offset: record.offset,
-                                transaction_id: event.transaction_id.as_str().to_owned(),
-                                vendor_id: event.vendor_id.as_str().to_owned(),
-                                amount_minor: record.amount,
-                                ts: record.ts,
-                                vendor_seen_before,
-                                // W(c, ts) as of the end of the batch (`AppliedEvent::window`).
-                                window: Some(state.window_at(record.ts).into()),
-                            })
+                            Some((record, event, vendor_seen_before))
                         }
                         _ => None,
                     })
+                    .collect();
+                // W(c, ts) of every applied event as of the end of the batch
+                // (`AppliedEvent::window`), and W(c, as_of), in one sweep.
+                let mut times: Vec<i64> = applied.iter().map(|(record, ..)| record.ts).collect();
+                times.push(as_of);
+                let mut windows = state.windows_at(&times);
+                let window = windows.pop()?;
+                let events = applied
+                    .into_iter()
+                    .zip(windows)
+                    .map(
+                        |((record, event, vendor_seen_before), at_event)| AppliedEvent {
+                            offset: record.offset,
+                            transaction_id: event.transaction_id.as_str().to_owned(),
+                            vendor_id: event.vendor_id.as_str().to_owned(),
+                            amount_minor: record.amount,
+                            ts: record.ts,
+                            vendor_seen_before,
+                            window: Some(at_event.into()),
+                        },
+                    )
                     .collect();
                 let update = WindowUpdate {
                     customer_id: run.customer.clone(),
