@@ -2,6 +2,7 @@
 //! what only a local lake has: files staged under a temporary name, and a writer's
 //! leftovers of them removed on recovery.
 
+#[macro_use]
 mod common;
 
 use std::path::PathBuf;
@@ -47,16 +48,7 @@ macro_rules! on_a_local_lake {
     };
 }
 
-on_a_local_lake!(
-    an_empty_lake_has_no_partitions_and_resumes_at_the_beginning,
-    written_chunks_are_listed_and_read_back_exactly,
-    a_claimed_range_is_the_only_one_written_from_its_first_offset,
-    of_writers_racing_for_one_first_offset_exactly_one_wins,
-    a_claimed_chunk_its_writer_left_unfinished_is_completed_not_deleted,
-    an_unfinished_unclaimed_newest_chunk_is_deleted_on_recovery,
-    old_claims_are_collected_and_a_writer_behind_them_is_still_fenced,
-    a_lake_without_claims_is_continued_from_its_files,
-);
+every_scenario!(on_a_local_lake);
 
 #[tokio::test]
 async fn recovery_removes_an_incomplete_newest_chunk_and_staged_leftovers() {

@@ -3,6 +3,7 @@
 //! fence rests on the store's create-if-absent PUT (`If-None-Match: *`), so the race
 //! between writers is run here against a real server, not only on a local directory.
 
+#[macro_use]
 mod common;
 
 use fraud_lake::{Lake, LakeRoot};
@@ -48,16 +49,7 @@ macro_rules! on_an_s3_lake {
     };
 }
 
-on_an_s3_lake!(
-    an_empty_lake_has_no_partitions_and_resumes_at_the_beginning,
-    written_chunks_are_listed_and_read_back_exactly,
-    a_claimed_range_is_the_only_one_written_from_its_first_offset,
-    of_writers_racing_for_one_first_offset_exactly_one_wins,
-    a_claimed_chunk_its_writer_left_unfinished_is_completed_not_deleted,
-    an_unfinished_unclaimed_newest_chunk_is_deleted_on_recovery,
-    old_claims_are_collected_and_a_writer_behind_them_is_still_fenced,
-    a_lake_without_claims_is_continued_from_its_files,
-);
+every_scenario!(on_an_s3_lake);
 
 #[tokio::test]
 async fn wrong_credentials_are_an_error_naming_the_operation_not_an_empty_lake() {

@@ -7,14 +7,12 @@ mod lake_support;
 
 use std::time::Duration;
 
-use fraud_lake::ChunkBuilder;
 use fraud_service::Shutdown;
 use fraud_testkit::wait_until;
 use lake_support::{
     TestLake, assert_duckdb_agrees, assert_lake_holds_exactly, event, headers, lake_is_complete,
-    last_offsets, produce,
+    last_offsets, produce, write_interrupted,
 };
-use object_store::{ObjectStoreExt, PutPayload};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -95,28 +93,8 @@ async fn the_writer_resumes_from_the_lake_not_from_committed_offsets() {
     // The lake already holds partition 0 up to offset 299 in a complete chunk, then an
     // incomplete chunk from 300 (only the file of its first date made it), and a staged
     // file of that chunk that never got renamed.
-    let mut complete = ChunkBuilder::new(0);
-    let mut interrupted = ChunkBuilder::new(0);
-    for (&(partition, offset), event) in &produced {
-        match (partition, offset) {
-            (0, 0..=299) => complete.push(offset, event).unwrap(),
-            (0, 300..=449) => interrupted.push(offset, event).unwrap(),
-            _ => {}
-        }
-    }
-    test.lake
-        .write_chunk(&complete.finish().unwrap().unwrap(), 1000)
-        .await
-        .unwrap();
-    let interrupted = interrupted.finish().unwrap().unwrap();
-    assert!(
-        interrupted.files().len() > 1,
-        "the chunk spans several dates"
-    );
-    let first_file = &interrupted.files()[0];
-    let bytes = first_file.encode(interrupted.rows(), 1000).unwrap();
+    let (interrupted, bytes) = write_interrupted(&test.lake, &produced, 0..=299, 300..=449).await;
     let local = test.lake.local_dir().unwrap().to_owned();
-    std::fs::write(local.join(first_file.file().path().as_ref()), &bytes).unwrap();
     let staged = local.join(format!(
         "{}#1",
         interrupted.files()[1].file().path().as_ref()
@@ -169,33 +147,7 @@ async fn on_s3_every_event_lands_once_and_the_writer_resumes_from_the_lake() {
 
     // The lake already holds partition 0 up to offset 199 in a complete chunk, then the
     // first file of an unfinished chunk from 200 (a writer stopped mid-chunk).
-    let mut complete = ChunkBuilder::new(0);
-    let mut interrupted = ChunkBuilder::new(0);
-    for (&(partition, offset), event) in &produced {
-        match (partition, offset) {
-            (0, 0..=199) => complete.push(offset, event).unwrap(),
-            (0, 200..=349) => interrupted.push(offset, event).unwrap(),
-            _ => {}
-        }
-    }
-    test.lake
-        .write_chunk(&complete.finish().unwrap().unwrap(), 1000)
-        .await
-        .unwrap();
-    let interrupted = interrupted.finish().unwrap().unwrap();
-    assert!(
-        interrupted.files().len() > 1,
-        "the chunk spans several dates"
-    );
-    let first_file = &interrupted.files()[0];
-    test.lake
-        .store()
-        .put(
-            &first_file.file().path(),
-            PutPayload::from(first_file.encode(interrupted.rows(), 1000).unwrap()),
-        )
-        .await
-        .unwrap();
+    write_interrupted(&test.lake, &produced, 0..=199, 200..=349).await;
 
     // The writer resumes from the lake, takes events arriving while it runs, and, once
     // restarted, goes on from where the lake is.

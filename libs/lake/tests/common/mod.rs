@@ -8,6 +8,23 @@ use fraud_lake::{ChunkBuilder, ChunkId, ChunkWrite, Claim, ClaimOutcome, Fence, 
 use futures::future::join_all;
 use object_store::{ObjectStoreExt, PutPayload};
 
+/// Calls the macro `$on` with the name of every scenario below: each test file makes a
+/// test of each on its kind of lake.
+macro_rules! every_scenario {
+    ($on:ident) => {
+        $on!(
+            an_empty_lake_has_no_partitions_and_resumes_at_the_beginning,
+            written_chunks_are_listed_and_read_back_exactly,
+            a_claimed_range_is_the_only_one_written_from_its_first_offset,
+            of_writers_racing_for_one_first_offset_exactly_one_wins,
+            a_claimed_chunk_its_writer_left_unfinished_is_completed_not_deleted,
+            an_unfinished_unclaimed_newest_chunk_is_deleted_on_recovery,
+            old_claims_are_collected_and_a_writer_behind_them_is_still_fenced,
+            a_lake_without_claims_is_continued_from_its_files,
+        );
+    };
+}
+
 pub const DAY: i64 = 86_400_000;
 // 2024-03-01T00:00:00Z
 pub const MARCH_1: i64 = 1_709_251_200_000;

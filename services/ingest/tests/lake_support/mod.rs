@@ -4,16 +4,17 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fraud_config::Settings;
 use fraud_domain::{Currency, CustomerId, EventTime, Money, TransactionId, VendorId};
 use fraud_events::TransactionEvent;
-use fraud_lake::{ChunkId, Lake, LakeRoot};
+use fraud_lake::{Chunk, ChunkBuilder, ChunkId, Lake, LakeRoot};
 use futures::TryStreamExt;
 use futures::future::join_all;
-use object_store::ObjectStoreExt;
+use object_store::{ObjectStoreExt, PutPayload};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -195,6 +196,41 @@ pub fn last_offsets(produced: &Produced) -> BTreeMap<i32, i64> {
         *entry = (*entry).max(offset);
     }
     last
+}
+
+/// Leaves partition 0 of the lake as a writer that stopped mid-chunk would: a complete
+/// chunk of the produced offsets `complete`, then only the first file (of several dates)
+/// of the chunk of `interrupted`. Returns that chunk and its first file's bytes.
+pub async fn write_interrupted(
+    lake: &Lake,
+    produced: &Produced,
+    complete: RangeInclusive<i64>,
+    interrupted: RangeInclusive<i64>,
+) -> (Chunk, Vec<u8>) {
+    let mut whole = ChunkBuilder::new(0);
+    let mut cut = ChunkBuilder::new(0);
+    for (&(partition, offset), event) in produced {
+        if partition != 0 {
+            continue;
+        }
+        if complete.contains(&offset) {
+            whole.push(offset, event).unwrap();
+        } else if interrupted.contains(&offset) {
+            cut.push(offset, event).unwrap();
+        }
+    }
+    lake.write_chunk(&whole.finish().unwrap().unwrap(), 1000)
+        .await
+        .unwrap();
+    let cut = cut.finish().unwrap().unwrap();
+    assert!(cut.files().len() > 1, "the chunk spans several dates");
+    let first_file = &cut.files()[0];
+    let bytes = first_file.encode(cut.rows(), 1000).unwrap();
+    lake.store()
+        .put(&first_file.file().path(), PutPayload::from(bytes.clone()))
+        .await
+        .unwrap();
+    (cut, bytes)
 }
 
 /// Whether the lake holds complete chunks through `last` of every partition.
