@@ -151,49 +151,33 @@ async fn on_s3_every_event_lands_once_and_the_writer_resumes_from_the_lake() {
 
     // The writer resumes from the lake, takes events arriving while it runs, and, once
     // restarted, goes on from where the lake is.
-    let shutdown = start_writer(&test);
-    produced.extend(
-        produce(
-            &producer,
-            test.topic(),
-            (1500..2500).map(|number| event(&run, number)).collect(),
-        )
-        .await,
-    );
-    let last = last_offsets(&produced);
-    wait_until(
-        DEADLINE,
-        "the S3 lake to hold every produced offset",
-        || lake_is_complete(&test.lake, &last),
-    )
-    .await;
-    shutdown.trigger();
-    shutdown.wait().await.expect("the writer stops cleanly");
-
-    produced.extend(
-        produce(
-            &producer,
-            test.topic(),
-            (2500..3000).map(|number| event(&run, number)).collect(),
-        )
-        .await,
-    );
-    let shutdown = start_writer(&test);
-    let last = last_offsets(&produced);
-    wait_until(
-        DEADLINE,
-        "the S3 lake to hold the later offsets too",
-        || lake_is_complete(&test.lake, &last),
-    )
-    .await;
+    for (numbers, lake_holds) in [
+        (1500..2500, "the S3 lake to hold every produced offset"),
+        (
+            2500..3000,
+            "the S3 lake, after a restart, to hold the later offsets too",
+        ),
+    ] {
+        let shutdown = start_writer(&test);
+        produced.extend(
+            produce(
+                &producer,
+                test.topic(),
+                numbers.map(|number| event(&run, number)).collect(),
+            )
+            .await,
+        );
+        let last = last_offsets(&produced);
+        wait_until(DEADLINE, lake_holds, || lake_is_complete(&test.lake, &last)).await;
+        shutdown.trigger();
+        shutdown.wait().await.expect("the writer stops cleanly");
+    }
     assert_lake_holds_exactly(&test.lake, &produced).await;
     let claimed = test.lake.claim_offsets(1).await.unwrap();
     assert!(
         !claimed.is_empty(),
         "the writer claims its chunks on S3 too"
     );
-    shutdown.trigger();
-    shutdown.wait().await.expect("the writer stops cleanly");
     test.remove().await;
 }
 
