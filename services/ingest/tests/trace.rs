@@ -57,7 +57,8 @@ async fn the_callers_trace_id_reaches_the_record_headers() {
     assert_eq!(response.status(), 202);
 
     let kafka = settings.kafka.clone();
-    let records = tokio::task::spawn_blocking(move || read_all(&kafka, &topic))
+    let read_topic = topic.clone();
+    let records = tokio::task::spawn_blocking(move || read_all(&kafka, &read_topic))
         .await
         .unwrap();
     assert_eq!(records.len(), 1);
@@ -86,4 +87,11 @@ async fn the_callers_trace_id_reaches_the_record_headers() {
         },
     )
     .await;
+    fraud_kafka::delete_topic(&settings.kafka, &topic)
+        .await
+        .expect("delete the test topic");
+    fraud_testkit::redis_keys::delete_prefix(settings.redis.url.expose(), &format!("{topic}:"))
+        .await
+        .expect("delete the test's Redis keys");
+    let _ = std::fs::remove_dir_all(&lake);
 }

@@ -25,6 +25,15 @@ async fn own_topics() -> (String, String) {
     (transactions, updates)
 }
 
+async fn delete_topics(topics: [&str; 2]) {
+    let kafka = local_settings().kafka;
+    for topic in topics {
+        fraud_kafka::delete_topic(&kafka, topic)
+            .await
+            .expect("delete a topic");
+    }
+}
+
 #[tokio::test]
 async fn serves_health_readiness_and_metrics_then_stops_on_sigterm() {
     let (transactions, updates) = own_topics().await;
@@ -36,6 +45,7 @@ async fn serves_health_readiness_and_metrics_then_stops_on_sigterm() {
         ],
     )
     .await;
+    delete_topics([&transactions, &updates]).await;
 }
 
 #[tokio::test]
@@ -52,6 +62,7 @@ async fn is_not_ready_while_redis_is_unreachable() {
         &["redis", "state"],
     )
     .await;
+    delete_topics([&transactions, &updates]).await;
 }
 
 #[test]
