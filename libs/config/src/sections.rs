@@ -362,7 +362,8 @@ section! {
         pub rate_limit_per_second: u32,
         /// Requests an API key may make at once before the rate applies.
         pub rate_limit_burst: u32,
-        /// Records the producer may hold unacknowledged before answering 503.
+        /// Records each of the two producers (batches, single events) may hold
+        /// unacknowledged before answering 503.
         pub producer_queue_max: u32,
         /// How long to wait for the brokers' acknowledgement before answering 503, in ms.
         pub produce_timeout_ms: u64,
