@@ -7,8 +7,6 @@
 mod common;
 
 use fraud_lake::{Lake, LakeRoot};
-use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 
 /// A lake under a new prefix of the local S3 store.
 fn s3_lake(name: &str) -> Lake {
@@ -19,22 +17,6 @@ fn s3_lake(name: &str) -> Lake {
     Lake::open(&root).expect("open the lake")
 }
 
-/// Deletes every object of the lake's prefix.
-async fn remove(lake: Lake) {
-    let store = lake.store();
-    let objects: Vec<_> = store
-        .list(None)
-        .try_collect()
-        .await
-        .expect("list the prefix");
-    for object in objects {
-        store
-            .delete(&object.location)
-            .await
-            .expect("delete an object");
-    }
-}
-
 /// A `#[tokio::test]` per shared scenario, each on a fresh prefix.
 macro_rules! on_an_s3_lake {
     ($($scenario:ident),* $(,)?) => {
@@ -43,7 +25,7 @@ macro_rules! on_an_s3_lake {
             async fn $scenario() {
                 let lake = s3_lake(stringify!($scenario));
                 common::$scenario(&lake).await;
-                remove(lake).await;
+                fraud_testkit::s3::delete_everything(&*lake.store()).await;
             }
         )*
     };

@@ -2,6 +2,8 @@
 //! tests of the lake on S3. Each test takes a key prefix of its own in [`BUCKET`].
 
 use fraud_config::{LakeConfig, Secret};
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 /// Where it listens (plain HTTP, path-style requests); the same as in `deploy/dev`.
 pub const ENDPOINT: &str = "http://127.0.0.1:9000";
@@ -20,4 +22,19 @@ pub fn use_s3_lake(lake: &mut LakeConfig, name: &str) -> String {
     lake.s3_access_key_id = ACCESS_KEY_ID.to_owned();
     lake.s3_secret_access_key = Secret::new(SECRET_ACCESS_KEY.to_owned());
     lake.root.clone()
+}
+
+/// Deletes every object of `store`: a test's lake, rooted at its own prefix.
+pub async fn delete_everything(store: &dyn ObjectStore) {
+    let objects: Vec<_> = store
+        .list(None)
+        .try_collect()
+        .await
+        .expect("list the store");
+    for object in objects {
+        store
+            .delete(&object.location)
+            .await
+            .expect("delete an object");
+    }
 }

@@ -78,11 +78,5 @@ async fn a_lake_on_s3_gives_the_same_tables_as_the_same_lake_in_a_directory() {
         &model(&test.produced, watermark),
     );
 
-    for object in objects {
-        s3_lake
-            .store()
-            .delete(&object.location)
-            .await
-            .expect("delete an object");
-    }
+    fraud_testkit::s3::delete_everything(&*s3_lake.store()).await;
 }

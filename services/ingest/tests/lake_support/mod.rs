@@ -12,7 +12,6 @@ use fraud_config::Settings;
 use fraud_domain::{Currency, CustomerId, EventTime, Money, TransactionId, VendorId};
 use fraud_events::TransactionEvent;
 use fraud_lake::{Chunk, ChunkBuilder, ChunkId, Lake, LakeRoot};
-use futures::TryStreamExt;
 use futures::future::join_all;
 use object_store::{ObjectStoreExt, PutPayload};
 use rdkafka::message::OwnedHeaders;
@@ -103,16 +102,7 @@ impl TestLake {
             Some(dir) => {
                 let _ = std::fs::remove_dir_all(dir);
             }
-            None => {
-                let store = self.lake.store();
-                let objects: Vec<_> = store.list(None).try_collect().await.expect("list the lake");
-                for object in objects {
-                    store
-                        .delete(&object.location)
-                        .await
-                        .expect("delete an object");
-                }
-            }
+            None => fraud_testkit::s3::delete_everything(&*self.lake.store()).await,
         }
     }
 }
