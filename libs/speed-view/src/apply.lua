@@ -101,19 +101,23 @@ local function holds(events, first, digest, place, floor)
   end
 end
 
--- An index of digests (at `place` of each event: TXN_AT or VENDOR_AT) to the newest ts
--- of an event holding it: `holds` for many lookups.
+-- An index of digests (the transaction's or the vendor's) to the newest ts of an event
+-- holding it: `holds` for many lookups.
 local function note(index, digest, ts)
   local newest = index[digest]
   if not newest or ts > newest then index[digest] = ts end
 end
 
-local function indexed(events, first, place)
-  local index = {}
+-- The indexes of the transactions and of the vendors of the events packed in `events`
+-- from position `first` on, in one pass.
+local function indexed(events, first)
+  local txns, vendors = {}, {}
   for at = first, #events, EVENT_SIZE do
-    note(index, string.sub(events, at + place, at + place + 7), struct.unpack('<i8', events, at))
+    local ts = struct.unpack('<i8', events, at)
+    note(txns, string.sub(events, at + TXN_AT, at + TXN_AT + 7), ts)
+    note(vendors, string.sub(events, at + VENDOR_AT, at + VENDOR_AT + 7), ts)
   end
-  return index
+  return txns, vendors
 end
 
 local function in_index(index, digest, floor)
@@ -199,10 +203,7 @@ local function apply_run(key, stored, records)
   local txns, vendors, added_parts, outcome_parts = nil, nil, nil, nil
   if n_records >= INDEX_RUN then
     txns, vendors, added_parts, outcome_parts = {}, {}, {}, {}
-    if held_at then
-      txns = indexed(held, held_at, TXN_AT)
-      vendors = indexed(held, held_at, VENDOR_AT)
-    end
+    if held_at then txns, vendors = indexed(held, held_at) end
   end
   local pos = 1
   for _ = 1, n_records do

@@ -21,6 +21,8 @@
 //! event is outside every window a reader may ask for and never counts twice in a total
 //! (see [`CustomerState::total_between`]).
 
+use std::collections::{HashMap, VecDeque};
+
 use crate::meta::Generation;
 use crate::{HOUR_MS, WINDOW_MS};
 
@@ -207,9 +209,8 @@ impl CustomerState {
         // reaches, so the first is the maximum.
         let (mut start, mut end) = (0, 0);
         let (mut sum, mut count) = (0i64, 0i64);
-        let mut vendors: std::collections::HashMap<[u8; 8], usize> =
-            std::collections::HashMap::new();
-        let mut largest: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+        let mut vendors: HashMap<[u8; 8], usize> = HashMap::new();
+        let mut largest: VecDeque<usize> = VecDeque::new();
         for at in order {
             let t = times[at];
             while end < events.len() && events[end].ts <= t {
