@@ -20,11 +20,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Model, Produced, SpeedTest, assert_exact, event};
-use fraud_config::{KafkaConfig, Secret, Settings};
+use common::{Model, Produced, SpeedTest, assert_exact, event, start_in_process};
+use fraud_config::{KafkaConfig, Secret};
 use fraud_events::TransactionEvent;
-use fraud_service::Shutdown;
-use fraud_service::startup::Service;
 use fraud_speed_view::{Generation, HOUR_MS, WINDOW_MS, WindowAggregates, WindowUpdate};
 use fraud_testkit::service::Binary;
 use fraud_testkit::{PrivateRedis, get_json, get_text, poll_for, wait_until};
@@ -823,23 +821,6 @@ fn steady_progress<'a>(
 /// Records the instance went through, whatever the outcome.
 fn records_seen(metrics: &str) -> u64 {
     counter(metrics, "speed_records_total")
-}
-
-/// Starts a speed layer in this process; returns its shutdown and its port.
-async fn start_in_process(settings: &Settings) -> (Shutdown, u16) {
-    let shutdown = Shutdown::new(Duration::from_secs(20));
-    let app = speed_layer::App::build(settings, shutdown.clone())
-        .await
-        .expect("the speed layer starts");
-    let port = app.port();
-    let handle = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(error) = app.run_until_stopped().await {
-            panic!("the speed layer failed: {error:#}");
-        }
-        drop(handle);
-    });
-    (shutdown, port)
 }
 
 /// Every window update of `topic`, read to its current end. Blocking.

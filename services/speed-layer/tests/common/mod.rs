@@ -77,18 +77,7 @@ impl SpeedTest {
 
     /// Starts a speed layer in this process; stop it with the returned `Shutdown`.
     pub async fn start(&self) -> Shutdown {
-        let shutdown = Shutdown::new(Duration::from_secs(20));
-        let app = speed_layer::App::build(&self.settings, shutdown.clone())
-            .await
-            .expect("the speed layer starts");
-        let handle = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(error) = app.run_until_stopped().await {
-                panic!("the speed layer failed: {error:#}");
-            }
-            drop(handle);
-        });
-        shutdown
+        start_in_process(&self.settings).await.0
     }
 
     /// Produces `events` in order (each keyed by customer, timestamped with its ingest
@@ -358,6 +347,24 @@ pub async fn assert_exact(test: &SpeedTest, model: &Model, retention_ms: i64) {
             );
         }
     }
+}
+
+/// Starts a speed layer with `settings` in this process; returns its shutdown and its
+/// port.
+pub async fn start_in_process(settings: &Settings) -> (Shutdown, u16) {
+    let shutdown = Shutdown::new(Duration::from_secs(20));
+    let app = speed_layer::App::build(settings, shutdown.clone())
+        .await
+        .expect("the speed layer starts");
+    let port = app.port();
+    let handle = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(error) = app.run_until_stopped().await {
+            panic!("the speed layer failed: {error:#}");
+        }
+        drop(handle);
+    });
+    (shutdown, port)
 }
 
 /// Creates a database of the test's own (with the platform's schema); its URL.
