@@ -220,6 +220,7 @@ mod tests {
                 ("FRAUD_TELEMETRY__LOG_FORMAT", "xml"),
                 ("FRAUD_KAFKA__COMPRESSION", "brotli"),
                 ("FRAUD_KAFKA__FETCH_MAX_WAIT_MS", "0"),
+                ("FRAUD_SPEED__UPDATES_COMPRESSION", "lzma"),
             ],
         )
         .expect_err("invalid");
@@ -232,13 +233,15 @@ mod tests {
             "telemetry.log_format",
             "kafka.compression",
             "kafka.fetch_max_wait_ms",
+            "speed.updates_compression",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
-        assert_eq!(error.problems().len(), 7, "{error}");
+        assert_eq!(error.problems().len(), 8, "{error}");
         let text = error.to_string();
-        assert!(text.contains("7 problems"), "{text}");
+        assert!(text.contains("8 problems"), "{text}");
         assert!(text.contains("`brotli` is not one of lz4, zstd"), "{text}");
+        assert!(text.contains("`lzma` is not one of lz4, zstd"), "{text}");
         assert!(text.contains("unknown key"), "{text}");
         assert!(
             text.contains("(from environment variable FRAUD_INGEST__LISTEN)"),

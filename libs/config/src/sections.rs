@@ -415,6 +415,9 @@ section! {
         pub max_batch_wait_ms: u64,
         /// How often the batch watermark T_b is read from Postgres, in ms.
         pub watermark_refresh_ms: u64,
+        /// The codec of the window updates it publishes (one of [`COMPRESSION_CODECS`]);
+        /// `kafka.compression` applies to every other producer.
+        pub updates_compression: String,
     }
 }
 
@@ -569,16 +572,16 @@ impl KafkaConfig {
         if !(1..=60_000).contains(&self.fetch_max_wait_ms) {
             problems.add("kafka.fetch_max_wait_ms", "must be from 1 to 60,000");
         }
-        if !COMPRESSION_CODECS.contains(&self.compression.as_str()) {
-            problems.add(
-                "kafka.compression",
-                format!(
-                    "`{}` is not one of {}",
-                    self.compression,
-                    COMPRESSION_CODECS.join(", ")
-                ),
-            );
-        }
+        check_codec(problems, "kafka.compression", &self.compression);
+    }
+}
+
+fn check_codec(problems: &mut Problems<'_>, key: &str, codec: &str) {
+    if !COMPRESSION_CODECS.contains(&codec) {
+        problems.add(
+            key,
+            format!("`{codec}` is not one of {}", COMPRESSION_CODECS.join(", ")),
+        );
     }
 }
 
@@ -790,6 +793,11 @@ impl SpeedConfig {
             problems,
             "speed.watermark_refresh_ms",
             self.watermark_refresh_ms,
+        );
+        check_codec(
+            problems,
+            "speed.updates_compression",
+            &self.updates_compression,
         );
     }
 

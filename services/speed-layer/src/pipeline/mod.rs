@@ -77,6 +77,8 @@ struct Config {
     max_future_skew_ms: i64,
     max_batch_records: usize,
     max_batch_wait: Duration,
+    /// The updates producer's codec (`speed.updates_compression`).
+    updates_compression: String,
     timeout: Duration,
 }
 
@@ -105,6 +107,7 @@ impl Pipeline {
                 .context("ingest.max_future_skew_ms is too large")?,
             max_batch_records: usize::try_from(speed.max_batch_records)?.max(1),
             max_batch_wait: Duration::from_millis(speed.max_batch_wait_ms),
+            updates_compression: speed.updates_compression.clone(),
             timeout: settings.service.probe_timeout().max(Duration::from_secs(5)),
         };
         Ok(Self {

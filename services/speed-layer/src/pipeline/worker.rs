@@ -20,6 +20,8 @@ use redis::AsyncCommands;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
+use fraud_config::KafkaConfig;
+
 use super::Config;
 use super::batch::Batch;
 use super::consumer::{self, Plan, Positioner, PositioningContext, Rebalance};
@@ -69,7 +71,10 @@ pub(super) fn run(
     consumer
         .subscribe(&[&config.topic])
         .with_context(|| format!("failed to subscribe to `{}`", config.topic))?;
-    let producer = fraud_kafka::durable_producer(&config.kafka)?;
+    let producer = fraud_kafka::durable_producer(&KafkaConfig {
+        compression: config.updates_compression.clone(),
+        ..config.kafka.clone()
+    })?;
     tracing::info!(
         topic = %config.topic,
         group = %config.group,

@@ -1890,11 +1890,12 @@ fn render_report(
     let mut lines = vec![
         format!("speed-layer binary: `{}`", speed_bin.display()),
         format!(
-            "speed layer: max_batch_records {}, max_batch_wait_ms {}, allowed_lateness_ms {}, increments_ttl_ms {}; log filter `warn`; its own topic, updates topic, Redis key prefix `{}` and group `{}` through `FRAUD_…` variables",
+            "speed layer: max_batch_records {}, max_batch_wait_ms {}, allowed_lateness_ms {}, increments_ttl_ms {}, updates_compression {}; log filter `warn`; its own topic, updates topic, Redis key prefix `{}` and group `{}` through `FRAUD_…` variables",
             fmt_int(u64::from(speed.max_batch_records)),
             speed.max_batch_wait_ms,
             fmt_int(speed.allowed_lateness_ms),
             fmt_int(speed.increments_ttl_ms),
+            speed.updates_compression,
             stack.prefix,
             stack.group
         ),
@@ -2094,6 +2095,10 @@ pub fn speed_command(settings: &Settings, speed_bin: &Path, place: &SpeedPlace<'
         (
             "FRAUD_SPEED__WATERMARK_REFRESH_MS",
             speed.watermark_refresh_ms.to_string(),
+        ),
+        (
+            "FRAUD_SPEED__UPDATES_COMPRESSION",
+            speed.updates_compression.clone(),
         ),
         ("FRAUD_TELEMETRY__LOG_FILTER", "warn".to_owned()),
     ];
