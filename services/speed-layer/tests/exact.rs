@@ -569,3 +569,56 @@ async fn a_batch_whose_updates_were_lost_in_a_crash_is_listed_when_replayed() {
     shutdown.wait().await.expect("a clean stop");
     test.remove().await;
 }
+
+#[tokio::test]
+async fn a_batch_s_updates_do_not_wait_for_the_next_batch_to_fill() {
+    // Batches of at most two records that wait a minute for a second one: the first two
+    // records make a full batch, the third starts one that stays open.
+    let test = SpeedTest::create_with("speed-prompt", 1, |settings| {
+        settings.speed.max_batch_records = 2;
+        settings.speed.max_batch_wait_ms = 60_000;
+    })
+    .await;
+    let run = fraud_testkit::unique_name("tx");
+    let id = |name: &str| format!("{run}-{name}");
+    let t = fraud_domain::EventTime::now().as_millis() - 5 * MINUTE;
+    test.produce(vec![
+        event(&id("a1"), "full", "v1", 100, t),
+        event(&id("a2"), "full", "v1", 200, t + 1),
+        event(&id("b1"), "open", "v1", 300, t + 2),
+    ])
+    .await;
+    let shutdown = test.start().await;
+    // The full batch's update comes once it is applied, while the next batch waits for
+    // its second record (a minute): well within that.
+    let update = fraud_testkit::poll_for(
+        Duration::from_secs(20),
+        "the full batch's update while the next batch is open",
+        || async {
+            test.updates()
+                .await
+                .into_iter()
+                .find(|update| update.customer_id == "full")
+        },
+    )
+    .await;
+    assert_eq!((update.count, update.sum_minor), (2, 300), "{update:?}");
+    assert!(
+        !test.updates().await.iter().any(|u| u.customer_id == "open"),
+        "the open batch is not applied yet"
+    );
+    // Its second record closes the open batch.
+    test.produce(vec![event(&id("b2"), "open", "v1", 400, t + 3)])
+        .await;
+    let update = fraud_testkit::poll_for(DEADLINE, "the second batch's update", || async {
+        test.updates()
+            .await
+            .into_iter()
+            .find(|update| update.customer_id == "open")
+    })
+    .await;
+    assert_eq!((update.count, update.sum_minor), (2, 700), "{update:?}");
+    shutdown.trigger();
+    shutdown.wait().await.expect("a clean stop");
+    test.remove().await;
+}

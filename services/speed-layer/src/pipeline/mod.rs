@@ -35,7 +35,9 @@
 //! clients run on a runtime of its own with one thread, never on the service's runtime.
 //! Batches overlap by one: while batch N's Redis pipeline runs on the runtime's thread,
 //! the pipeline thread polls and decodes batch N + 1; once N is applied, N + 1 goes to
-//! Redis and N's updates are published and its offsets committed meanwhile. A customer's
+//! Redis and N's updates are published and its offsets committed meanwhile. Should N be
+//! applied while N + 1 is still filling (records coming slowly: N + 1 may wait a whole
+//! `speed.max_batch_wait_ms` for them), N is finished then, without waiting for N + 1. A customer's
 //! records still reach Redis in offset order (N + 1 starts only after N is applied), a
 //! commit still follows the Redis effect and the updates of everything it covers, and
 //! nothing is in flight when partitions are replanned or a generation starts.

@@ -29,6 +29,9 @@ use crate::{StateHealth, Watermark};
 
 /// How long one poll waits when nothing is buffered: the latency of noticing shutdown.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long one poll waits while a batch is in Redis: how soon after it is applied its
+/// updates go out and it is committed, when records come slowly.
+const PENDING_POLL_TIMEOUT: Duration = Duration::from_millis(1);
 /// How often the generation is checked and progress reported while idle.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a stopping pipeline waits to leave its group.
@@ -124,8 +127,14 @@ struct Worker {
 /// A polled batch whose Redis pipeline runs on the runtime's thread.
 struct Pending {
     batch: Batch,
-    applying: JoinHandle<Result<Vec<ApplyOutcome>, NotApplied>>,
+    applying: Applying,
     started: Instant,
+}
+
+/// A pending batch's Redis pipeline: running, or done with its result.
+enum Applying {
+    Running(JoinHandle<Result<Vec<ApplyOutcome>, NotApplied>>),
+    Done(Result<Vec<ApplyOutcome>, NotApplied>),
 }
 
 /// What applying one batch to Redis needs, owned, so that it runs while the pipeline
@@ -214,7 +223,7 @@ impl Worker {
                 tracing::info!("speed layer pipeline stopped");
                 return Ok(());
             }
-            let batch = self.poll_batch()?;
+            let batch = self.poll_batch(&mut pending, should_stop)?;
             let next = (!batch.is_empty()).then_some(batch);
             pending = match pending.take() {
                 Some(previous) => self.finish(previous, next, should_stop)?,
@@ -240,15 +249,45 @@ impl Worker {
     }
 
     /// Polls up to `max_batch_records` records, waiting at most `max_batch_wait` after
-    /// the first one.
-    fn poll_batch(&mut self) -> anyhow::Result<Batch> {
+    /// the first one. Meanwhile, once `pending` is applied, it is finished (its updates
+    /// published, its offsets committed) rather than after this poll, which would hold
+    /// its updates back by a whole batch wait; should applying it have failed, polling
+    /// stops and the caller's [`Worker::finish`] deals with it (and with this batch).
+    fn poll_batch(
+        &mut self,
+        pending: &mut Option<Pending>,
+        should_stop: &impl Fn() -> bool,
+    ) -> anyhow::Result<Batch> {
         let mut batch = Batch::default();
         let mut deadline: Option<Instant> = None;
         while batch.records < self.config.max_batch_records {
-            let timeout = match deadline {
+            if let Some(in_flight) = pending.as_mut() {
+                if let Applying::Running(handle) = &mut in_flight.applying
+                    && handle.is_finished()
+                {
+                    in_flight.applying = Applying::Done(
+                        self.runtime
+                            .block_on(handle)
+                            .unwrap_or_else(|error| Err(NotApplied::Failed(error.into()))),
+                    );
+                }
+                match in_flight.applying {
+                    Applying::Done(Ok(_)) => {
+                        if let Some(applied) = pending.take() {
+                            self.finish(applied, None, should_stop)?;
+                        }
+                    }
+                    Applying::Done(Err(_)) => break,
+                    Applying::Running(_) => {}
+                }
+            }
+            let mut timeout = match deadline {
                 None => POLL_TIMEOUT,
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()),
             };
+            if pending.is_some() {
+                timeout = timeout.min(PENDING_POLL_TIMEOUT);
+            }
             let polled = self.consumer.poll(timeout);
             // Rebalances happen inside `poll`, before the record it returns.
             apply_rebalances(
@@ -284,7 +323,7 @@ impl Worker {
     /// Starts applying `batch` to Redis, on the runtime's thread, so that the next batch
     /// is polled and decoded meanwhile.
     fn start(&self, batch: Batch) -> Pending {
-        let applying = self.runtime.spawn(self.applier(&batch).apply());
+        let applying = Applying::Running(self.runtime.spawn(self.applier(&batch).apply()));
         Pending {
             batch,
             applying,
@@ -330,10 +369,13 @@ impl Worker {
             started,
         } = pending;
         let mut backoff = RETRY_FIRST;
-        let mut result = self
-            .runtime
-            .block_on(applying)
-            .unwrap_or_else(|error| Err(NotApplied::Failed(error.into())));
+        let mut result = match applying {
+            Applying::Running(handle) => self
+                .runtime
+                .block_on(handle)
+                .unwrap_or_else(|error| Err(NotApplied::Failed(error.into()))),
+            Applying::Done(result) => result,
+        };
         let outcomes = loop {
             match result {
                 Ok(outcomes) => break outcomes,
