@@ -349,25 +349,21 @@ impl BatchStack {
             ));
         } else {
             for url in &databases {
-                // drop_database is best effort and says nothing: look whether it is gone.
-                fraud_testkit::postgres::drop_database(url).await;
+                // Through psql, which says why when it cannot (the test kit's
+                // `drop_database` is best effort and silent).
                 let name = database_name(url);
-                let left = psql(
+                let dropped = psql(
                     &self.admin_url,
                     &[
                         "-qAt",
                         "-c",
-                        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+                        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
                     ],
                 )
                 .await;
-                if !matches!(left.as_deref().map(str::trim), Ok("0")) {
+                if let Err(error) = dropped {
                     problems.push(format!(
-                        "database {name} may not have been dropped ({}); drop it by hand",
-                        left.map_or_else(
-                            |error| error.to_string(),
-                            |count| format!("{} left", count.trim())
-                        )
+                        "database {name} was not dropped ({error:#}); drop it by hand"
                     ));
                 }
             }
