@@ -33,6 +33,11 @@
 //! not know, and a reader meets updates of earlier speed layers without it (then only
 //! the update's own window, at `asOf`, is known). Version 1 had `lastEvent` (the run's
 //! last record only) in place of `events`.
+//!
+//! A run that lists more events than one Kafka message holds (a hot customer: thousands
+//! of records in one batch) is published as several updates, each listing a consecutive
+//! part of `events` (at most 1,000) in offset order, all with the same window, `asOf`
+//! and `sourceOffset`; read together they are the one update described here.
 
 use serde::{Deserialize, Serialize};
 

@@ -622,3 +622,80 @@ async fn a_batch_s_updates_do_not_wait_for_the_next_batch_to_fill() {
     shutdown.wait().await.expect("a clean stop");
     test.remove().await;
 }
+
+#[tokio::test]
+async fn a_hot_customer_s_update_is_split_into_messages_kafka_takes() {
+    // One batch of 4,000 records of one customer: listed in one update, they would make
+    // a message over Kafka's 1 MB limit, and the pipeline would retry it for ever.
+    let test = SpeedTest::create_with("speed-hot", 1, |settings| {
+        settings.speed.max_batch_records = 20_000;
+        settings.speed.max_batch_wait_ms = 3_000;
+    })
+    .await;
+    let retention = test.settings.speed.retention_ms();
+    let run = fraud_testkit::unique_name("tx");
+    let t = fraud_domain::EventTime::now().as_millis() - 20 * MINUTE;
+    let events: Vec<_> = (0..4_000)
+        .map(|i| {
+            event(
+                &format!("{run}-{i:05}-a-transaction-id-of-some-length"),
+                "hot",
+                &format!("vendor-{}", i % 50),
+                100 + i,
+                t + i * 200,
+            )
+        })
+        .collect();
+    let produced = test.produce(events).await;
+    let shutdown = test.start().await;
+    let model = Model::of(&produced, retention);
+    wait_until(DEADLINE, "every record to be applied", || {
+        test.caught_up(&model)
+    })
+    .await;
+    assert_exact(&test, &model, retention).await;
+
+    let last = produced.last().expect("records").offset;
+    let updates = fraud_testkit::poll_for(DEADLINE, "the updates of every record", || async {
+        let updates: Vec<WindowUpdate> = test
+            .updates()
+            .await
+            .into_iter()
+            .filter(|update| update.customer_id == "hot")
+            .collect();
+        let listed: usize = updates.iter().map(|update| update.events.len()).sum();
+        (listed >= produced.len()).then_some(updates)
+    })
+    .await;
+    // Every record listed once, in offset order, in parts each within the bound; every
+    // part of the batch carries the customer's window after it.
+    let offsets: Vec<i64> = updates
+        .iter()
+        .flat_map(|update| update.events.iter().map(|event| event.offset))
+        .collect();
+    let expected: Vec<i64> = produced.iter().map(|record| record.offset).collect();
+    assert_eq!(offsets, expected);
+    assert!(updates.len() >= 4, "{} updates", updates.len());
+    for update in &updates {
+        assert!(
+            update.events.len() <= 1_000,
+            "{} events",
+            update.events.len()
+        );
+    }
+    let final_window = updates.last().expect("an update");
+    assert_eq!(final_window.source_offset, last);
+    let (sum, count, max, distinct) = model.window("hot", final_window.as_of);
+    assert_eq!(
+        (
+            final_window.sum_minor,
+            final_window.count,
+            final_window.max_minor,
+            final_window.distinct_vendors
+        ),
+        (sum, count, max, distinct)
+    );
+    shutdown.trigger();
+    shutdown.wait().await.expect("a clean stop");
+    test.remove().await;
+}

@@ -5,7 +5,8 @@
 //! (else Redis lost its data: start or join a new generation and rebuild, discarding the
 //! batch); (2) apply every customer's run, many customers to a script call
 //! ([`fraud_speed_view::ApplyScript`]), the calls in one pipeline;
-//! (3) publish one window update per touched customer and wait for the brokers: its
+//! (3) publish one window update per touched customer (several for a hot customer's
+//! long run, each listing a part of its events) and wait for the brokers: its
 //! window, and every record of the customer's run the script applied, in offset order,
 //! each with whether the customer had used its vendor before and with the window at its
 //! own instant, `W(c, ts)` over the state after the batch ([`fraud_speed_view::update`]);

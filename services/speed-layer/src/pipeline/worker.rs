@@ -38,6 +38,9 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Most events one window update lists (a hot customer's run is split over several):
+/// at a few hundred bytes an event, well under Kafka's default limit of 1 MB a message.
+const MAX_EVENTS_PER_UPDATE: usize = 1_000;
 
 /// Runs the pipeline until `should_stop` says so or it fails.
 pub(super) fn run(
@@ -475,7 +478,7 @@ impl Worker {
                 times.push(as_of);
                 let mut windows = state.windows_at(&times);
                 let window = windows.pop()?;
-                let events = applied
+                let events: Vec<AppliedEvent> = applied
                     .into_iter()
                     .zip(windows)
                     .map(
@@ -490,39 +493,57 @@ impl Worker {
                         },
                     )
                     .collect();
-                let update = WindowUpdate {
-                    customer_id: run.customer.clone(),
-                    as_of,
-                    sum_minor: window.sum,
-                    count: window.count,
-                    max_minor: window.max,
-                    distinct_vendors: window.distinct_vendors,
-                    events,
-                    source_partition: run.partition,
-                    source_offset: state.last_offset,
-                    generation: generation.clone(),
-                };
-                let span = tracing::info_span!(
-                    parent: None,
-                    "window update",
-                    otel.kind = "producer",
-                    source.partition = update.source_partition,
-                    source.offset = update.source_offset,
-                    applied = update.events.len(),
-                );
                 let received: Vec<(&str, &str)> = run
                     .trace
                     .iter()
                     .map(|(name, value)| (name.as_str(), value.as_str()))
                     .collect();
-                fraud_telemetry::propagation::follow(&span, &received);
-                let headers = fraud_telemetry::propagation::headers_for(&span, &received);
-                Some(Outgoing {
-                    update,
-                    headers,
-                    _span: span,
-                })
+                // A hot customer's run may list more events than one Kafka message
+                // holds: consecutive parts of at most MAX_EVENTS_PER_UPDATE, each an
+                // update with the same window and source offset.
+                let mut parts = Vec::with_capacity(1);
+                let mut rest = events;
+                while rest.len() > MAX_EVENTS_PER_UPDATE {
+                    let tail = rest.split_off(MAX_EVENTS_PER_UPDATE);
+                    parts.push(rest);
+                    rest = tail;
+                }
+                parts.push(rest);
+                let outgoing: Vec<Outgoing> = parts
+                    .into_iter()
+                    .map(|events| {
+                        let update = WindowUpdate {
+                            customer_id: run.customer.clone(),
+                            as_of,
+                            sum_minor: window.sum,
+                            count: window.count,
+                            max_minor: window.max,
+                            distinct_vendors: window.distinct_vendors,
+                            events,
+                            source_partition: run.partition,
+                            source_offset: state.last_offset,
+                            generation: generation.clone(),
+                        };
+                        let span = tracing::info_span!(
+                            parent: None,
+                            "window update",
+                            otel.kind = "producer",
+                            source.partition = update.source_partition,
+                            source.offset = update.source_offset,
+                            applied = update.events.len(),
+                        );
+                        fraud_telemetry::propagation::follow(&span, &received);
+                        let headers = fraud_telemetry::propagation::headers_for(&span, &received);
+                        Outgoing {
+                            update,
+                            headers,
+                            _span: span,
+                        }
+                    })
+                    .collect();
+                Some(outgoing)
             })
+            .flatten()
             .collect()
     }
 
