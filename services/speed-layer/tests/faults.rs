@@ -20,7 +20,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Model, Produced, SpeedTest, assert_exact, event, start_in_process};
+use common::{Model, Produced, SpeedTest, assert_exact, counter, event, start_in_process};
 use fraud_config::{KafkaConfig, Secret};
 use fraud_events::TransactionEvent;
 use fraud_speed_view::{Generation, HOUR_MS, WINDOW_MS, WindowAggregates, WindowUpdate};
@@ -765,19 +765,6 @@ async fn assert_whole_history(test: &SpeedTest, model: &Model) {
             "{customer}: the whole history"
         );
     }
-}
-
-/// The value of the metric line starting with `series` (summed over its label sets when
-/// `series` has none).
-fn counter(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|line| {
-            line.strip_prefix(series)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// The metrics of the instance at `base`, `None` while it does not answer; panics if

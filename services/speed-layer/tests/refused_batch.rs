@@ -10,24 +10,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Model, SpeedTest, assert_exact, event, start_in_process};
+use common::{Model, SpeedTest, assert_exact, counter, event, start_in_process};
 use fraud_speed_view::customer_key;
 use fraud_testkit::{get_text, wait_until};
 use redis::AsyncCommands;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The sum of a counter's series in a Prometheus text page.
-fn counter(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|line| {
-            line.strip_prefix(series)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
 
 #[tokio::test]
 async fn a_refused_batch_is_applied_before_every_batch_behind_it() {

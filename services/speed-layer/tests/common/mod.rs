@@ -349,6 +349,19 @@ pub async fn assert_exact(test: &SpeedTest, model: &Model, retention_ms: i64) {
     }
 }
 
+/// The value of the metric line starting with `series` in a Prometheus text page (summed
+/// over its label sets when `series` has none).
+pub fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Starts a speed layer with `settings` in this process; returns its shutdown and its
 /// port.
 pub async fn start_in_process(settings: &Settings) -> (Shutdown, u16) {
