@@ -36,8 +36,11 @@
 //!
 //! A run that lists more events than one Kafka message holds (a hot customer: thousands
 //! of records in one batch) is published as several updates, each listing a consecutive
-//! part of `events` (at most 1,000) in offset order, all with the same window, `asOf`
-//! and `sourceOffset`; read together they are the one update described here.
+//! part of `events` (at most 1,000) in offset order, all with the same `sourceOffset`.
+//! The last part has the run's `asOf` and window; every other part is at the latest
+//! event time listed so far, with the window there (an event's own `window` when that
+//! event is in the part), so a reader that judges a part's `asOf` judges no instant the
+//! listed events do not tell.
 
 use serde::{Deserialize, Serialize};
 

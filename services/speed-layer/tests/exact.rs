@@ -667,8 +667,9 @@ async fn a_hot_customer_s_update_is_split_into_messages_kafka_takes() {
         (listed >= produced.len()).then_some(updates)
     })
     .await;
-    // Every record listed once, in offset order, in parts each within the bound; every
-    // part of the batch carries the customer's window after it.
+    // Every record listed once, in offset order, in parts each within the bound. Each
+    // part is at the latest event time listed so far (the last at the customer's
+    // clock), with the exact window there.
     let offsets: Vec<i64> = updates
         .iter()
         .flat_map(|update| update.events.iter().map(|event| event.offset))
@@ -676,25 +677,36 @@ async fn a_hot_customer_s_update_is_split_into_messages_kafka_takes() {
     let expected: Vec<i64> = produced.iter().map(|record| record.offset).collect();
     assert_eq!(offsets, expected);
     assert!(updates.len() >= 4, "{} updates", updates.len());
+    let mut latest = i64::MIN;
     for update in &updates {
         assert!(
             update.events.len() <= 1_000,
             "{} events",
             update.events.len()
         );
+        assert_eq!(update.source_offset, last);
+        latest = update
+            .events
+            .iter()
+            .map(|event| event.ts)
+            .fold(latest, i64::max);
+        assert_eq!(
+            update.as_of, latest,
+            "a part is at the latest time listed so far"
+        );
+        assert_eq!(
+            (
+                update.sum_minor,
+                update.count,
+                update.max_minor,
+                update.distinct_vendors
+            ),
+            model.window("hot", update.as_of),
+            "the window at {}",
+            update.as_of
+        );
     }
-    let final_window = updates.last().expect("an update");
-    assert_eq!(final_window.source_offset, last);
-    let (sum, count, max, distinct) = model.window("hot", final_window.as_of);
-    assert_eq!(
-        (
-            final_window.sum_minor,
-            final_window.count,
-            final_window.max_minor,
-            final_window.distinct_vendors
-        ),
-        (sum, count, max, distinct)
-    );
+    assert_eq!(Some(latest), model.clock("hot"));
     shutdown.trigger();
     shutdown.wait().await.expect("a clean stop");
     test.remove().await;

@@ -10,7 +10,8 @@ use fraud_redis::RedisHandle;
 use fraud_speed_view::meta::{PartitionStatus, Progress, SpeedMeta};
 use fraud_speed_view::update::UPDATE_SCHEMA_VERSION;
 use fraud_speed_view::{
-    AppliedEvent, ApplyOutcome, ApplyScript, Generation, RecordOutcome, WindowUpdate, customer_key,
+    AppliedEvent, ApplyOutcome, ApplyScript, EventWindow, Generation, RecordOutcome, WindowUpdate,
+    customer_key,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -500,25 +501,35 @@ impl Worker {
                     .map(|(name, value)| (name.as_str(), value.as_str()))
                     .collect();
                 // A hot customer's run may list more events than one Kafka message
-                // holds: consecutive parts of at most MAX_EVENTS_PER_UPDATE, each an
-                // update with the same window and source offset.
-                let mut parts = Vec::with_capacity(1);
+                // holds: consecutive parts of at most MAX_EVENTS_PER_UPDATE. Every part
+                // but the last is at the latest event time listed so far, with that
+                // event's window (so a reader judging a part's `asOf` judges nothing
+                // the listed events did not tell); the last is at the customer's clock.
+                let at_clock = EventWindow::from(window);
+                let mut parts: Vec<(i64, EventWindow, Vec<AppliedEvent>)> = Vec::with_capacity(1);
                 let mut rest = events;
+                let mut latest: Option<(i64, EventWindow)> = None;
                 while rest.len() > MAX_EVENTS_PER_UPDATE {
                     let tail = rest.split_off(MAX_EVENTS_PER_UPDATE);
-                    parts.push(rest);
+                    for event in &rest {
+                        if latest.is_none_or(|(ts, _)| event.ts > ts) {
+                            latest = Some((event.ts, event.window.unwrap_or(at_clock)));
+                        }
+                    }
+                    let (part_as_of, part_window) = latest.unwrap_or((as_of, at_clock));
+                    parts.push((part_as_of, part_window, rest));
                     rest = tail;
                 }
-                parts.push(rest);
+                parts.push((as_of, at_clock, rest));
                 let outgoing: Vec<Outgoing> = parts
                     .into_iter()
-                    .map(|events| {
+                    .map(|(as_of, window, events)| {
                         let update = WindowUpdate {
                             customer_id: run.customer.clone(),
                             as_of,
-                            sum_minor: window.sum,
+                            sum_minor: window.sum_minor,
                             count: window.count,
-                            max_minor: window.max,
+                            max_minor: window.max_minor,
                             distinct_vendors: window.distinct_vendors,
                             events,
                             source_partition: run.partition,
