@@ -36,7 +36,8 @@
 //!
 //! A run that lists more events than one Kafka message holds (a hot customer: thousands
 //! of records in one batch) is published as several updates, each listing a consecutive
-//! part of `events` (at most 1,000) in offset order, all with the same `sourceOffset`.
+//! part of `events` (at most [`MAX_EVENTS_PER_UPDATE`]) in offset order, all with the
+//! same `sourceOffset` ([`WindowUpdate::into_parts`]).
 //! The last part has the run's `asOf` and window; every other part is at the latest
 //! event time listed so far, with the window there (an event's own `window` when that
 //! event is in the part), so a reader that judges a part's `asOf` judges no instant the
@@ -48,6 +49,11 @@ use crate::state::WindowAggregates;
 
 /// The encoding version of [`WindowUpdate`], sent as the `schema-version` header.
 pub const UPDATE_SCHEMA_VERSION: &str = "2";
+
+/// Most events one published update lists. An event is about 250 bytes of JSON, at most
+/// about 700 (two ids of 64 four-byte characters): under Kafka's default limit of 1 MB
+/// a message either way.
+pub const MAX_EVENTS_PER_UPDATE: usize = 1_000;
 
 /// A customer's window after a batch: the aggregates of `W(c, asOf)` with `asOf` the
 /// customer's clock, money in minor units, and the events the batch applied.
@@ -73,6 +79,48 @@ pub struct WindowUpdate {
     pub source_offset: i64,
     /// The speed layer's generation (hex).
     pub generation: String,
+}
+
+impl WindowUpdate {
+    /// The updates this one is published as (see the module's documentation): itself
+    /// when it lists at most `max_events` events (at least 1), else consecutive parts of
+    /// its events, each but the last at the latest event time listed so far with the
+    /// window there, the last with this update's `asOf` and window.
+    pub fn into_parts(mut self, max_events: usize) -> Vec<WindowUpdate> {
+        let max_events = max_events.max(1);
+        let whole = EventWindow {
+            sum_minor: self.sum_minor,
+            count: self.count,
+            max_minor: self.max_minor,
+            distinct_vendors: self.distinct_vendors,
+        };
+        let mut parts = Vec::with_capacity(self.events.len().div_ceil(max_events).max(1));
+        let mut latest: Option<(i64, EventWindow)> = None;
+        while self.events.len() > max_events {
+            let rest = self.events.split_off(max_events);
+            let events = std::mem::replace(&mut self.events, rest);
+            for event in &events {
+                if latest.is_none_or(|(ts, _)| event.ts > ts) {
+                    latest = Some((event.ts, event.window.unwrap_or(whole)));
+                }
+            }
+            let (as_of, window) = latest.unwrap_or((self.as_of, whole));
+            parts.push(WindowUpdate {
+                customer_id: self.customer_id.clone(),
+                as_of,
+                sum_minor: window.sum_minor,
+                count: window.count,
+                max_minor: window.max_minor,
+                distinct_vendors: window.distinct_vendors,
+                events,
+                source_partition: self.source_partition,
+                source_offset: self.source_offset,
+                generation: self.generation.clone(),
+            });
+        }
+        parts.push(self);
+        parts
+    }
 }
 
 /// A record a batch applied.
@@ -234,5 +282,52 @@ mod tests {
             "distinctVendors":1,"lastEvent":null,"sourcePartition":0,"sourceOffset":0,
             "generation":"00"}"#;
         assert!(serde_json::from_str::<WindowUpdate>(v1).is_err());
+    }
+
+    #[test]
+    fn a_long_update_is_split_into_parts_at_their_latest_event() {
+        let window = |sum| EventWindow {
+            sum_minor: sum,
+            count: 1,
+            max_minor: sum,
+            distinct_vendors: 1,
+        };
+        // Event times out of order: part 1 ends at ts 10, part 2's latest is still 10.
+        let times = [5, 10, 3, 7, 9];
+        let events: Vec<AppliedEvent> = times
+            .iter()
+            .enumerate()
+            .map(|(at, &ts)| AppliedEvent {
+                offset: at as i64,
+                transaction_id: format!("t-{at}"),
+                vendor_id: "v".into(),
+                amount_minor: 1,
+                ts,
+                vendor_seen_before: false,
+                window: Some(window(ts * 100)),
+            })
+            .collect();
+        let update = WindowUpdate {
+            customer_id: "c".into(),
+            as_of: 12,
+            sum_minor: 1_200,
+            count: 5,
+            max_minor: 1,
+            distinct_vendors: 1,
+            events: events.clone(),
+            source_partition: 0,
+            source_offset: 4,
+            generation: "00".into(),
+        };
+        assert_eq!(update.clone().into_parts(5), vec![update.clone()]);
+        let parts = update.clone().into_parts(2);
+        let shape: Vec<(usize, i64, i64)> = parts
+            .iter()
+            .map(|part| (part.events.len(), part.as_of, part.sum_minor))
+            .collect();
+        assert_eq!(shape, [(2, 10, 1_000), (2, 10, 1_000), (1, 12, 1_200)]);
+        let listed: Vec<AppliedEvent> = parts.iter().flat_map(|part| part.events.clone()).collect();
+        assert_eq!(listed, events);
+        assert!(parts.iter().all(|part| part.source_offset == 4));
     }
 }

@@ -8,10 +8,9 @@ use anyhow::Context;
 use fraud_events::SCHEMA_VERSION_HEADER;
 use fraud_redis::RedisHandle;
 use fraud_speed_view::meta::{PartitionStatus, Progress, SpeedMeta};
-use fraud_speed_view::update::UPDATE_SCHEMA_VERSION;
+use fraud_speed_view::update::{MAX_EVENTS_PER_UPDATE, UPDATE_SCHEMA_VERSION};
 use fraud_speed_view::{
-    AppliedEvent, ApplyOutcome, ApplyScript, EventWindow, Generation, RecordOutcome, WindowUpdate,
-    customer_key,
+    AppliedEvent, ApplyOutcome, ApplyScript, Generation, RecordOutcome, WindowUpdate, customer_key,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -39,10 +38,6 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// Most events one window update lists (a hot customer's run is split over several). An
-/// event is about 250 bytes of JSON, at most about 700 (two ids of 64 four-byte
-/// characters): under Kafka's default limit of 1 MB a message either way.
-const MAX_EVENTS_PER_UPDATE: usize = 1_000;
 
 /// Runs the pipeline until `should_stop` says so or it fails.
 pub(super) fn run(
@@ -500,42 +495,23 @@ impl Worker {
                     .iter()
                     .map(|(name, value)| (name.as_str(), value.as_str()))
                     .collect();
-                // A hot customer's run may list more events than one Kafka message
-                // holds: consecutive parts of at most MAX_EVENTS_PER_UPDATE. Every part
-                // but the last is at the latest event time listed so far, with that
-                // event's window (so a reader judging a part's `asOf` judges nothing
-                // the listed events did not tell); the last is at the customer's clock.
-                let at_clock = EventWindow::from(window);
-                let mut parts: Vec<(i64, EventWindow, Vec<AppliedEvent>)> = Vec::with_capacity(1);
-                let mut rest = events;
-                let mut latest: Option<(i64, EventWindow)> = None;
-                while rest.len() > MAX_EVENTS_PER_UPDATE {
-                    let tail = rest.split_off(MAX_EVENTS_PER_UPDATE);
-                    for event in &rest {
-                        if latest.is_none_or(|(ts, _)| event.ts > ts) {
-                            latest = Some((event.ts, event.window.unwrap_or(at_clock)));
-                        }
-                    }
-                    let (part_as_of, part_window) = latest.unwrap_or((as_of, at_clock));
-                    parts.push((part_as_of, part_window, rest));
-                    rest = tail;
-                }
-                parts.push((as_of, at_clock, rest));
-                let outgoing: Vec<Outgoing> = parts
+                let update = WindowUpdate {
+                    customer_id: run.customer.clone(),
+                    as_of,
+                    sum_minor: window.sum,
+                    count: window.count,
+                    max_minor: window.max,
+                    distinct_vendors: window.distinct_vendors,
+                    events,
+                    source_partition: run.partition,
+                    source_offset: state.last_offset,
+                    generation: generation.clone(),
+                };
+                // A hot customer's run may list more events than one Kafka message holds.
+                let outgoing: Vec<Outgoing> = update
+                    .into_parts(MAX_EVENTS_PER_UPDATE)
                     .into_iter()
-                    .map(|(as_of, window, events)| {
-                        let update = WindowUpdate {
-                            customer_id: run.customer.clone(),
-                            as_of,
-                            sum_minor: window.sum_minor,
-                            count: window.count,
-                            max_minor: window.max_minor,
-                            distinct_vendors: window.distinct_vendors,
-                            events,
-                            source_partition: run.partition,
-                            source_offset: state.last_offset,
-                            generation: generation.clone(),
-                        };
+                    .map(|update| {
                         let span = tracing::info_span!(
                             parent: None,
                             "window update",
