@@ -6,8 +6,6 @@
 //! the producer's bounded queue is full the request is refused (503) at once instead of
 //! buffering without limit.
 
-use std::time::Duration;
-
 use fraud_config::{IngestConfig, KafkaConfig};
 use fraud_events::TransactionEvent;
 use fraud_events::{CONTENT_TYPE, CONTENT_TYPE_HEADER, SCHEMA_VERSION, SCHEMA_VERSION_HEADER};
@@ -36,22 +34,35 @@ pub fn record_headers(trace: &[(String, String)]) -> OwnedHeaders {
     headers
 }
 
-/// A producer ingest publishes with: the platform's durable producer with a queue of
-/// at most `queue_max` records that gives up on an acknowledgement after `timeout` and
-/// waits `linger` to fill a batch. The ingest benchmark's reference producer is built
-/// here too, so the two always compare the same settings.
-pub fn producer(
-    config: &KafkaConfig,
-    queue_max: u32,
-    timeout: Duration,
-    linger: Duration,
-) -> Result<FutureProducer, fraud_kafka::Error> {
-    fraud_kafka::durable_producer_with(config, |client| {
-        client
-            .set("queue.buffering.max.messages", queue_max.to_string())
-            .set("message.timeout.ms", timeout.as_millis().to_string())
-            .set("linger.ms", linger.as_millis().to_string());
-    })
+/// Ingest's two producers (see [`Publisher`]), for requests of several events and of
+/// one: each the platform's durable producer with a queue of at most
+/// `ingest.producer_queue_max` records that gives up on an acknowledgement after
+/// `ingest.produce_timeout_ms`, lingering `ingest.linger_ms` and
+/// `ingest.single_event_linger_ms` respectively. The ingest benchmark's reference
+/// producers are built here too, so the two always compare the same settings.
+pub struct Producers {
+    pub batches: FutureProducer,
+    pub single_events: FutureProducer,
+}
+
+impl Producers {
+    pub fn new(kafka: &KafkaConfig, ingest: &IngestConfig) -> Result<Self, fraud_kafka::Error> {
+        let with_linger = |linger_ms: u32| {
+            fraud_kafka::durable_producer_with(kafka, |client| {
+                client
+                    .set(
+                        "queue.buffering.max.messages",
+                        ingest.producer_queue_max.to_string(),
+                    )
+                    .set("message.timeout.ms", ingest.produce_timeout_ms.to_string())
+                    .set("linger.ms", linger_ms.to_string());
+            })
+        };
+        Ok(Self {
+            batches: with_linger(ingest.linger_ms)?,
+            single_events: with_linger(ingest.single_event_linger_ms)?,
+        })
+    }
 }
 
 /// Why an event was not produced.
@@ -77,17 +88,15 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher whose producers each queue at most `ingest.producer_queue_max`
-    /// records and give up on an acknowledgement after `ingest.produce_timeout_ms`.
+    /// A publisher with [`Producers`] to `kafka.transactions_topic`.
     pub fn new(kafka: &KafkaConfig, ingest: &IngestConfig) -> Result<Self, fraud_kafka::Error> {
-        let timeout = Duration::from_millis(ingest.produce_timeout_ms);
-        let with_linger = |linger_ms: u32| {
-            let linger = Duration::from_millis(linger_ms.into());
-            producer(kafka, ingest.producer_queue_max, timeout, linger)
-        };
+        let Producers {
+            batches,
+            single_events,
+        } = Producers::new(kafka, ingest)?;
         Ok(Self {
-            batches: with_linger(ingest.linger_ms)?,
-            single_events: with_linger(ingest.single_event_linger_ms)?,
+            batches,
+            single_events,
             topic: kafka.transactions_topic.clone(),
         })
     }

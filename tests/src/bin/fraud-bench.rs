@@ -1013,21 +1013,14 @@ async fn run_reference(
     topic: &str,
     workload: &Workload,
 ) -> anyhow::Result<ReferenceResult> {
-    // Exactly ingest's producer (services/ingest/src/publish.rs).
+    // Exactly ingest's producers (services/ingest/src/publish.rs): the one of requests
+    // with several events, and (for one record at a time) the one of single events.
     let queue_max = settings.ingest.producer_queue_max;
     let timeout_ms = settings.ingest.produce_timeout_ms;
-    let with_linger = |linger_ms: u32| {
-        ingest::publish::producer(
-            &settings.kafka,
-            queue_max,
-            Duration::from_millis(timeout_ms),
-            Duration::from_millis(linger_ms.into()),
-        )
-    };
-    // Ingest's producer of requests with several events, and (for one record at a time)
-    // its producer of single events.
-    let producer = with_linger(settings.ingest.linger_ms)?;
-    let single_event_producer = with_linger(settings.ingest.single_event_linger_ms)?;
+    let ingest::publish::Producers {
+        batches: producer,
+        single_events: single_event_producer,
+    } = ingest::publish::Producers::new(&settings.kafka, &settings.ingest)?;
     let warmup = &workload.reference[..REFERENCE_WARMUP.min(workload.reference.len())];
     let (_, warmup_failed, _) = produce_all(&producer, topic, warmup).await;
     if warmup_failed > 0 {
