@@ -35,8 +35,8 @@ use chrono::Utc;
 use clap::Args;
 use fraud_config::{KafkaConfig, Settings};
 use fraud_domain::EventTime;
+use fraud_speed_view::CustomerState;
 use fraud_speed_view::meta::{SpeedMeta, meta_key};
-use fraud_speed_view::{CustomerState, WindowUpdate};
 use fraud_testkit::{ChildProcess, free_port, unique_name};
 use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
@@ -86,6 +86,11 @@ pub(super) struct SpeedArgs {
     /// rate (to compare runs, or to probe the speed layer at a given load).
     #[arg(long)]
     delay_rate: Option<f64>,
+    /// `linger.ms` of the delay phase's producer (ingest's settings otherwise). The delay
+    /// runs from the broker's append, so the linger is not part of it; it sets how many
+    /// produce requests the broker, on the same two cores, handles for the load.
+    #[arg(long, default_value_t = 5)]
+    delay_linger_ms: u32,
     /// Customer keys whose `MEMORY USAGE` is read.
     #[arg(long, default_value_t = 2_000)]
     memory_sample_keys: usize,
@@ -1223,7 +1228,11 @@ async fn delay_phase(
             );
         }
     }
-    // Ingest's producer settings (services/ingest/src/publish.rs).
+    // Ingest's producer settings (services/ingest/src/publish.rs), with a linger of
+    // `--delay-linger-ms`: paced evenly, the load would otherwise reach the broker as
+    // hundreds of small requests a second, where ingest at this rate takes its events in
+    // batch requests of up to 1,000 and produces each at once. The broker shares the
+    // machine with the pipeline being measured, and the delay starts at the append.
     let producer = fraud_kafka::durable_producer_with(&settings.kafka, |client| {
         client
             .set(
@@ -1233,7 +1242,8 @@ async fn delay_phase(
             .set(
                 "message.timeout.ms",
                 settings.ingest.produce_timeout_ms.to_string(),
-            );
+            )
+            .set("linger.ms", args.delay_linger_ms.to_string());
     })?;
     // Probe until the broker applies the new timestamp type (the probes are ordinary
     // events; the speed layer applies them like any other).
@@ -1435,6 +1445,15 @@ async fn delay_phase(
     })
 }
 
+/// The two fields of a window update the delay needs; serde skips the rest (its events
+/// and windows) without building them, so reading the updates costs the machine less.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateSource {
+    customer_id: String,
+    source_offset: i64,
+}
+
 struct UpdatesRead {
     seen: Vec<SeenUpdate>,
     unreadable: u64,
@@ -1449,9 +1468,16 @@ fn read_updates(
     stop: &AtomicBool,
     ready: std::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<UpdatesRead> {
+    // Fetches as the platform's consumers fetch (`kafka.fetch_min_bytes`,
+    // `kafka.fetch_max_wait_ms`): with librdkafka's defaults the reader would ask the
+    // broker for every few updates, and that load would slow the pipeline it measures. The
+    // delay is read from the updates' `CreateTime`, so when the reader sees them does not
+    // matter.
     let consumer: BaseConsumer = fraud_kafka::client_config(kafka)
         .set("group.id", unique_name("bench-updates-reader"))
         .set("enable.auto.commit", "false")
+        .set("fetch.min.bytes", kafka.fetch_min_bytes.to_string())
+        .set("fetch.wait.max.ms", kafka.fetch_max_wait_ms.to_string())
         .create()
         .context("create the updates reader")?;
     let timeout = Duration::from_secs(10);
@@ -1490,7 +1516,7 @@ fn read_updates(
             Some(Ok(message)) => {
                 next.insert(message.partition(), message.offset() + 1);
                 let timestamp = message.timestamp();
-                match serde_json::from_slice::<WindowUpdate>(message.payload().unwrap_or_default())
+                match serde_json::from_slice::<UpdateSource>(message.payload().unwrap_or_default())
                 {
                     Ok(update) => read.seen.push(SeenUpdate {
                         customer: update.customer_id,
@@ -1879,7 +1905,7 @@ fn render_report(
         "**reference**: a `BaseConsumer` with the speed layer's consumer settings (`fraud_kafka::rebalance::cooperative_consumer`: read_committed, no auto-commit, cooperative-sticky, session timeout 10 s) in a fresh group reads every record and decodes it with `fraud_events::decode`, and does nothing else. It ran just before the main phase on the same records, so both read from the page cache.".to_owned(),
         "**exactly once**: after the main phase every customer key of the prefix is read back (SCAN, MGET) and decoded; every event was produced once with a distinct transaction id and is inside its window, so the states must hold exactly the events produced, with the same sum of amounts.".to_owned(),
         format!("**memory**: `used_memory` of `INFO memory` just before the speed layer starts and once it has applied everything; the delta includes anything else written to this Redis meanwhile (the key count before and after shows whether others wrote). `MEMORY USAGE key SAMPLES 0` of every {}th customer key (about {}) divided by the events those keys hold does not depend on other writers.", (prefill.customers / args.memory_sample_keys.max(1)).max(1), fmt_int(args.memory_sample_keys as u64)),
-        "**delay**: after the main phase the topic is switched to `message.timestamp.type=LogAppendTime`, so each record's timestamp, returned in its delivery report, is the broker's append time. Fresh events of the same customers, encoded before the phase with event time = ingest time = the moment each is due, are produced with ingest's producer settings, paced evenly at the target rate. A reader consumes the updates topic from its end; the speed layer publishes one update per customer and batch, after the Redis pipeline that applied the batch has returned, and the update's `CreateTime` is stamped when it is handed to its producer. An event's delay is the `CreateTime` of the first update of its customer whose `sourceOffset` is at or past the event's offset, minus the event's append time: an upper bound on the time to visibility (the key was written before the pipeline returned), with millisecond resolution; the same machine's clock on both sides. Every event of the phase is measured, none sampled.".to_owned(),
+        "**delay**: after the main phase the topic is switched to `message.timestamp.type=LogAppendTime`, so each record's timestamp, returned in its delivery report, is the broker's append time. Fresh events of the same customers, encoded before the phase with event time = ingest time = the moment each is due, are produced with ingest's producer settings but `linger.ms` 5 (`--delay-linger-ms`; it is before the append, so outside the delay, and spares the broker sharing the machine hundreds of small requests a second), paced evenly at the target rate. A reader consumes the updates topic from its end, fetching as the platform's consumers do (`kafka.fetch_min_bytes`, `kafka.fetch_max_wait_ms`) and decoding only each update's customer and `sourceOffset`; the speed layer publishes one update per customer and batch, after the Redis pipeline that applied the batch has returned, and the update's `CreateTime` is stamped when it is handed to its producer. An event's delay is the `CreateTime` of the first update of its customer whose `sourceOffset` is at or past the event's offset, minus the event's append time: an upper bound on the time to visibility (the key was written before the pipeline returned), with millisecond resolution; the same machine's clock on both sides. Every event of the phase is measured, none sampled.".to_owned(),
     ];
     for line in method {
         let _ = writeln!(r, "- {line}");
@@ -1953,9 +1979,10 @@ fn render_report(
     ];
     if let Ok(delay) = &m.delay {
         lines.push(format!(
-            "delay phase: ingest's producer settings (queue.buffering.max.messages {}, message.timeout.ms {}); {} probe record(s) until the broker stamped append times; {} of {} events with the broker's append time; {} not acknowledged; {} updates read ({} unreadable, {} without a CreateTime)",
+            "delay phase: ingest's producer settings (queue.buffering.max.messages {}, message.timeout.ms {}) with linger.ms {}; {} probe record(s) until the broker stamped append times; {} of {} events with the broker's append time; {} not acknowledged; {} updates read ({} unreadable, {} without a CreateTime)",
             fmt_int(u64::from(settings.ingest.producer_queue_max)),
             settings.ingest.produce_timeout_ms,
+            args.delay_linger_ms,
             delay.probes,
             fmt_int(delay.log_append),
             fmt_int(delay.produced - delay.failed),
