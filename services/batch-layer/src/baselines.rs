@@ -4,13 +4,18 @@
 //! The window moves by a day every night, so every customer's baseline is derived again
 //! (its `as_of` changes, and nearly every customer has a row on the day that leaves or a
 //! day that was recomputed). Aggregating a month of daily rows in SQL costs a sort of
-//! them by customer for the ordered-set percentile; here Postgres only streams the three
-//! columns needed, the grouping and the nearest-rank percentile are done in Rust, and
-//! Postgres applies the same numeric formulas as before to one row per customer, so the
-//! results are the same to the last digit. Should a customer's sum of squared daily
-//! sums not fit in `i128`, the derivation falls back to the SQL aggregate.
+//! them by customer for the ordered-set percentile; here the grouping and the
+//! nearest-rank percentile are done in Rust, and Postgres applies the same numeric
+//! formulas as before to one row per customer, so the results are the same to the last
+//! digit. Should a customer's sum of squared daily sums not fit in `i128`, the derivation
+//! falls back to the SQL aggregate.
+//!
+//! The inputs ([`Inputs`]) are gathered during the run, not read back at its end: the
+//! days the run recomputes come from its own rows, and the window's other days (which
+//! the run does not change) are streamed from Postgres on a connection of their own
+//! while the lake is read ([`read_stored`]), so that neither waits for the other.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -18,6 +23,10 @@ use futures::TryStreamExt as _;
 use sqlx::PgConnection;
 
 use crate::binary::BinaryReader;
+use crate::compute::DayRow;
+
+/// Days in a baseline's window: the 30 UTC days ending with T_b's day.
+const WINDOW_DAYS: u64 = 30;
 
 /// The fraction of the daily peaks' percentile (nearest rank), as the SQL's
 /// `percentile_disc(0.95)`.
@@ -48,19 +57,111 @@ SELECT customer_id, $1, active_days,
        p95_peak, max_peak
 FROM baseline_sums";
 
-/// Replaces every baseline with the ones as of `watermark` (in the caller's transaction);
-/// returns the rows written.
+/// The days of the baselines as of `watermark`: `first..=last`.
+pub fn window(watermark: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
+    let last = watermark.date_naive();
+    (last - chrono::Days::new(WINDOW_DAYS - 1), last)
+}
+
+/// The baselines' inputs: per customer, the daily sum and daily peak of each of its days
+/// in the window (`batch_daily`'s `sum_minor` and `peak_30m_sum_minor`).
+#[derive(Debug, Default)]
+pub struct Inputs {
+    customers: HashMap<String, (Vec<i64>, Vec<i64>)>,
+}
+
+impl Inputs {
+    /// Adds a day's rows (the rows `batch_daily` holds, or will hold, for that day).
+    pub fn add_rows(&mut self, rows: &[DayRow]) {
+        for row in rows {
+            self.add(&row.customer, row.sum, row.peak_sum);
+        }
+    }
+
+    /// Adds what another gathering found (of other days).
+    pub fn merge(&mut self, other: Inputs) {
+        for (customer, (sums, peaks)) in other.customers {
+            let (mine, my_peaks) = self.customers.entry(customer).or_default();
+            mine.extend(sums);
+            my_peaks.extend(peaks);
+        }
+    }
+
+    fn add(&mut self, customer: &str, sum: i64, peak: i64) {
+        let (sums, peaks) = match self.customers.get_mut(customer) {
+            Some(days) => days,
+            None => self.customers.entry(customer.to_owned()).or_default(),
+        };
+        sums.push(sum);
+        peaks.push(peak);
+    }
+
+    /// Reads rows of [`read_stored`]'s binary `COPY` output.
+    fn add_binary(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        let mut reader = BinaryReader::new(data)?;
+        while reader.row()?.is_some() {
+            let customer = reader.text()?;
+            let sum = reader.int8()?;
+            let peak = reader.int8()?;
+            self.add(customer, sum, peak);
+        }
+        Ok(())
+    }
+
+    /// Each customer's inputs; `None` when a sum overflows.
+    fn per_customer(self) -> Option<Vec<(String, Sums)>> {
+        let mut out = Vec::with_capacity(self.customers.len());
+        for (customer, (sums, mut peaks)) in self.customers {
+            out.push((customer, sums_of(&sums, &mut peaks)?));
+        }
+        Some(out)
+    }
+}
+
+/// The stored inputs of the days of the window as of `watermark` other than `except`
+/// (the days the run recomputes; it adds their rows itself).
+pub async fn read_stored(
+    connection: &mut PgConnection,
+    watermark: DateTime<Utc>,
+    except: &BTreeSet<NaiveDate>,
+) -> anyhow::Result<Inputs> {
+    let (first, last) = window(watermark);
+    let skipped: Vec<String> = except
+        .range(first..=last)
+        .map(|day| format!("'{day}'"))
+        .collect();
+    let skip = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(" AND day NOT IN ({})", skipped.join(", "))
+    };
+    let statement = format!(
+        "COPY (SELECT customer_id, sum_minor, peak_30m_sum_minor FROM batch_daily \
+         WHERE day >= '{first}' AND day <= '{last}'{skip}) TO STDOUT (FORMAT binary)"
+    );
+    let mut stream = connection.copy_out_raw(&statement).await?;
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.try_next().await? {
+        data.extend_from_slice(&chunk);
+    }
+    drop(stream);
+    let mut inputs = Inputs::default();
+    inputs.add_binary(&data)?;
+    Ok(inputs)
+}
+
+/// Replaces every baseline with the ones as of `watermark`, derived from `inputs`, which
+/// must hold every day of the window as the caller's transaction has it; returns the rows
+/// written.
 pub async fn derive(
     connection: &mut PgConnection,
     watermark: DateTime<Utc>,
+    inputs: Inputs,
 ) -> anyhow::Result<u64> {
     sqlx::query("DELETE FROM batch_baselines")
         .execute(&mut *connection)
         .await?;
-    let last = watermark.date_naive();
-    let first = last - chrono::Days::new(29);
-    let data = daily_columns(connection, first, last).await?;
-    let Some(customers) = per_customer(&data)? else {
+    let Some(customers) = inputs.per_customer() else {
         tracing::warn!("a sum of squared daily sums exceeds i128: baselines derived in SQL");
         return Ok(sqlx::query(DERIVE_IN_SQL)
             .bind(watermark)
@@ -103,24 +204,6 @@ pub async fn derive(
         .rows_affected())
 }
 
-/// `batch_daily`'s customer, daily sum and daily peak for the days `first..=last`.
-async fn daily_columns(
-    connection: &mut PgConnection,
-    first: NaiveDate,
-    last: NaiveDate,
-) -> anyhow::Result<Vec<u8>> {
-    let statement = format!(
-        "COPY (SELECT customer_id, sum_minor, peak_30m_sum_minor FROM batch_daily \
-         WHERE day >= '{first}' AND day <= '{last}') TO STDOUT (FORMAT binary)"
-    );
-    let mut stream = connection.copy_out_raw(&statement).await?;
-    let mut data = Vec::new();
-    while let Some(chunk) = stream.try_next().await? {
-        data.extend_from_slice(&chunk);
-    }
-    Ok(data)
-}
-
 /// One customer's baseline inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Sums {
@@ -129,28 +212,6 @@ struct Sums {
     sum_squares: i128,
     p95_peak: i64,
     max_peak: i64,
-}
-
-/// Groups the rows of [`daily_columns`] by customer; `None` when a sum overflows.
-fn per_customer(data: &[u8]) -> anyhow::Result<Option<HashMap<&str, Sums>>> {
-    let mut reader = BinaryReader::new(data)?;
-    let mut days: HashMap<&str, (Vec<i64>, Vec<i64>)> = HashMap::new();
-    while reader.row()?.is_some() {
-        let customer = reader.text()?;
-        let sum = reader.int8()?;
-        let peak = reader.int8()?;
-        let (sums, peaks) = days.entry(customer).or_default();
-        sums.push(sum);
-        peaks.push(peak);
-    }
-    let mut out = HashMap::with_capacity(days.len());
-    for (customer, (sums, mut peaks)) in days {
-        let Some(baseline) = sums_of(&sums, &mut peaks) else {
-            return Ok(None);
-        };
-        out.insert(customer, baseline);
-    }
-    Ok(Some(out))
 }
 
 /// A customer's inputs from its days' sums and peaks (at least one day); `None` on
@@ -227,17 +288,46 @@ mod tests {
         assert_eq!(got.sum, 2 * i128::from(i64::MAX));
     }
 
+    fn day_row(customer: &str, sum: i64, peak_sum: i64) -> DayRow {
+        DayRow {
+            customer: customer.to_owned(),
+            day: 0,
+            sum,
+            count: 1,
+            max: sum,
+            distinct_vendors: 1,
+            peak_sum,
+            peak_count: 1,
+            peak_end: 0,
+        }
+    }
+
     #[test]
-    fn rows_are_grouped_by_customer() {
+    fn rows_stored_and_recomputed_are_grouped_by_customer() {
         let mut rows = BinaryRows::new();
-        for (customer, sum, peak) in [("a", 5, 5), ("b", 7, 3), ("a", 1, 1)] {
+        for (customer, sum, peak) in [("a", 5, 5), ("b", 7, 3)] {
             rows.row(3).text(customer).int8(sum).int8(peak);
         }
-        let data = rows.finish();
-        let grouped = per_customer(&data).unwrap().unwrap();
-        assert_eq!(grouped.len(), 2);
+        let mut stored = Inputs::default();
+        stored.add_binary(&rows.finish()).unwrap();
+        let mut inputs = Inputs::default();
+        inputs.add_rows(&[day_row("a", 1, 1), day_row("c", 2, 2)]);
+        inputs.merge(stored);
+        let grouped: HashMap<String, Sums> = inputs.per_customer().unwrap().into_iter().collect();
+        assert_eq!(grouped.len(), 3);
         assert_eq!((grouped["a"].active_days, grouped["a"].sum), (2, 6));
         assert_eq!(grouped["a"].sum_squares, 26);
         assert_eq!((grouped["b"].p95_peak, grouped["b"].max_peak), (3, 3));
+        assert_eq!(grouped["c"].active_days, 1);
+    }
+
+    #[test]
+    fn the_window_is_the_30_days_ending_with_the_watermark_s_day() {
+        let watermark = DateTime::parse_from_rfc3339("2026-12-07T05:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let (first, last) = window(watermark);
+        assert_eq!(last, NaiveDate::from_ymd_opt(2026, 12, 7).unwrap());
+        assert_eq!(first, NaiveDate::from_ymd_opt(2026, 11, 8).unwrap());
     }
 }

@@ -13,6 +13,9 @@ use crate::compute::{DAY_MS, Event, HOUR_MS, WINDOW_MS, compute_day};
 use crate::lake::{LakeView, date_of, day_start};
 use crate::store::{self, Publication};
 
+/// The Postgres connections a run holds at once (see [`run`]).
+const RUN_CONNECTIONS: u32 = 3;
+
 /// How far back the default watermark is looked for.
 const DEFAULT_SEARCH_HOURS: i64 = 7 * 24;
 
@@ -109,6 +112,12 @@ pub struct Backwards {
 /// Runs the job once against `settings`' lake, Kafka and Postgres.
 pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<RunReport> {
     let started = Instant::now();
+    anyhow::ensure!(
+        settings.postgres.max_connections >= RUN_CONNECTIONS,
+        "postgres.max_connections is {}, but a batch run needs {RUN_CONNECTIONS} connections: \
+         its lock, its transaction, and one reading the stored rows ahead",
+        settings.postgres.max_connections
+    );
     let pool = fraud_postgres::lazy_pool(&settings.postgres, settings.service.probe_timeout())?;
     fraud_postgres::migrate(&pool).await?;
     let mut lock = store::lock(&pool).await?;
@@ -226,7 +235,7 @@ async fn publish(
 ) -> anyhow::Result<(u64, usize, RunTimes)> {
     let mut times = RunTimes::default();
     let mut phase = Instant::now();
-    let mut publication = Publication::begin(pool, full).await?;
+    let mut publication = Publication::begin(pool, full, days, watermark).await?;
     times.copy += phase.elapsed();
     let mut fingerprints = BTreeMap::new();
     let mut input_files = 0;

@@ -64,7 +64,7 @@ fn int4(value: i64) -> i32 {
 
 /// A stored hour's key (customer, hour start) and its figures.
 pub type HourKey = (String, i64);
-type HourValue = (i64, i64, i64, i64);
+pub type HourValue = (i64, i64, i64, i64);
 
 /// `SELECT` of a day's stored hours, in [`stored_hours`]' column order.
 pub fn select_hours(date: chrono::NaiveDate) -> String {
@@ -108,7 +108,7 @@ pub fn hour_value(row: &HourRow) -> HourValue {
     (row.sum, row.count, row.max, row.distinct_vendors)
 }
 
-type DayValue = (i64, i64, i64, i64, i64, i64, i64);
+pub type DayValue = (i64, i64, i64, i64, i64, i64, i64);
 
 /// The stored daily rows read with [`select_days`], by customer.
 pub fn stored_days(data: &[u8]) -> Result<HashMap<String, DayValue>, Malformed> {

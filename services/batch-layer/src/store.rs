@@ -1,13 +1,17 @@
 //! The batch layer's Postgres side: the run lock, the run log, what was computed from
 //! which files, and publishing a run's rows in one transaction through `COPY`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use anyhow::Context as _;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt as _;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
+use crate::baselines::{self, Inputs};
 use crate::binary::BinaryRows;
 use crate::compute::{DayAggregates, VendorRow};
 use crate::lake::day_start;
@@ -112,11 +116,114 @@ pub struct Publication {
     /// `batch_vendors` at the commit, one row each (a customer's vendor recurs on many
     /// days; staging a row per day and vendor sent Postgres ten times the rows).
     vendors: HashMap<(String, String), i64>,
+    /// The baselines' window, and their inputs from the days copied so far.
+    window: (NaiveDate, NaiveDate),
+    baselines: Inputs,
+    /// An incremental run's reads of what is stored, ahead of the days.
+    ahead: Option<ReadAhead>,
+}
+
+/// What an incremental run reads of the stored tables, read on a connection of its own
+/// while the run reads the lake and computes: the baselines' inputs of the window's days
+/// it does not recompute, then each recomputed day's stored rows, in the run's order and
+/// at most a day ahead (so memory holds a few days, however many the run recomputes).
+/// It reads what was committed before the run, which is what the run's transaction still
+/// holds when it turns to a day: the run holds the lock, nothing else writes the views,
+/// and the transaction changes a day only once it has its stored rows.
+struct ReadAhead {
+    days: mpsc::Receiver<anyhow::Result<StoredDay>>,
+    task: Option<JoinHandle<anyhow::Result<Inputs>>>,
+}
+
+/// A day's rows as stored before the run.
+struct StoredDay {
+    date: NaiveDate,
+    hours: HashMap<rows::HourKey, rows::HourValue>,
+    days: HashMap<String, rows::DayValue>,
+}
+
+impl ReadAhead {
+    fn start(pool: PgPool, days: Vec<NaiveDate>, watermark: DateTime<Utc>) -> Self {
+        let (sender, receiver) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            let mut connection = pool
+                .acquire()
+                .await
+                .context("a connection to read the stored rows ahead")?;
+            let recomputed: BTreeSet<NaiveDate> = days.iter().copied().collect();
+            let inputs = baselines::read_stored(&mut connection, watermark, &recomputed).await?;
+            for date in days {
+                let stored = read_day(&mut connection, date).await;
+                let failed = stored.is_err();
+                if sender.send(stored).await.is_err() || failed {
+                    break;
+                }
+            }
+            Ok(inputs)
+        });
+        Self {
+            days: receiver,
+            task: Some(task),
+        }
+    }
+
+    /// The stored rows of `date`, the next day of the run.
+    async fn day(&mut self, date: NaiveDate) -> anyhow::Result<StoredDay> {
+        match self.days.recv().await {
+            Some(stored) => {
+                let stored = stored?;
+                anyhow::ensure!(
+                    stored.date == date,
+                    "read {} ahead where {date} was next",
+                    stored.date
+                );
+                Ok(stored)
+            }
+            // The task ended early: it failed before this day.
+            None => Err(self.finish().await.err().unwrap_or_else(|| {
+                anyhow::anyhow!("the stored rows of {date} were not read ahead")
+            })),
+        }
+    }
+
+    /// The baselines' inputs it read, once every day has been taken.
+    async fn finish(&mut self) -> anyhow::Result<Inputs> {
+        let task = self
+            .task
+            .take()
+            .context("the reads ahead were finished twice")?;
+        task.await.context("reading ahead panicked")?
+    }
+}
+
+/// A day's stored hourly and daily rows.
+async fn read_day(connection: &mut PgConnection, date: NaiveDate) -> anyhow::Result<StoredDay> {
+    let hours = rows::stored_hours(&copy_out(connection, &rows::select_hours(date)).await?)?;
+    let days = rows::stored_days(&copy_out(connection, &rows::select_days(date)).await?)?;
+    Ok(StoredDay { date, hours, days })
+}
+
+/// The whole output of a `COPY … TO STDOUT`.
+async fn copy_out(connection: &mut PgConnection, statement: &str) -> anyhow::Result<Vec<u8>> {
+    let mut stream = connection.copy_out_raw(statement).await?;
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.try_next().await? {
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data)
 }
 
 impl Publication {
-    /// Opens the transaction; when `full`, deletes every row of the views.
-    pub async fn begin(pool: &PgPool, full: bool) -> anyhow::Result<Self> {
+    /// Opens the transaction for a run that recomputes `days` (in order) as of
+    /// `watermark`; when `full`, deletes every row of the views, else starts reading
+    /// ahead what is stored.
+    pub async fn begin(
+        pool: &PgPool,
+        full: bool,
+        days: &[NaiveDate],
+        watermark: i64,
+    ) -> anyhow::Result<Self> {
+        let watermark = millis_to_time(watermark);
         let mut transaction = pool.begin().await?;
         if full {
             for statement in [
@@ -140,6 +247,9 @@ impl Publication {
             full,
             rows: 0,
             vendors: HashMap::new(),
+            window: baselines::window(watermark),
+            baselines: Inputs::default(),
+            ahead: (!full).then(|| ReadAhead::start(pool.clone(), days.to_vec(), watermark)),
         })
     }
 
@@ -161,6 +271,9 @@ impl Publication {
             }
         }
         debug_assert!(day.days.iter().all(|row| row.day == day_start(date)));
+        if (self.window.0..=self.window.1).contains(&date) {
+            self.baselines.add_rows(&day.days);
+        }
         if self.full {
             self.rows += self
                 .copy(
@@ -173,13 +286,14 @@ impl Publication {
                 .await?;
             return Ok(());
         }
-        let stored = self.copy_out(&rows::select_hours(date)).await?;
-        let (deletes, inserts) = rows::changes(
-            rows::stored_hours(&stored)?,
-            &day.hours,
-            rows::hour_key,
-            rows::hour_value,
-        );
+        let stored = self
+            .ahead
+            .as_mut()
+            .expect("an incremental run reads ahead")
+            .day(date)
+            .await?;
+        let (deletes, inserts) =
+            rows::changes(stored.hours, &day.hours, rows::hour_key, rows::hour_value);
         let (customers, hours): (Vec<String>, Vec<DateTime<Utc>>) = deletes
             .into_iter()
             .map(|(customer, hour)| (customer, millis_to_time(hour)))
@@ -196,13 +310,8 @@ impl Publication {
             .copy(rows::COPY_HOURS, rows::hour_rows(day_start(date), inserts))
             .await?;
 
-        let stored = self.copy_out(&rows::select_days(date)).await?;
-        let (deletes, inserts) = rows::changes(
-            rows::stored_days(&stored)?,
-            &day.days,
-            rows::day_key,
-            rows::day_value,
-        );
+        let (deletes, inserts) =
+            rows::changes(stored.days, &day.days, rows::day_key, rows::day_value);
         sqlx::query("DELETE FROM batch_daily WHERE day = $1 AND customer_id = ANY($2)")
             .bind(date)
             .bind(deletes)
@@ -221,16 +330,6 @@ impl Publication {
         let mut copy = self.transaction.copy_in_raw(statement).await?;
         copy.send(data).await?;
         Ok(copy.finish().await?)
-    }
-
-    /// The whole output of a `COPY … TO STDOUT`.
-    async fn copy_out(&mut self, statement: &str) -> anyhow::Result<Vec<u8>> {
-        let mut stream = self.transaction.copy_out_raw(statement).await?;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.try_next().await? {
-            data.extend_from_slice(&chunk);
-        }
-        Ok(data)
     }
 
     /// Merges the vendors, derives the baselines as of `watermark` from the daily rows,
@@ -287,8 +386,12 @@ impl Publication {
             .await?
             .rows_affected();
         }
+        let mut inputs = std::mem::take(&mut self.baselines);
+        if let Some(ahead) = self.ahead.as_mut() {
+            inputs.merge(ahead.finish().await?);
+        }
         self.rows +=
-            crate::baselines::derive(&mut self.transaction, millis_to_time(watermark)).await?;
+            baselines::derive(&mut self.transaction, millis_to_time(watermark), inputs).await?;
         let tx = &mut self.transaction;
         for (date, (fingerprint, files)) in fingerprints {
             sqlx::query(
