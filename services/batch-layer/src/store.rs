@@ -124,9 +124,10 @@ pub struct Publication {
 }
 
 /// What an incremental run reads of the stored tables, read on a connection of its own
-/// while the run reads the lake and computes: the baselines' inputs of the window's days
-/// it does not recompute, then each recomputed day's stored rows, in the run's order and
-/// at most a day ahead (so memory holds a few days, however many the run recomputes).
+/// while the run reads the lake and computes: each recomputed day's stored rows, in the
+/// run's order and at most [`DAYS_AHEAD`] days ahead (so memory holds a few days, however
+/// many the run recomputes), then the baselines' inputs of the window's days it does not
+/// recompute, needed only at the commit.
 /// It reads what was committed before the run, which is what the run's transaction still
 /// holds when it turns to a day: the run holds the lock, nothing else writes the views,
 /// and the transaction changes a day only once it has its stored rows.
@@ -142,24 +143,28 @@ struct StoredDay {
     days: HashMap<String, rows::DayValue>,
 }
 
+/// Days whose stored rows are read before the run turns to them.
+const DAYS_AHEAD: usize = 2;
+
 impl ReadAhead {
     fn start(pool: PgPool, days: Vec<NaiveDate>, watermark: DateTime<Utc>) -> Self {
-        let (sender, receiver) = mpsc::channel(1);
+        let (sender, receiver) = mpsc::channel(DAYS_AHEAD);
         let task = tokio::spawn(async move {
             let mut connection = pool
                 .acquire()
                 .await
                 .context("a connection to read the stored rows ahead")?;
             let recomputed: BTreeSet<NaiveDate> = days.iter().copied().collect();
-            let inputs = baselines::read_stored(&mut connection, watermark, &recomputed).await?;
             for date in days {
                 let stored = read_day(&mut connection, date).await;
                 let failed = stored.is_err();
                 if sender.send(stored).await.is_err() || failed {
-                    break;
+                    // The run stopped, or learns why from this day's error.
+                    return Ok(Inputs::default());
                 }
             }
-            Ok(inputs)
+            drop(sender);
+            baselines::read_stored(&mut connection, watermark, &recomputed).await
         });
         Self {
             days: receiver,
