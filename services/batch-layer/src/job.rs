@@ -1,12 +1,13 @@
 //! One batch run: lock, choose T_b, check the lake, choose the days, compute, publish.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::NaiveDate;
 use fraud_config::Settings;
 use fraud_lake::{Lake, LakeRoot};
+use tokio::sync::oneshot;
 
 use crate::completeness::{Behind, KafkaTopic};
 use crate::compute::{DAY_MS, Event, HOUR_MS, WINDOW_MS, compute_day};
@@ -220,10 +221,17 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
     }
 }
 
+/// Days read and computed ahead of the one being copied into Postgres.
+const DAYS_AHEAD: usize = 2;
+
 /// Computes `days` in order and publishes them in one transaction; returns (rows, input
-/// files, the phases' times). Day d + 1 is read and computed on a task of its own while
-/// day d is copied into Postgres, so the two overlap; memory holds at most two days'
-/// events and one day's rows (and a day's last 30 minutes for the next day's windows).
+/// files, the phases' times). Up to [`DAYS_AHEAD`] days are read and computed on tasks of
+/// their own while a day is copied into Postgres, so reading, computing and copying
+/// overlap; memory holds the events of at most that many days plus the one copied, and
+/// one day's rows per day in flight. A day's windows reach into the day before it: a
+/// day's task hands the next day's its last 30 minutes as soon as it has read them, so
+/// the next day is read meanwhile and computed right after; the first day of a run of
+/// consecutive days reads the day before itself.
 async fn publish(
     pool: &sqlx::PgPool,
     lake: &Lake,
@@ -245,37 +253,49 @@ async fn publish(
             .map(|day| day.files.clone())
             .unwrap_or_default()
     };
-    // A day's windows reach into the day before it: its tail comes from the day just
-    // computed, or is read from the lake with the day.
-    let prepare = |date: NaiveDate, tail: Option<Vec<Event>>| {
-        let tail = match tail {
-            Some(tail) => Tail::Known(tail),
-            None => match date.pred_opt() {
+    // Each day's tail: handed over by the day before's task when that day is in the run,
+    // else read with the day.
+    let mut tails: Vec<Tail> = Vec::with_capacity(days.len());
+    let mut senders: Vec<Option<oneshot::Sender<Vec<Event>>>> = Vec::with_capacity(days.len());
+    for (index, &date) in days.iter().enumerate() {
+        let yesterday = date.pred_opt();
+        if index > 0 && yesterday == Some(days[index - 1]) {
+            let (sender, receiver) = oneshot::channel();
+            senders.push(None);
+            senders[index - 1] = Some(sender);
+            tails.push(Tail::Handed(receiver));
+        } else {
+            senders.push(None);
+            tails.push(match yesterday {
                 Some(yesterday) => Tail::Read(yesterday, files_of(yesterday)),
                 None => Tail::Known(Vec::new()),
-            },
-        };
-        tokio::spawn(prepare_day(
-            lake.clone(),
-            files_of(date),
-            date,
-            watermark,
-            tail,
-        ))
-    };
-    let mut next = days.first().map(|&date| prepare(date, None));
-    for (index, &date) in days.iter().enumerate() {
-        let prepared = next
-            .take()
+            });
+        }
+    }
+    let mut starts = days
+        .iter()
+        .zip(tails)
+        .zip(senders)
+        .map(|((&date, tail), hand_on)| {
+            tokio::spawn(prepare_day(
+                lake.clone(),
+                files_of(date),
+                date,
+                watermark,
+                tail,
+                hand_on,
+            ))
+        });
+    let mut in_flight: VecDeque<_> = starts.by_ref().take(DAYS_AHEAD).collect();
+    for &date in days {
+        let prepared = in_flight
+            .pop_front()
             .expect("a day is being prepared")
             .await
             .context("computing a day panicked")??;
+        in_flight.extend(starts.next());
         times.read += prepared.read;
         times.compute += prepared.compute;
-        if let Some(&following) = days.get(index + 1) {
-            let tail = (date.succ_opt() == Some(following)).then_some(prepared.tail);
-            next = Some(prepare(following, tail));
-        }
         phase = Instant::now();
         publication.add_day(date, &prepared.aggregates).await?;
         times.copy += phase.elapsed();
@@ -292,10 +312,9 @@ async fn publish(
     Ok((rows, input_files, times))
 }
 
-/// One day read and computed, with the tail the next day's windows need.
+/// One day read and computed.
 struct PreparedDay {
     aggregates: crate::compute::DayAggregates,
-    tail: Vec<Event>,
     read: Duration,
     compute: Duration,
 }
@@ -305,33 +324,43 @@ enum Tail {
     Known(Vec<Event>),
     /// Read from these files of that day.
     Read(NaiveDate, Vec<fraud_lake::ListedFile>),
+    /// Handed over by that day's task.
+    Handed(oneshot::Receiver<Vec<Event>>),
 }
 
-/// Reads `date`'s `files` (and the previous day's, when its tail is not known) and
-/// computes the day's aggregates.
+/// Reads `date`'s `files`, hands its tail on to the next day's task (`hand_on`), and
+/// computes the day's aggregates with `tail`.
 async fn prepare_day(
     lake: Lake,
     files: Vec<fraud_lake::ListedFile>,
     date: NaiveDate,
     watermark: i64,
     tail: Tail,
+    hand_on: Option<oneshot::Sender<Vec<Event>>>,
 ) -> anyhow::Result<PreparedDay> {
     let started = Instant::now();
     let tail = match tail {
-        Tail::Known(tail) => tail,
         Tail::Read(yesterday, files) => {
             let events = crate::lake::files_events(lake.clone(), files, watermark).await?;
-            tail_of(&events, yesterday)
+            Tail::Known(tail_of(&events, yesterday))
         }
+        other => other,
     };
     let events = crate::lake::files_events(lake, files, watermark).await?;
+    if let Some(hand_on) = hand_on {
+        // The next day's task is gone only when the run already failed.
+        let _ = hand_on.send(tail_of(&events, date));
+    }
     let read = started.elapsed();
+    let tail = match tail {
+        Tail::Known(tail) => tail,
+        Tail::Handed(receiver) => receiver.await.context("the day before could not be read")?,
+        Tail::Read(..) => unreachable!("read above"),
+    };
     let started = Instant::now();
-    let next_tail = tail_of(&events, date);
     let aggregates = compute_day(day_start(date), events, tail)?;
     Ok(PreparedDay {
         aggregates,
-        tail: next_tail,
         read,
         compute: started.elapsed(),
     })
