@@ -952,6 +952,34 @@ async fn psql(url: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Writes out what earlier work left dirty before a measured process starts: the
+/// server's buffers (`CHECKPOINT`, which needs the `pg_checkpoint` role; `deploy/dev`
+/// grants it) and the kernel's dirty pages (`sync`). Otherwise a process is measured while
+/// the one before it is still being written out (the `\copy` reference's 11 million rows,
+/// the night's files) and through a checkpoint it did not cause. Returns what could not
+/// be flushed, for the report; the benchmark goes on without it.
+async fn flush_writes(admin_url: &str) -> Option<String> {
+    let checkpoint = psql(admin_url, &["-qAt", "-c", "CHECKPOINT"]).await.err();
+    let sync = match tokio::process::Command::new("sync").status().await {
+        Ok(status) if status.success() => None,
+        Ok(status) => Some(format!("sync exited with {status}")),
+        Err(error) => Some(format!("sync could not run: {error}")),
+    };
+    let problems: Vec<String> = checkpoint
+        .map(|error| format!("{error:#}").trim().to_owned())
+        .into_iter()
+        .chain(sync)
+        .collect();
+    if problems.is_empty() {
+        return None;
+    }
+    let problem = problems.join("; ");
+    progress(format!(
+        "could not flush before a measured process: {problem}"
+    ));
+    Some(problem)
+}
+
 // ---------------------------------------------------------------------------------------
 // The batch layer's runs
 // ---------------------------------------------------------------------------------------
@@ -1380,6 +1408,7 @@ async fn copy_reference(
     tools: &Tools,
     args: &BatchArgs,
     pids: &Pids,
+    unflushed: &mut Vec<String>,
 ) -> anyhow::Result<CopyRun> {
     let csv_dir = stack.dir.join("csv");
     std::fs::create_dir_all(&csv_dir)?;
@@ -1416,6 +1445,7 @@ async fn copy_reference(
         return Err(migrated.failure("batch-layer migrate"));
     }
 
+    unflushed.extend(flush_writes(&stack.admin_url).await);
     wait_for_quiet(pids, args.quiet_wait_seconds).await;
     progress(format!(
         "copy: psql \\copy loads {} of CSV into {}",
@@ -1479,6 +1509,8 @@ struct Measured {
     duck_night: DuckRun,
     night_check: Comparison,
     background: Vec<CpuUsage>,
+    /// What could not be flushed before a measured process ([`flush_writes`]).
+    unflushed: Vec<String>,
 }
 
 impl Measured {
@@ -1549,6 +1581,8 @@ async fn measure(
 
     let pids = Pids::find(0, [ThreadMatch::None, ThreadMatch::None]);
     let mut background = Vec::new();
+    let mut unflushed = Vec::new();
+    unflushed.extend(flush_writes(&stack.admin_url).await);
     background.push(wait_for_quiet(&pids, args.quiet_wait_seconds).await);
     let full = batch_run(
         stack,
@@ -1560,6 +1594,7 @@ async fn measure(
         true,
     )
     .await?;
+    unflushed.extend(flush_writes(&stack.admin_url).await);
     background.push(wait_for_quiet(&pids, args.quiet_wait_seconds).await);
     let duck = duckdb_run(stack, tools, args, "duckdb", plan.full_watermark).await?;
     let full_check = Comparison {
@@ -1573,7 +1608,7 @@ async fn measure(
         progress(format!("MISMATCH: {problem}"));
     }
 
-    let copy = copy_reference(stack, settings, tools, args, &pids).await?;
+    let copy = copy_reference(stack, settings, tools, args, &pids, &mut unflushed).await?;
 
     progress("writing the night's files: one more day");
     let night_day = days;
@@ -1589,6 +1624,7 @@ async fn measure(
     };
     let mut cumulative = lake;
     cumulative.add(&night);
+    unflushed.extend(flush_writes(&stack.admin_url).await);
     background.push(wait_for_quiet(&pids, args.quiet_wait_seconds).await);
     let incremental = batch_run(
         stack,
@@ -1600,6 +1636,7 @@ async fn measure(
         false,
     )
     .await?;
+    unflushed.extend(flush_writes(&stack.admin_url).await);
     background.push(wait_for_quiet(&pids, args.quiet_wait_seconds).await);
     let duck_night = duckdb_run(stack, tools, args, "duckdb-night", plan.night_watermark).await?;
     let night_check = Comparison {
@@ -1629,6 +1666,10 @@ async fn measure(
         duck_night,
         night_check,
         background,
+        unflushed: {
+            unflushed.dedup();
+            unflushed
+        },
     })
 }
 
@@ -1820,11 +1861,22 @@ fn render_report(
          runs its SQL in a Python of its own; its figure is the SQL's time measured \
          inside the script, {:.1} s of the process's {:.1} s (starting Python and \
          importing DuckDB are left out). The tables are equal only when DuckDB's and the \
-         batch layer's match (below), so the comparison is like for like.\n",
+         batch layer's match (below), so the comparison is like for like. Before each \
+         measured process the benchmark writes out what earlier work left dirty \
+         (`CHECKPOINT`, `sync`), so that none is measured through the writes of the one \
+         before it{}.\n",
         duckdb_version(&tools.python),
         m.duck.threads,
         m.duck.seconds,
-        m.duck.process.wall.as_secs_f64()
+        m.duck.process.wall.as_secs_f64(),
+        if m.unflushed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (**not done**, the figures may include such writes: {})",
+                m.unflushed.join("; ")
+            )
+        }
     );
 
     // Where the batch layer's time went.
