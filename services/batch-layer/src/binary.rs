@@ -17,12 +17,19 @@ pub struct BinaryRows {
     rows: u64,
 }
 
+/// The header a binary `COPY` stream starts with.
+pub fn header() -> Vec<u8> {
+    let mut header = Vec::with_capacity(SIGNATURE.len() + 8);
+    header.extend_from_slice(SIGNATURE);
+    header.extend_from_slice(&0_i32.to_be_bytes()); // flags: no OIDs
+    header.extend_from_slice(&0_i32.to_be_bytes()); // no header extension
+    header
+}
+
 impl BinaryRows {
     pub fn new() -> Self {
         let mut buffer = Vec::with_capacity(1 << 20);
-        buffer.extend_from_slice(SIGNATURE);
-        buffer.extend_from_slice(&0_i32.to_be_bytes()); // flags: no OIDs
-        buffer.extend_from_slice(&0_i32.to_be_bytes()); // no header extension
+        buffer.extend_from_slice(&header());
         Self { buffer, rows: 0 }
     }
 
@@ -64,7 +71,6 @@ impl BinaryRows {
         self.int4(i32::try_from(days).expect("a date Postgres can hold"))
     }
 
-    #[cfg(test)]
     pub fn rows(&self) -> u64 {
         self.rows
     }

@@ -11,7 +11,8 @@
 //! recomputed days, the vendors, the baselines (derived from the stored daily rows of
 //! the last 30 days, [`baselines`]) and the run-log entry are replaced in one
 //! transaction, the rows going in through binary `COPY` ([`binary`]); an incremental run
-//! writes only the rows of a stored day that changed ([`rows`]). Readers see the
+//! writes only the rows of a stored day that changed ([`rows`]), a full run writes every
+//! row in key order, merged from the days' rows spilled to temporary files ([`spill`]). Readers see the
 //! previous run or this one, never a mix. Tables: `migrations/0002_batch_views.sql`.
 //!
 //! In `schedule` mode ([`App`]) it serves `/healthz`, `/readyz` (Postgres) and
@@ -25,6 +26,7 @@ mod job;
 pub mod lake;
 mod rows;
 mod schedule;
+mod spill;
 mod store;
 
 use fraud_config::Settings;

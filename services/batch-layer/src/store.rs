@@ -16,6 +16,7 @@ use crate::binary::BinaryRows;
 use crate::compute::{DayAggregates, VendorRow};
 use crate::lake::day_start;
 use crate::rows;
+use crate::spill::Spill;
 
 /// The advisory lock every run takes: two runs never overlap.
 const RUN_LOCK: i64 = 0x0066_7261_7564_6261; // "fraudba"
@@ -121,6 +122,10 @@ pub struct Publication {
     baselines: Inputs,
     /// An incremental run's reads of what is stored, ahead of the days.
     ahead: Option<ReadAhead>,
+    /// A full run's hourly and daily rows, spilled day by day and copied in key order
+    /// once every day is computed ([`Publication::write_spilled`]).
+    spilled_hours: Spill,
+    spilled_days: Spill,
 }
 
 /// What an incremental run reads of the stored tables, read on a connection of its own
@@ -255,6 +260,8 @@ impl Publication {
             window: baselines::window(watermark),
             baselines: Inputs::default(),
             ahead: (!full).then(|| ReadAhead::start(pool.clone(), days.to_vec(), watermark)),
+            spilled_hours: Spill::default(),
+            spilled_days: Spill::default(),
         })
     }
 
@@ -280,15 +287,18 @@ impl Publication {
             self.baselines.add_rows(&day.days);
         }
         if self.full {
-            self.rows += self
-                .copy(
-                    rows::COPY_HOURS,
-                    rows::hour_rows(day_start(date), &day.hours),
-                )
-                .await?;
-            self.rows += self
-                .copy(rows::COPY_DAYS, rows::day_rows(&day.days))
-                .await?;
+            // Spilled, and copied in key order at the end: see `crate::spill`. A day's
+            // rows are a few tens of MB, written to the page cache in milliseconds.
+            let hours = rows::hour_rows(day_start(date), &day.hours);
+            let count = hours.rows();
+            self.spilled_hours
+                .add(&hours.finish(), count)
+                .context("spilling a day's hourly rows")?;
+            let days = rows::day_rows(&day.days);
+            let count = days.rows();
+            self.spilled_days
+                .add(&days.finish(), count)
+                .context("spilling a day's daily rows")?;
             return Ok(());
         }
         let stored = self
@@ -323,6 +333,45 @@ impl Publication {
             .execute(&mut *self.transaction)
             .await?;
         self.rows += self.copy(rows::COPY_DAYS, rows::day_rows(inserts)).await?;
+        Ok(())
+    }
+
+    /// Copies a full run's spilled rows, hourly then daily, each table in key order (one
+    /// `COPY` merging the days' runs); nothing for an incremental run. Called once every
+    /// day has been added.
+    pub async fn write_spilled(&mut self) -> anyhow::Result<()> {
+        let spills = [
+            (rows::COPY_HOURS, std::mem::take(&mut self.spilled_hours)),
+            (rows::COPY_DAYS, std::mem::take(&mut self.spilled_days)),
+        ];
+        for (statement, spill) in spills {
+            if spill.rows() == 0 {
+                continue;
+            }
+            let (sender, mut chunks) = mpsc::channel::<Vec<u8>>(4);
+            let merging = tokio::task::spawn_blocking(move || {
+                spill.merge(|chunk| {
+                    sender
+                        .blocking_send(chunk)
+                        .map_err(|_| anyhow::anyhow!("the COPY of the merged rows stopped"))
+                })
+            });
+            let mut copy = self.transaction.copy_in_raw(statement).await?;
+            while let Some(chunk) = chunks.recv().await {
+                copy.send(chunk).await?;
+            }
+            match merging.await {
+                Ok(Ok(())) => self.rows += copy.finish().await?,
+                Ok(Err(error)) => {
+                    copy.abort(format!("{error:#}")).await?;
+                    return Err(error.context("merging the spilled rows"));
+                }
+                Err(panic) => {
+                    copy.abort("merging the spilled rows panicked").await?;
+                    return Err(anyhow::Error::new(panic).context("merging the spilled rows"));
+                }
+            }
+        }
         Ok(())
     }
 
