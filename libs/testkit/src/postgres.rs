@@ -25,11 +25,20 @@ pub async fn drop_database(url: &str) {
         return;
     };
     if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
+        // `FORCE` is refused while autovacuum works on the database (a role may not
+        // terminate the worker); a plain `DROP` cancels the worker itself.
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("DROP DATABASE IF EXISTS {name}"),
+        ] {
+            if sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut admin)
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
     }
 }
 

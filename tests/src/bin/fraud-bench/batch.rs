@@ -351,16 +351,19 @@ impl BatchStack {
             for url in &databases {
                 // Through psql, which says why when it cannot (the test kit's
                 // `drop_database` is best effort and silent).
+                // `FORCE` is refused while autovacuum works on the database (a role may
+                // not terminate the worker); a plain `DROP` cancels the worker itself.
                 let name = database_name(url);
-                let dropped = psql(
-                    &self.admin_url,
-                    &[
-                        "-qAt",
-                        "-c",
-                        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                    ],
-                )
-                .await;
+                let mut dropped = Ok(String::new());
+                for statement in [
+                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    format!("DROP DATABASE IF EXISTS {name}"),
+                ] {
+                    dropped = psql(&self.admin_url, &["-qAt", "-c", &statement]).await;
+                    if dropped.is_ok() {
+                        break;
+                    }
+                }
                 if let Err(error) = dropped {
                     problems.push(format!(
                         "database {name} was not dropped ({error:#}); drop it by hand"
