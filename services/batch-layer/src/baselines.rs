@@ -19,7 +19,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use futures::TryStreamExt as _;
 use sqlx::PgConnection;
 
 use crate::binary::BinaryReader;
@@ -139,12 +138,7 @@ pub async fn read_stored(
         "COPY (SELECT customer_id, sum_minor, peak_30m_sum_minor FROM batch_daily \
          WHERE day >= '{first}' AND day <= '{last}'{skip}) TO STDOUT (FORMAT binary)"
     );
-    let mut stream = connection.copy_out_raw(&statement).await?;
-    let mut data = Vec::new();
-    while let Some(chunk) = stream.try_next().await? {
-        data.extend_from_slice(&chunk);
-    }
-    drop(stream);
+    let data = crate::store::copy_out(connection, &statement).await?;
     let mut inputs = Inputs::default();
     inputs.add_binary(&data)?;
     Ok(inputs)

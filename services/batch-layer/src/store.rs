@@ -214,7 +214,10 @@ async fn read_day(connection: &mut PgConnection, date: NaiveDate) -> anyhow::Res
 }
 
 /// The whole output of a `COPY … TO STDOUT`.
-async fn copy_out(connection: &mut PgConnection, statement: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) async fn copy_out(
+    connection: &mut PgConnection,
+    statement: &str,
+) -> anyhow::Result<Vec<u8>> {
     let mut stream = connection.copy_out_raw(statement).await?;
     let mut data = Vec::new();
     while let Some(chunk) = stream.try_next().await? {
