@@ -21,25 +21,31 @@ pub async fn create_database(hint: &str) -> String {
 
 /// Drops the database at `url` (best effort: a test's clean-up).
 pub async fn drop_database(url: &str) {
+    let _ = try_drop_database(url).await;
+}
+
+/// Drops the database at `url`; the error says why it could not.
+pub async fn try_drop_database(url: &str) -> Result<(), sqlx::Error> {
     let Some((_, name)) = url.rsplit_once('/') else {
-        return;
+        return Ok(());
     };
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
-        // `FORCE` is refused while autovacuum works on the database (a role may not
-        // terminate the worker); a plain `DROP` cancels the worker itself.
-        for statement in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("DROP DATABASE IF EXISTS {name}"),
-        ] {
-            if sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&mut admin)
-                .await
-                .is_ok()
-            {
-                break;
-            }
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await?;
+    // `FORCE` is refused while autovacuum works on the database (a role may not
+    // terminate the worker); a plain `DROP` cancels the worker itself.
+    let mut dropped = Ok(());
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("DROP DATABASE IF EXISTS {name}"),
+    ] {
+        dropped = sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await
+            .map(drop);
+        if dropped.is_ok() {
+            break;
         }
     }
+    dropped
 }
 
 fn admin_url() -> String {

@@ -266,7 +266,7 @@ struct BatchStack {
     /// The `\copy` reference's database, once made.
     copy_database: std::sync::Mutex<Option<String>>,
     topic_created: bool,
-    /// The configured database's URL, only to look at the catalog (`pg_database`).
+    /// The configured database's URL, for server-wide commands (`CHECKPOINT`).
     admin_url: String,
 }
 
@@ -349,21 +349,8 @@ impl BatchStack {
             ));
         } else {
             for url in &databases {
-                // Through psql, which says why when it cannot (the test kit's
-                // `drop_database` is best effort and silent).
-                // `FORCE` is refused while autovacuum works on the database (a role may
-                // not terminate the worker); a plain `DROP` cancels the worker itself.
                 let name = database_name(url);
-                let mut dropped = Ok(String::new());
-                for statement in [
-                    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                    format!("DROP DATABASE IF EXISTS {name}"),
-                ] {
-                    dropped = psql(&self.admin_url, &["-qAt", "-c", &statement]).await;
-                    if dropped.is_ok() {
-                        break;
-                    }
-                }
+                let dropped = fraud_testkit::postgres::try_drop_database(url).await;
                 if let Err(error) = dropped {
                     problems.push(format!(
                         "database {name} was not dropped ({error:#}); drop it by hand"
