@@ -17,12 +17,11 @@ pub struct BinaryRows {
     rows: u64,
 }
 
-/// The header a binary `COPY` stream starts with.
-pub fn header() -> Vec<u8> {
-    let mut header = Vec::with_capacity(SIGNATURE.len() + 8);
-    header.extend_from_slice(SIGNATURE);
-    header.extend_from_slice(&0_i32.to_be_bytes()); // flags: no OIDs
-    header.extend_from_slice(&0_i32.to_be_bytes()); // no header extension
+/// The header a binary `COPY` stream starts with: the signature, then the flags (no
+/// OIDs) and the header extension's length, both 0 (`i32`).
+pub fn header() -> [u8; SIGNATURE.len() + 8] {
+    let mut header = [0; SIGNATURE.len() + 8];
+    header[..SIGNATURE.len()].copy_from_slice(SIGNATURE);
     header
 }
 

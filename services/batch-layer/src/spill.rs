@@ -15,6 +15,8 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, Write};
 
+use crate::binary::{BinaryRows, header};
+
 /// Bytes of `COPY` data handed on at a time by [`Spill::merge`].
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -26,16 +28,16 @@ pub struct Spill {
 }
 
 impl Spill {
-    /// Adds a run: `data` as [`crate::binary::BinaryRows::finish`] makes it (empty, or a
-    /// header, rows sorted by their first two fields, and the trailer), with `rows` rows.
-    pub fn add(&mut self, data: &[u8], rows: u64) -> io::Result<()> {
-        if rows == 0 {
+    /// Adds a run: `rows`, sorted by their first two fields.
+    pub fn add(&mut self, rows: BinaryRows) -> io::Result<()> {
+        let count = rows.rows();
+        if count == 0 {
             return Ok(());
         }
         let mut file = tempfile::tempfile()?;
-        file.write_all(&data[crate::binary::header().len()..])?;
+        file.write_all(&rows.finish()[header().len()..])?;
         self.runs.push(file);
-        self.rows += rows;
+        self.rows += count;
         Ok(())
     }
 
@@ -63,7 +65,7 @@ impl Spill {
             }
         }
         let mut chunk = Vec::with_capacity(CHUNK_BYTES + 1024);
-        chunk.extend_from_slice(&crate::binary::header());
+        chunk.extend_from_slice(&header());
         while let Some(Reverse((_, run))) = heap.pop() {
             chunk.extend_from_slice(&heads[run]);
             if read_row(&mut cursors[run], &mut heads[run])? {
@@ -134,7 +136,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::binary::{BinaryReader, BinaryRows};
+    use crate::binary::BinaryReader;
 
     const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -155,8 +157,7 @@ mod tests {
                 }
                 rows.int8(*value);
             }
-            let count = rows.rows();
-            spill.add(&rows.finish(), count).unwrap();
+            spill.add(rows).unwrap();
         }
         let mut merged = Vec::new();
         let mut chunks = 0;

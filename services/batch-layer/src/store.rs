@@ -292,15 +292,11 @@ impl Publication {
         if self.full {
             // Spilled, and copied in key order at the end: see `crate::spill`. A day's
             // rows are a few tens of MB, written to the page cache in milliseconds.
-            let hours = rows::hour_rows(day_start(date), &day.hours);
-            let count = hours.rows();
             self.spilled_hours
-                .add(&hours.finish(), count)
+                .add(rows::hour_rows(day_start(date), &day.hours))
                 .context("spilling a day's hourly rows")?;
-            let days = rows::day_rows(&day.days);
-            let count = days.rows();
             self.spilled_days
-                .add(&days.finish(), count)
+                .add(rows::day_rows(&day.days))
                 .context("spilling a day's daily rows")?;
             return Ok(());
         }
