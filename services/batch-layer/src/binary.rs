@@ -19,7 +19,7 @@ pub struct BinaryRows {
 
 /// The header a binary `COPY` stream starts with: the signature, then the flags (no
 /// OIDs) and the header extension's length, both 0 (`i32`).
-pub fn header() -> [u8; SIGNATURE.len() + 8] {
+fn header() -> [u8; SIGNATURE.len() + 8] {
     let mut header = [0; SIGNATURE.len() + 8];
     header[..SIGNATURE.len()].copy_from_slice(SIGNATURE);
     header

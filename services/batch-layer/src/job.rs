@@ -231,10 +231,8 @@ const DAYS_AHEAD: usize = 2;
 /// one day's rows per day in flight. A day's windows reach into the day before it: a
 /// day's task hands the next day's its last 30 minutes as soon as it has read them, so
 /// the next day is read meanwhile and computed right after; the first day of a run of
-/// consecutive days reads the day before itself. A full run spills each day's rows to a
-/// temporary file rather than copying it, and copies all of them in key order once every
-/// day is computed ([`crate::spill`]): far cheaper for Postgres' primary keys than a day
-/// at a time.
+/// consecutive days reads the day before itself. Each day's rows go into that day's
+/// partitions ([`crate::partitions`]).
 async fn publish(
     pool: &sqlx::PgPool,
     lake: &Lake,
@@ -307,9 +305,6 @@ async fn publish(
         fingerprints.insert(date, (lake_day.fingerprint.clone(), lake_day.files.len()));
         tracing::debug!(%date, customers = prepared.aggregates.days.len(), "day computed");
     }
-    phase = Instant::now();
-    publication.write_spilled().await?;
-    times.copy += phase.elapsed();
     phase = Instant::now();
     let rows = publication
         .commit(run_id, watermark, &fingerprints, input_files)

@@ -11,9 +11,10 @@
 //! recomputed days, the vendors, the baselines (derived from the stored daily rows of
 //! the last 30 days, [`baselines`]) and the run-log entry are replaced in one
 //! transaction, the rows going in through binary `COPY` ([`binary`]); an incremental run
-//! writes only the rows of a stored day that changed ([`rows`]), a full run writes every
-//! row in key order, merged from the days' rows spilled to temporary files ([`spill`]). Readers see the
-//! previous run or this one, never a mix. Tables: `migrations/0002_batch_views.sql`.
+//! writes only the rows of a stored day that changed ([`rows`]), and a day not stored yet
+//! is loaded into a partition of its own, indexed after the load ([`partitions`]).
+//! Readers see the previous run or this one, never a mix. Tables:
+//! `migrations/0002_batch_views.sql`, partitioned by day in `0007_batch_day_partitions.sql`.
 //!
 //! In `schedule` mode ([`App`]) it serves `/healthz`, `/readyz` (Postgres) and
 //! `/metrics` and runs the job on `batch.schedule` (cron with seconds, UTC).
@@ -24,9 +25,9 @@ pub mod completeness;
 pub mod compute;
 mod job;
 pub mod lake;
+mod partitions;
 mod rows;
 mod schedule;
-mod spill;
 mod store;
 
 use fraud_config::Settings;

@@ -12,17 +12,10 @@ use std::hash::Hash;
 
 use crate::binary::{BinaryReader, BinaryRows, Malformed};
 use crate::compute::{DayRow, HourRow};
+use crate::partitions::{DAILY, HOURLY};
 
-/// `COPY` of `batch_hourly` rows, in [`hour_rows`]' column order.
-pub const COPY_HOURS: &str = "COPY batch_hourly (customer_id, hour, event_date, sum_minor, \
-     count, max_minor, distinct_vendors) FROM STDIN (FORMAT binary)";
-
-/// `COPY` of `batch_daily` rows, in [`day_rows`]' column order.
-pub const COPY_DAYS: &str = "COPY batch_daily (customer_id, day, sum_minor, count, max_minor, \
-     distinct_vendors, peak_30m_sum_minor, peak_30m_count, peak_30m_end) FROM STDIN \
-     (FORMAT binary)";
-
-/// The binary `COPY` data of `hours` (all of the day starting at `day`).
+/// The binary `COPY` data of `hours` (all of the day starting at `day`), in the column
+/// order of [`HOURLY`]'s `COPY`.
 pub fn hour_rows<'a>(day: i64, hours: impl IntoIterator<Item = &'a HourRow>) -> BinaryRows {
     let mut out = BinaryRows::new();
     for row in hours {
@@ -38,7 +31,7 @@ pub fn hour_rows<'a>(day: i64, hours: impl IntoIterator<Item = &'a HourRow>) -> 
     out
 }
 
-/// The binary `COPY` data of `days`.
+/// The binary `COPY` data of `days`, in the column order of [`DAILY`]'s `COPY`.
 pub fn day_rows<'a>(days: impl IntoIterator<Item = &'a DayRow>) -> BinaryRows {
     let mut out = BinaryRows::new();
     for row in days {
@@ -70,7 +63,8 @@ pub type HourValue = (i64, i64, i64, i64);
 pub fn select_hours(date: chrono::NaiveDate) -> String {
     format!(
         "COPY (SELECT customer_id, hour, sum_minor, count, max_minor, distinct_vendors \
-         FROM batch_hourly WHERE event_date = '{date}') TO STDOUT (FORMAT binary)"
+         FROM batch_hourly WHERE {}) TO STDOUT (FORMAT binary)",
+        HOURLY.rows_of(date)
     )
 }
 
@@ -79,7 +73,8 @@ pub fn select_days(date: chrono::NaiveDate) -> String {
     format!(
         "COPY (SELECT customer_id, sum_minor, count, max_minor, distinct_vendors, \
          peak_30m_sum_minor, peak_30m_count, peak_30m_end FROM batch_daily \
-         WHERE day = '{date}') TO STDOUT (FORMAT binary)"
+         WHERE {}) TO STDOUT (FORMAT binary)",
+        DAILY.rows_of(date)
     )
 }
 

@@ -1,7 +1,7 @@
 //! The batch layer's Postgres side: the run lock, the run log, what was computed from
 //! which files, and publishing a run's rows in one transaction through `COPY`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use anyhow::Context as _;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -15,8 +15,8 @@ use crate::baselines::{self, Inputs};
 use crate::binary::BinaryRows;
 use crate::compute::{DayAggregates, VendorRow};
 use crate::lake::day_start;
+use crate::partitions::{DAILY, DayTable, HOURLY};
 use crate::rows;
-use crate::spill::Spill;
 
 /// The advisory lock every run takes: two runs never overlap.
 const RUN_LOCK: i64 = 0x0066_7261_7564_6261; // "fraudba"
@@ -108,7 +108,9 @@ pub async fn fail_run(
 /// A run's publication, open until [`Publication::commit`]: the days it recomputes get
 /// their new rows, all in one transaction. A full run deletes every row first and copies
 /// the days in; an incremental run turns each stored day into the recomputed one by
-/// deleting and copying only the rows that differ ([`crate::rows::changes`]).
+/// deleting and copying only the rows that differ ([`crate::rows::changes`]). A day not
+/// stored yet goes into a partition of its own, made by the run
+/// ([`DayTable::load_new`]).
 pub struct Publication {
     transaction: sqlx::Transaction<'static, Postgres>,
     full: bool,
@@ -122,10 +124,9 @@ pub struct Publication {
     baselines: Inputs,
     /// An incremental run's reads of what is stored, ahead of the days.
     ahead: Option<ReadAhead>,
-    /// A full run's hourly and daily rows, spilled day by day and copied in key order
-    /// once every day is computed ([`Publication::write_spilled`]).
-    spilled_hours: Spill,
-    spilled_days: Spill,
+    /// The day partitions of `batch_hourly` and `batch_daily` (see
+    /// [`crate::partitions`]), as the transaction sees them.
+    partitions: HashSet<String>,
 }
 
 /// What an incremental run reads of the stored tables, read on a connection of its own
@@ -213,6 +214,21 @@ async fn read_day(connection: &mut PgConnection, date: NaiveDate) -> anyhow::Res
     Ok(StoredDay { date, hours, days })
 }
 
+/// Sends `data` (binary `COPY` rows) with `statement`; returns the rows copied.
+pub(crate) async fn copy_in(
+    connection: &mut PgConnection,
+    statement: &str,
+    data: BinaryRows,
+) -> anyhow::Result<u64> {
+    let data = data.finish();
+    if data.is_empty() {
+        return Ok(0);
+    }
+    let mut copy = connection.copy_in_raw(statement).await?;
+    copy.send(data).await?;
+    Ok(copy.finish().await?)
+}
+
 /// The whole output of a `COPY … TO STDOUT`.
 pub(crate) async fn copy_out(
     connection: &mut PgConnection,
@@ -238,6 +254,8 @@ impl Publication {
     ) -> anyhow::Result<Self> {
         let watermark = millis_to_time(watermark);
         let mut transaction = pool.begin().await?;
+        let mut partitions = HOURLY.partitions(&mut transaction).await?;
+        partitions.extend(DAILY.partitions(&mut transaction).await?);
         if full {
             for statement in [
                 "DELETE FROM batch_hourly",
@@ -263,8 +281,7 @@ impl Publication {
             window: baselines::window(watermark),
             baselines: Inputs::default(),
             ahead: (!full).then(|| ReadAhead::start(pool.clone(), days.to_vec(), watermark)),
-            spilled_hours: Spill::default(),
-            spilled_days: Spill::default(),
+            partitions,
         })
     }
 
@@ -290,14 +307,10 @@ impl Publication {
             self.baselines.add_rows(&day.days);
         }
         if self.full {
-            // Spilled, and copied in key order at the end: see `crate::spill`. A day's
-            // rows are a few tens of MB, written to the page cache in milliseconds.
-            self.spilled_hours
-                .add(rows::hour_rows(day_start(date), &day.hours))
-                .context("spilling a day's hourly rows")?;
-            self.spilled_days
-                .add(rows::day_rows(&day.days))
-                .context("spilling a day's daily rows")?;
+            self.rows += self
+                .write(HOURLY, date, rows::hour_rows(day_start(date), &day.hours))
+                .await?;
+            self.rows += self.write(DAILY, date, rows::day_rows(&day.days)).await?;
             return Ok(());
         }
         let stored = self
@@ -306,83 +319,63 @@ impl Publication {
             .expect("an incremental run reads ahead")
             .day(date)
             .await?;
+        // Rows are deleted from the day's partition, which exists when the day has
+        // stored rows.
         let (deletes, inserts) =
             rows::changes(stored.hours, &day.hours, rows::hour_key, rows::hour_value);
-        let (customers, hours): (Vec<String>, Vec<DateTime<Utc>>) = deletes
-            .into_iter()
-            .map(|(customer, hour)| (customer, millis_to_time(hour)))
-            .unzip();
-        sqlx::query(
-            "DELETE FROM batch_hourly h USING unnest($1::text[], $2::timestamptz[]) \
-             AS k(customer_id, hour) WHERE h.customer_id = k.customer_id AND h.hour = k.hour",
-        )
-        .bind(customers)
-        .bind(hours)
-        .execute(&mut *self.transaction)
-        .await?;
+        if !deletes.is_empty() {
+            let (customers, hours): (Vec<String>, Vec<DateTime<Utc>>) = deletes
+                .into_iter()
+                .map(|(customer, hour)| (customer, millis_to_time(hour)))
+                .unzip();
+            // The partition's name is made of a constant and a date.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {} h USING unnest($1::text[], $2::timestamptz[]) \
+                 AS k(customer_id, hour) WHERE h.customer_id = k.customer_id AND h.hour = k.hour",
+                HOURLY.partition(date)
+            )))
+            .bind(customers)
+            .bind(hours)
+            .execute(&mut *self.transaction)
+            .await?;
+        }
         self.rows += self
-            .copy(rows::COPY_HOURS, rows::hour_rows(day_start(date), inserts))
+            .write(HOURLY, date, rows::hour_rows(day_start(date), inserts))
             .await?;
 
         let (deletes, inserts) =
             rows::changes(stored.days, &day.days, rows::day_key, rows::day_value);
-        sqlx::query("DELETE FROM batch_daily WHERE day = $1 AND customer_id = ANY($2)")
-            .bind(date)
+        if !deletes.is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE customer_id = ANY($1)",
+                DAILY.partition(date)
+            )))
             .bind(deletes)
             .execute(&mut *self.transaction)
             .await?;
-        self.rows += self.copy(rows::COPY_DAYS, rows::day_rows(inserts)).await?;
-        Ok(())
-    }
-
-    /// Copies a full run's spilled rows, hourly then daily, each table in key order (one
-    /// `COPY` merging the days' runs); nothing for an incremental run. Called once every
-    /// day has been added.
-    pub async fn write_spilled(&mut self) -> anyhow::Result<()> {
-        let spills = [
-            (rows::COPY_HOURS, std::mem::take(&mut self.spilled_hours)),
-            (rows::COPY_DAYS, std::mem::take(&mut self.spilled_days)),
-        ];
-        for (statement, spill) in spills {
-            if spill.rows() == 0 {
-                continue;
-            }
-            let (sender, mut chunks) = mpsc::channel::<Vec<u8>>(4);
-            let merging = tokio::task::spawn_blocking(move || {
-                spill.merge(|chunk| {
-                    sender
-                        .blocking_send(chunk)
-                        .map_err(|_| anyhow::anyhow!("the COPY of the merged rows stopped"))
-                })
-            });
-            let mut copy = self.transaction.copy_in_raw(statement).await?;
-            while let Some(chunk) = chunks.recv().await {
-                copy.send(chunk).await?;
-            }
-            match merging.await {
-                Ok(Ok(())) => self.rows += copy.finish().await?,
-                Ok(Err(error)) => {
-                    copy.abort(format!("{error:#}")).await?;
-                    return Err(error.context("merging the spilled rows"));
-                }
-                Err(panic) => {
-                    copy.abort("merging the spilled rows panicked").await?;
-                    return Err(anyhow::Error::new(panic).context("merging the spilled rows"));
-                }
-            }
         }
+        self.rows += self.write(DAILY, date, rows::day_rows(inserts)).await?;
         Ok(())
     }
 
-    /// Sends `data` (binary `COPY` rows) with `statement`; returns the rows copied.
-    async fn copy(&mut self, statement: &str, data: BinaryRows) -> anyhow::Result<u64> {
-        let data = data.finish();
-        if data.is_empty() {
+    /// Copies `data` (rows of `date`) into `table`'s partition of `date`, making the
+    /// partition when the day has none yet; returns the rows copied.
+    async fn write(
+        &mut self,
+        table: DayTable,
+        date: NaiveDate,
+        data: BinaryRows,
+    ) -> anyhow::Result<u64> {
+        if data.rows() == 0 {
             return Ok(0);
         }
-        let mut copy = self.transaction.copy_in_raw(statement).await?;
-        copy.send(data).await?;
-        Ok(copy.finish().await?)
+        let partition = table.partition(date);
+        if self.partitions.contains(&partition) {
+            return copy_in(&mut self.transaction, &table.copy_into(&partition), data).await;
+        }
+        let rows = table.load_new(&mut self.transaction, date, data).await?;
+        self.partitions.insert(partition);
+        Ok(rows)
     }
 
     /// Merges the vendors, derives the baselines as of `watermark` from the daily rows,
@@ -407,15 +400,16 @@ impl Publication {
                 .timestamp(first_seen);
         }
         if full {
-            self.rows += self
-                .copy(
-                    "COPY batch_vendors (customer_id, vendor_id, first_seen) FROM STDIN \
-                     (FORMAT binary)",
-                    vendors,
-                )
-                .await?;
+            self.rows += copy_in(
+                &mut self.transaction,
+                "COPY batch_vendors (customer_id, vendor_id, first_seen) FROM STDIN \
+                 (FORMAT binary)",
+                vendors,
+            )
+            .await?;
         } else {
-            self.copy(
+            copy_in(
+                &mut self.transaction,
                 "COPY new_vendors (customer_id, vendor_id, first_seen) FROM STDIN \
                  (FORMAT binary)",
                 vendors,

@@ -14,6 +14,7 @@ use common::{
     spread_events,
 };
 use fraud_testkit::unique_name;
+use sqlx::{Connection, PgConnection};
 
 /// A time as the binary prints it.
 fn printed(ms: i64) -> String {
@@ -31,6 +32,64 @@ fn ingest_soon(end: i64) -> impl FnMut(&mut Rng, i64) -> i64 {
             rng.range(0, 3_000)
         };
         (ts + delay).min(end)
+    }
+}
+
+/// What a reader sees of the views: the watermark in force, and the rows and money of
+/// `batch_hourly` and `batch_daily`.
+async fn snapshot_view(db: &mut PgConnection) -> (Option<i64>, i64, i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT (extract(epoch FROM max(watermark)) * 1000)::bigint FROM batch_runs \
+                 WHERE status = 'succeeded'), \
+                (SELECT count(*) FROM batch_hourly), \
+                (SELECT coalesce(sum(sum_minor), 0)::bigint FROM batch_hourly), \
+                (SELECT count(*) FROM batch_daily), \
+                (SELECT coalesce(sum(sum_minor), 0)::bigint FROM batch_daily)",
+    )
+    // Planned afresh each time: a prepared statement's plan may keep the partitions it
+    // was planned with, and the read must see those the run attached.
+    .persistent(false)
+    .fetch_one(db)
+    .await
+    .expect("read the views")
+}
+
+/// The names of `parent`'s partitions.
+async fn partitions(url: &str, parent: &str) -> BTreeSet<String> {
+    let mut db = PgConnection::connect(url).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = $1::regclass",
+    )
+    .bind(parent)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    names.into_iter().collect()
+}
+
+/// Every day with rows in `batch_hourly` and `batch_daily` has a partition of its own in
+/// each (`migrations/0007`), and those rows are in it.
+async fn assert_each_day_in_its_partition(url: &str) {
+    let mut db = PgConnection::connect(url).await.unwrap();
+    for (parent, day) in [("batch_hourly", "event_date"), ("batch_daily", "day")] {
+        let holding: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT tableoid::regclass::text, \
+                    '{parent}_' || to_char({day}, 'YYYYMMDD') FROM {parent}"
+        )))
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        assert!(!holding.is_empty());
+        for (partition, named_for_day) in &holding {
+            assert_eq!(
+                partition, named_for_day,
+                "{parent}'s rows of a day are in its partition"
+            );
+        }
+        let days: BTreeSet<String> = holding.into_iter().map(|(p, _)| p).collect();
+        let all = partitions(url, parent).await;
+        assert!(all.is_superset(&days), "{parent}: {all:?} ⊉ {days:?}");
     }
 }
 
@@ -98,7 +157,34 @@ async fn incremental_runs_recompute_the_changed_days_and_agree_with_a_full_run()
         &first,
         &model(&test.produced, earlier),
     );
+    assert_each_day_in_its_partition(&test.database.url).await;
+    // A reader whose snapshot is older than the next run, which makes new days'
+    // partitions.
+    let mut reader = test.database.connect().await;
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    let seen_before = snapshot_view(&mut reader).await;
+    assert_eq!(seen_before.0, Some(earlier));
+    let partitions_before = partitions(&test.database.url, "batch_hourly").await;
+
     let report = test.run(watermark, false).await;
+    let partitions_after = partitions(&test.database.url, "batch_hourly").await;
+    assert!(
+        partitions_after.is_superset(&partitions_before)
+            && partitions_after.len() > partitions_before.len(),
+        "the run made a partition for a new day: {partitions_before:?} → {partitions_after:?}"
+    );
+    assert_eq!(
+        snapshot_view(&mut reader).await,
+        seen_before,
+        "a snapshot older than the run still sees the previous run whole, new partitions \
+         included"
+    );
+    sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+    assert_eq!(snapshot_view(&mut reader).await.0, Some(watermark));
+    assert_each_day_in_its_partition(&test.database.url).await;
     let moved_over: Vec<NaiveDate> = up_to(watermark)
         .into_iter()
         .filter(|d| *d >= date_of(earlier))
@@ -186,6 +272,8 @@ async fn incremental_runs_recompute_the_changed_days_and_agree_with_a_full_run()
         &read_tables(&test.database.url).await,
         &third,
     );
+    assert_each_day_in_its_partition(&test.database.url).await;
+    assert_each_day_in_its_partition(&clean.url).await;
     let runs = read_runs(&test.database.url).await;
     assert_eq!(runs.len(), 4);
     assert!(runs.iter().all(|r| r.status == "succeeded" && r.finished));

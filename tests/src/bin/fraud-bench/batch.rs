@@ -21,7 +21,8 @@
 //!    benchmark fails;
 //! 4. **`psql \copy`** (the reference of the load): the rows the batch layer wrote,
 //!    exported to CSV, loaded by `psql \copy` in one transaction into empty tables of
-//!    the same schema in a fresh database; compared with the batch layer's own time in
+//!    the same schema in a fresh database (the same day partitions created first, with
+//!    `CREATE TABLE … PARTITION OF`); compared with the batch layer's own time in
 //!    Postgres (deleting, copying, writing the vendors, deriving the baselines,
 //!    committing), in rows written per second;
 //! 5. **incremental night**: one more day of files (that day's events and the late
@@ -1391,7 +1392,7 @@ impl CopyRun {
 
 /// Exports the batch layer's tables to CSV (not timed), makes a fresh database with the
 /// same schema (`batch-layer migrate`), and times `psql \copy` loading every table in
-/// one transaction, as the batch layer publishes.
+/// one transaction, as the batch layer publishes, after creating the same day partitions.
 async fn copy_reference(
     stack: &BatchStack,
     settings: &Settings,
@@ -1405,6 +1406,23 @@ async fn copy_reference(
     let mut script = String::from("BEGIN;\n");
     let mut csv_bytes = 0;
     progress("copy: exporting the batch layer's tables to CSV");
+    // The day partitions the batch layer made (`migrations/0007`), made the plain way,
+    // with their indexes, before the rows are copied into their tables.
+    let partitions = psql(
+        &stack.database,
+        &[
+            "-qAt",
+            "-c",
+            "SELECT format('CREATE TABLE %I PARTITION OF %s %s;', c.relname, \
+             i.inhparent::regclass, pg_get_expr(c.relpartbound, c.oid)) \
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent IN ('batch_hourly'::regclass, 'batch_daily'::regclass) \
+             ORDER BY c.relname",
+        ],
+    )
+    .await?;
+    script.push_str(partitions.trim_end());
+    script.push('\n');
     for table in TABLES {
         let file = csv_dir.join(format!("{table}.csv"));
         psql(
@@ -1412,7 +1430,10 @@ async fn copy_reference(
             &[
                 "-q",
                 "-c",
-                &format!("\\copy {table} TO '{}' (FORMAT csv)", file.display()),
+                &format!(
+                    "\\copy (SELECT * FROM {table}) TO '{}' (FORMAT csv)",
+                    file.display()
+                ),
             ],
         )
         .await?;
