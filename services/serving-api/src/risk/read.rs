@@ -168,7 +168,9 @@ pub async fn run_in_force(pool: &PgPool) -> Result<Option<Run>, sqlx::Error> {
 
 /// The batch rows of `/risk`: the run in force, the customer's hours from
 /// `least($2, T_b − 23 h)` up to T_b (the row of hour T_b holds only `ts == T_b`), whether
-/// any day of the customer is stored, and the baseline (mean and spread rounded half
+/// any day of the customer is stored (asked of `batch_vendors`, where every stored day
+/// leaves the customer's vendors, in one index, rather than of `batch_daily`'s partition
+/// per day), and the baseline (mean and spread rounded half
 /// away from zero). The hours from `T_b − 23 h` are what any later request needs
 /// (`super::cache`); `$2` (the request's `last24h` start) reaches further back only for
 /// a request whose clock is behind T_b.
@@ -178,7 +180,7 @@ WITH run AS (
     ORDER BY watermark DESC, run_id DESC LIMIT 1
 )
 SELECT run.run_id, run.watermark, hours.hours, hours.sums, hours.counts,
-       EXISTS (SELECT 1 FROM batch_daily d WHERE d.customer_id = $1) AS known,
+       EXISTS (SELECT 1 FROM batch_vendors v WHERE v.customer_id = $1) AS known,
        b.as_of, b.active_days::bigint, round(b.mean_daily_minor)::bigint,
        round(b.stddev_daily_minor)::bigint, b.p95_peak_30m_minor, b.max_peak_30m_minor
 FROM (VALUES (1)) AS one (x)
@@ -255,18 +257,17 @@ pub async fn risk_rows(
 }
 
 /// The rows of the customers with hours in `[$1, $2]` (`T_b − 23 h` to T_b) as
-/// [`RISK_ROWS`] reads them for one, the most recently active first, at most `$3`.
+/// [`RISK_ROWS`] reads them for one, the most recently active first, at most `$3`. Each
+/// is known: it has a stored hour.
 const ACTIVE_ROWS: &str = "\
 SELECT h.customer_id,
        array_agg((extract(epoch FROM h.hour) * 1000)::bigint ORDER BY h.hour),
        array_agg(h.sum_minor ORDER BY h.hour), array_agg(h.count ORDER BY h.hour),
-       EXISTS (SELECT 1 FROM batch_daily d WHERE d.customer_id = h.customer_id),
+       true,
        b.as_of, b.active_days::bigint, round(b.mean_daily_minor)::bigint,
        round(b.stddev_daily_minor)::bigint, b.p95_peak_30m_minor, b.max_peak_30m_minor
 FROM batch_hourly h LEFT JOIN batch_baselines b ON b.customer_id = h.customer_id
-WHERE h.event_date >= ($1 AT TIME ZONE 'UTC')::date
-  AND h.event_date <= ($2 AT TIME ZONE 'UTC')::date
-  AND h.hour >= $1 AND h.hour <= $2
+WHERE h.hour >= $1 AND h.hour <= $2
 GROUP BY h.customer_id, b.customer_id
 ORDER BY max(h.hour) DESC, h.customer_id
 LIMIT $3";
