@@ -243,6 +243,55 @@ pub struct LakeRow {
     pub kafka_offset: i64,
 }
 
+/// The columns of an event the batch layer aggregates, and the record's place in Kafka
+/// (its deduplication keeps the first record of a transaction id).
+pub const EVENT_COLUMNS: [&str; 7] = [
+    column::TRANSACTION_ID,
+    column::CUSTOMER_ID,
+    column::VENDOR_ID,
+    column::AMOUNT_MINOR,
+    column::EVENT_TIME,
+    column::KAFKA_PARTITION,
+    column::KAFKA_OFFSET,
+];
+
+/// The [`EVENT_COLUMNS`] of a batch read with them ([`crate::Lake::read_columns`]),
+/// borrowed: a row's fields are read in place, `&str` for the strings.
+pub struct EventColumns<'a> {
+    pub transaction_id: &'a StringArray,
+    pub customer_id: &'a StringArray,
+    pub vendor_id: &'a StringArray,
+    pub amount_minor: &'a Int64Array,
+    pub event_time: &'a TimestampMillisecondArray,
+    pub kafka_partition: &'a Int32Array,
+    pub kafka_offset: &'a Int64Array,
+}
+
+impl<'a> EventColumns<'a> {
+    /// The columns of `batch`; an error when one is missing, of another type, or holds
+    /// nulls.
+    pub fn of(batch: &'a RecordBatch) -> Result<Self, Error> {
+        Ok(Self {
+            transaction_id: typed(batch, column::TRANSACTION_ID)?,
+            customer_id: typed(batch, column::CUSTOMER_ID)?,
+            vendor_id: typed(batch, column::VENDOR_ID)?,
+            amount_minor: typed(batch, column::AMOUNT_MINOR)?,
+            event_time: typed(batch, column::EVENT_TIME)?,
+            kafka_partition: typed(batch, column::KAFKA_PARTITION)?,
+            kafka_offset: typed(batch, column::KAFKA_OFFSET)?,
+        })
+    }
+
+    /// The number of rows.
+    pub fn len(&self) -> usize {
+        self.transaction_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The rows of a batch read from the lake (it must have the table's columns).
 pub fn rows_of(batch: &RecordBatch) -> Result<Vec<LakeRow>, Error> {
     let transaction_id = typed::<StringArray>(batch, column::TRANSACTION_ID)?;

@@ -39,7 +39,7 @@ pub mod recovery;
 pub mod schema;
 pub mod store;
 
-pub use chunk::{Chunk, ChunkBuilder, ChunkFile, LakeRow, rows_of};
+pub use chunk::{Chunk, ChunkBuilder, ChunkFile, EVENT_COLUMNS, EventColumns, LakeRow, rows_of};
 pub use claim::{CLAIMS_DIR, ChunkWrite, Claim, ClaimOutcome, Fence};
 pub use layout::{ChunkId, LakeFile, LayoutError};
 pub use recovery::{ChunkFiles, FileFooter, IncompleteChunk, PartitionState, Recovery, ResumeAt};

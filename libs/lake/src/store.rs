@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use bytes::Bytes;
 use fraud_config::{LakeConfig, Secret};
 use futures::future::BoxFuture;
@@ -14,9 +15,9 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
@@ -305,6 +306,20 @@ impl Lake {
     pub async fn metadata(&self, listed: &ListedFile) -> Result<Arc<ParquetMetaData>, Error> {
         let mut reader = self.reader(listed);
         Ok(reader.get_metadata(None).await?)
+    }
+
+    /// A file's record batches with only `columns` (names from [`crate::schema::column`])
+    /// read and decoded, in file order: for readers that need a few columns of many rows
+    /// (the batch layer), without a heap string per field.
+    pub async fn read_columns(
+        &self,
+        listed: &ListedFile,
+        columns: &[&str],
+    ) -> Result<Vec<RecordBatch>, Error> {
+        let builder = ParquetRecordBatchStreamBuilder::new(self.reader(listed)).await?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        let stream = builder.with_projection(mask).build()?;
+        Ok(stream.try_collect().await?)
     }
 
     /// Every row of a file, in file order.

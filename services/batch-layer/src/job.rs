@@ -342,12 +342,13 @@ async fn prepare_day(
     let started = Instant::now();
     let tail = match tail {
         Tail::Read(yesterday, files) => {
-            let events = crate::lake::files_events(lake.clone(), files, watermark).await?;
-            Tail::Known(tail_of(&events, yesterday))
+            // Only the tail's events are kept (and copied out of the files).
+            let from = day_start(yesterday) + DAY_MS - WINDOW_MS;
+            Tail::Known(crate::lake::files_events(lake.clone(), files, from, watermark).await?)
         }
         other => other,
     };
-    let events = crate::lake::files_events(lake, files, watermark).await?;
+    let events = crate::lake::files_events(lake, files, i64::MIN, watermark).await?;
     if let Some(hand_on) = hand_on {
         // The next day's task is gone only when the run already failed.
         let _ = hand_on.send(tail_of(&events, date));

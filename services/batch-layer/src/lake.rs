@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::NaiveDate;
-use fraud_lake::{Lake, ListedFile, PartitionState};
+use fraud_lake::{EVENT_COLUMNS, EventColumns, Lake, ListedFile, PartitionState};
 use sha2::{Digest, Sha256};
 
 use crate::compute::{DAY_MS, Event};
@@ -63,31 +63,18 @@ impl LakeView {
             .collect();
         Ok(LakeView { days, next_offsets })
     }
-
-    /// The events of `date` with `ts <= watermark`, deduplicated by transaction id (the
-    /// record with the smallest partition and offset stands).
-    pub async fn day_events(
-        &self,
-        lake: &Lake,
-        date: NaiveDate,
-        watermark: i64,
-    ) -> Result<Vec<Event>, fraud_lake::Error> {
-        let Some(day) = self.days.get(&date) else {
-            return Ok(Vec::new());
-        };
-        read_files(lake, &day.files, |ts| ts <= watermark).await
-    }
 }
 
-/// The events of `files` (one day's) with `ts <= watermark`, deduplicated by transaction
-/// id as [`LakeView::day_events`] does; owned arguments, so it can run on a task of its
-/// own.
+/// The events of `files` (one day's) with `after < ts <= up_to`, deduplicated by
+/// transaction id: the record with the smallest partition and offset stands, wherever
+/// its time falls. Owned arguments, so it can run on a task of its own.
 pub async fn files_events(
     lake: Lake,
     files: Vec<ListedFile>,
-    watermark: i64,
+    after: i64,
+    up_to: i64,
 ) -> Result<Vec<Event>, fraud_lake::Error> {
-    read_files(&lake, &files, |ts| ts <= watermark).await
+    read_files(&lake, &files, |ts| after < ts && ts <= up_to).await
 }
 
 async fn read_files(
@@ -95,24 +82,46 @@ async fn read_files(
     files: &[ListedFile],
     keep: impl Fn(i64) -> bool,
 ) -> Result<Vec<Event>, fraud_lake::Error> {
-    let mut rows = Vec::new();
+    // Only the columns an event needs are decoded, and fields are read in place: a
+    // string is copied only into an event that is kept.
+    let mut batches = Vec::new();
     for listed in files {
-        rows.extend(lake.read_file(listed).await?);
+        batches.extend(lake.read_columns(listed, &EVENT_COLUMNS).await?);
     }
-    rows.sort_by_key(|row| (row.kafka_partition, row.kafka_offset));
-    let mut first: HashSet<String> = HashSet::with_capacity(rows.len());
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        if !first.insert(row.transaction_id) {
+    let columns = batches
+        .iter()
+        .map(EventColumns::of)
+        .collect::<Result<Vec<_>, _>>()?;
+    // Every row by (partition, offset), then (batch, row).
+    let mut order: Vec<(i32, i64, u32, u32)> =
+        Vec::with_capacity(columns.iter().map(EventColumns::len).sum());
+    for (index, batch) in columns.iter().enumerate() {
+        let index = u32::try_from(index).expect("fewer than 2^32 batches a day");
+        for row in 0..batch.len() {
+            order.push((
+                batch.kafka_partition.value(row),
+                batch.kafka_offset.value(row),
+                index,
+                u32::try_from(row).expect("fewer than 2^32 rows a batch"),
+            ));
+        }
+    }
+    order.sort_unstable();
+    let mut first: HashSet<&str> = HashSet::with_capacity(order.len());
+    let mut events = Vec::with_capacity(order.len());
+    for (_, _, index, row) in order {
+        let (batch, row) = (&columns[index as usize], row as usize);
+        if !first.insert(batch.transaction_id.value(row)) {
             metrics::counter!("batch_duplicates_total").increment(1);
             continue;
         }
-        if keep(row.event_time_millis) {
+        let ts = batch.event_time.value(row);
+        if keep(ts) {
             events.push(Event {
-                customer: row.customer_id,
-                vendor: row.vendor_id,
-                amount: row.amount_minor,
-                ts: row.event_time_millis,
+                customer: batch.customer_id.value(row).to_owned(),
+                vendor: batch.vendor_id.value(row).to_owned(),
+                amount: batch.amount_minor.value(row),
+                ts,
             });
         }
     }
