@@ -48,25 +48,34 @@ CREATE TABLE batch_daily (
     PRIMARY KEY (customer_id, day)
 ) PARTITION BY RANGE (day);
 
-DO $$
+-- Makes the partitions of the days from_day..to_day that have none, the plain way
+-- (CREATE TABLE … PARTITION OF, with an empty primary key), for rows written with INSERT:
+-- by hand, by tools, by tests. The batch layer makes the partitions of the days it
+-- publishes itself, loading a new day before indexing it.
+CREATE FUNCTION batch_day_partitions(from_day DATE, to_day DATE) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     d DATE;
 BEGIN
-    FOR d IN
-        SELECT event_date FROM batch_hourly_unpartitioned
-        UNION SELECT day FROM batch_daily_unpartitioned
-        ORDER BY 1
-    LOOP
-        EXECUTE format(
-            'CREATE TABLE %I PARTITION OF batch_hourly FOR VALUES FROM (%L) TO (%L)',
-            'batch_hourly_' || to_char(d, 'YYYYMMDD'),
-            (d::timestamp AT TIME ZONE 'UTC'), ((d + 1)::timestamp AT TIME ZONE 'UTC'));
-        EXECUTE format(
-            'CREATE TABLE %I PARTITION OF batch_daily FOR VALUES FROM (%L) TO (%L)',
-            'batch_daily_' || to_char(d, 'YYYYMMDD'), d, d + 1);
+    FOR d IN SELECT generate_series(from_day, to_day, interval '1 day')::date LOOP
+        IF to_regclass('batch_hourly_' || to_char(d, 'YYYYMMDD')) IS NULL THEN
+            EXECUTE format(
+                'CREATE TABLE %I PARTITION OF batch_hourly FOR VALUES FROM (%L) TO (%L)',
+                'batch_hourly_' || to_char(d, 'YYYYMMDD'),
+                (d::timestamp AT TIME ZONE 'UTC'), ((d + 1)::timestamp AT TIME ZONE 'UTC'));
+        END IF;
+        IF to_regclass('batch_daily_' || to_char(d, 'YYYYMMDD')) IS NULL THEN
+            EXECUTE format(
+                'CREATE TABLE %I PARTITION OF batch_daily FOR VALUES FROM (%L) TO (%L)',
+                'batch_daily_' || to_char(d, 'YYYYMMDD'), d, d + 1);
+        END IF;
     END LOOP;
 END
 $$;
+
+SELECT batch_day_partitions(d, d)
+FROM (SELECT event_date FROM batch_hourly_unpartitioned
+      UNION SELECT day FROM batch_daily_unpartitioned) AS days (d);
 
 INSERT INTO batch_hourly SELECT * FROM batch_hourly_unpartitioned ORDER BY hour, customer_id;
 INSERT INTO batch_daily SELECT * FROM batch_daily_unpartitioned ORDER BY day, customer_id;

@@ -5,7 +5,8 @@
 //! exchange, a lake directory and API keys of its own, all removed at the end:
 //! 1. **state** (not timed): `--customers` customers get batch views in Postgres (a
 //!    succeeded `batch_runs` row with T_b one hour before the last full hour, and
-//!    `batch_hourly`, `batch_daily` and `batch_baselines` rows for every customer,
+//!    `batch_hourly`, `batch_daily`, `batch_baselines` and `batch_vendors` rows for
+//!    every customer, in the day partitions `batch_day_partitions` makes,
 //!    written by `INSERT … SELECT` from formulas the checks recompute), and speed state
 //!    in Redis written by the real release `speed-layer` from a pre-filled transactions
 //!    topic (`--events-per-customer` events each, event times within the last
@@ -630,6 +631,13 @@ SELECT ($1::bigint + i)::text, $2::timestamptz, $5::int, 40000 + (i % 100) * 100
        100000 + (i % 1000) * 100, 150000 + (i % 1000) * 100
 FROM generate_series($3::bigint, $4::bigint - 1) AS i";
 
+/// One vendor per customer, as the batch layer records for every customer with a stored
+/// day (the serving API asks it whether a customer is known).
+const INSERT_VENDORS: &str = "\
+INSERT INTO batch_vendors (customer_id, vendor_id, first_seen)
+SELECT ($1::bigint + i)::text, 'bench-batch-vendor', $2::timestamptz - interval '1 day'
+FROM generate_series($3::bigint, $4::bigint - 1) AS i";
+
 struct BatchViews {
     watermark: i64,
     rows: u64,
@@ -649,6 +657,16 @@ async fn write_batch_views(
     let customers = args.customers as i64;
     let chunk = 20_000_i64;
     let mut rows = 0_u64;
+    // The day partitions of the rows below (migrations/0007).
+    let first_hour = tb - chrono::Duration::hours(i64::from(args.batch_hours));
+    let first_day =
+        (tb_day - chrono::Days::new(u64::from(args.batch_days))).min(first_hour.date_naive());
+    sqlx::query("SELECT batch_day_partitions($1, $2)")
+        .bind(first_day)
+        .bind(tb_day)
+        .execute(&pool)
+        .await
+        .context("make the day partitions")?;
     let mut from = 0_i64;
     while from < customers {
         let to = (from + chunk).min(customers);
@@ -681,6 +699,15 @@ async fn write_batch_views(
             .execute(&pool)
             .await
             .context("insert batch_baselines")?
+            .rows_affected();
+        rows += sqlx::query(INSERT_VENDORS)
+            .bind(RISK_ID_BASE)
+            .bind(tb)
+            .bind(from)
+            .bind(to)
+            .execute(&pool)
+            .await
+            .context("insert batch_vendors")?
             .rows_affected();
         from = to;
     }
