@@ -232,7 +232,11 @@ impl BatchCache {
         if let Some(hit) = self.lookup(customer, ranges) {
             return hit;
         }
-        match read::risk_rows(pool, timeout, customer, ranges).await {
+        let known = match *read_lock(&self.in_force) {
+            InForce::Known { run: Some(run), .. } => Some(run.watermark),
+            _ => None,
+        };
+        match read::risk_rows(pool, timeout, customer, ranges, known).await {
             Ok((run, rows)) => {
                 let rows = Arc::new(rows);
                 self.remember(customer, run, &rows);

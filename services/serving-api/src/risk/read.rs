@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
+use fraud_speed_view::HOUR_MS;
 use fraud_speed_view::meta::meta_key;
 use fraud_speed_view::{CustomerState, Generation, SpeedMeta, customer_key};
 use sqlx::PgPool;
@@ -173,7 +174,10 @@ pub async fn run_in_force(pool: &PgPool) -> Result<Option<Run>, sqlx::Error> {
 /// per day), and the baseline (mean and spread rounded half
 /// away from zero). The hours from `T_b − 23 h` are what any later request needs
 /// (`super::cache`); `$2` (the request's `last24h` start) reaches further back only for
-/// a request whose clock is behind T_b.
+/// a request whose clock is behind T_b. `$3`, when not null, says the same of a T_b known
+/// before (see [`risk_rows`]): a bound Postgres knows before it reads `batch_runs`, so it
+/// skips the other day partitions of `batch_hourly` when it plans or starts the statement
+/// rather than setting up a scan of each.
 const RISK_ROWS: &str = "\
 WITH run AS (
     SELECT run_id, watermark FROM batch_runs WHERE status = 'succeeded'
@@ -192,8 +196,25 @@ LEFT JOIN LATERAL (
     FROM batch_hourly h
     WHERE h.customer_id = $1 AND h.hour <= run.watermark
       AND h.hour >= least($2, run.watermark - interval '23 hours')
+      AND h.hour >= coalesce($3, '-infinity')
 ) hours ON true
 LEFT JOIN batch_baselines b ON b.customer_id = $1";
+
+/// One [`RISK_ROWS`] statement, with no hour before `floor` when it is given.
+async fn risk_row(
+    pool: &PgPool,
+    timeout: Duration,
+    customer: &str,
+    ranges: Ranges,
+    floor: Option<i64>,
+) -> Result<RiskRow, String> {
+    let read = sqlx::query_as::<_, RiskRow>(RISK_ROWS)
+        .bind(customer)
+        .bind(time(ranges.last24h_from))
+        .bind(floor.map(time))
+        .fetch_one(pool);
+    bounded(timeout, async { read.await.map_err(|e| e.to_string()) }).await
+}
 
 type RiskRow = (
     Option<i64>,
@@ -212,18 +233,25 @@ type RiskRow = (
 
 /// Reads `/risk`'s batch rows with one statement: one snapshot, one round trip (a
 /// transaction around it would add two round trips and see nothing more). The rows
-/// are the run's, returned with it.
+/// are the run's, returned with it. `known` is the T_b of a run that was in force: a
+/// published watermark never moves back (the batch layer refuses to), so the run read
+/// has a T_b at least as late and needs no hour before `least(last24h start, known −
+/// 23 h)`. Should the run read have an earlier T_b all the same, it is read again
+/// without that bound.
 pub async fn risk_rows(
     pool: &PgPool,
     timeout: Duration,
     customer: &str,
     ranges: Ranges,
+    known: Option<i64>,
 ) -> Result<(Option<Run>, CustomerRows), String> {
-    let read = sqlx::query_as::<_, RiskRow>(RISK_ROWS)
-        .bind(customer)
-        .bind(time(ranges.last24h_from))
-        .fetch_one(pool);
-    let row = bounded(timeout, async { read.await.map_err(|e| e.to_string()) }).await?;
+    let floor = known.map(|watermark| ranges.last24h_from.min(watermark - 23 * HOUR_MS));
+    let mut row = risk_row(pool, timeout, customer, ranges, floor).await?;
+    if let (Some(known), Some(read)) = (known, row.1)
+        && read.timestamp_millis() < known
+    {
+        row = risk_row(pool, timeout, customer, ranges, None).await?;
+    }
     let run = match (row.0, row.1) {
         (Some(id), Some(watermark)) => Some(Run {
             id,
