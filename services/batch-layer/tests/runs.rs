@@ -296,10 +296,32 @@ async fn a_rerun_at_the_same_watermark_recomputes_only_its_day_and_changes_nothi
     );
     test.produce(events).await;
     test.fill_lake().await;
+    // Partitions made beforehand the plain way (`batch_day_partitions`, for rows written
+    // by hand) for the first two days: the run copies into them; the later days get
+    // partitions the run makes.
+    batch_layer::migrate(&test.settings).await.unwrap();
+    let first_day = date_of(day_floor(watermark) - 3 * DAY);
+    let mut db = test.database.connect().await;
+    sqlx::query("SELECT batch_day_partitions($1, $2)")
+        .bind(first_day)
+        .bind(first_day.succ_opt().unwrap())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(
+        partitions(&test.database.url, "batch_hourly").await.len(),
+        2
+    );
 
     let first = test.run(watermark, false).await;
     let before = read_tables(&test.database.url).await;
     assert_tables_eq("the first run", &before, &model(&test.produced, watermark));
+    assert_each_day_in_its_partition(&test.database.url).await;
+    assert_eq!(
+        partitions(&test.database.url, "batch_hourly").await.len(),
+        first.days.len(),
+        "one partition a day"
+    );
     let second = test.run(watermark, false).await;
     assert_eq!(
         second.days,
