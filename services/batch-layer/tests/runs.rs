@@ -632,3 +632,77 @@ async fn a_record_stamped_before_the_watermark_behind_a_later_one_is_waited_for(
         published.daily
     );
 }
+
+/// A customer whose last day leaves the 30-day window loses its baseline; the others'
+/// baselines are rewritten as of the new watermark, and a new customer gets one.
+#[tokio::test]
+async fn a_customer_whose_days_leave_the_window_loses_its_baseline() {
+    let now = now_ms();
+    let later = hour_floor(now) - HOUR;
+    let earlier = later - DAY;
+    let ingest = now - 10 * MINUTE;
+    let test = {
+        let mut test = BatchTest::create("batch-window", 2).await;
+        let run = unique_name("tx");
+        // "gone": its only day is the first day of the earlier watermark's window.
+        let gone_day = day_floor(earlier) - 29 * DAY;
+        let events = vec![
+            event(
+                &format!("{run}-1"),
+                "gone",
+                "v1",
+                700,
+                gone_day + 12 * HOUR,
+                ingest,
+            ),
+            event(
+                &format!("{run}-2"),
+                "stays",
+                "v1",
+                300,
+                gone_day + 13 * HOUR,
+                ingest,
+            ),
+            event(
+                &format!("{run}-3"),
+                "stays",
+                "v2",
+                500,
+                earlier - 2 * HOUR,
+                ingest,
+            ),
+            event(
+                &format!("{run}-4"),
+                "new",
+                "v3",
+                900,
+                later - HOUR,
+                ingest + 1,
+            ),
+        ];
+        test.produce(events).await;
+        test.fill_lake().await;
+        test
+    };
+
+    test.run(earlier, false).await;
+    let first = read_tables(&test.database.url).await;
+    assert_tables_eq(
+        "as of the earlier watermark",
+        &first,
+        &model(&test.produced, earlier),
+    );
+    let customers = |tables: &common::Tables| -> Vec<String> {
+        tables
+            .baselines
+            .iter()
+            .map(|b| b.customer.clone())
+            .collect()
+    };
+    assert_eq!(customers(&first), ["gone", "stays"]);
+
+    test.run(later, false).await;
+    let second = read_tables(&test.database.url).await;
+    assert_tables_eq("a day later", &second, &model(&test.produced, later));
+    assert_eq!(customers(&second), ["new", "stays"]);
+}
