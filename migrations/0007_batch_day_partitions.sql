@@ -1,6 +1,7 @@
 -- batch_hourly and batch_daily, partitioned by UTC day: one partition per day, named
 -- batch_hourly_YYYYMMDD and batch_daily_YYYYMMDD, made by the batch layer for the days
--- it publishes (services/batch-layer/src/store.rs).
+-- it publishes (services/batch-layer/src/partitions.rs), or by batch_day_partitions()
+-- below for rows written by hand.
 --
 -- Why: a day's rows then go into that day's own, small primary key. In one table, a
 -- night's new day went one row at a time into a B-tree of a month of rows or more, and a

@@ -171,8 +171,7 @@ pub async fn run_in_force(pool: &PgPool) -> Result<Option<Run>, sqlx::Error> {
 /// `least($2, T_b − 23 h)` up to T_b (the row of hour T_b holds only `ts == T_b`), whether
 /// any day of the customer is stored (asked of `batch_vendors`, where every stored day
 /// leaves the customer's vendors, in one index, rather than of `batch_daily`'s partition
-/// per day), and the baseline (mean and spread rounded half
-/// away from zero). The hours from `T_b − 23 h` are what any later request needs
+/// per day), and the baseline (mean and spread rounded half away from zero). The hours from `T_b − 23 h` are what any later request needs
 /// (`super::cache`); `$2` (the request's `last24h` start) reaches further back only for
 /// a request whose clock is behind T_b. `$3`, when not null, says the same of a T_b known
 /// before (see [`risk_rows`]): a bound Postgres knows before it reads `batch_runs`, so it
