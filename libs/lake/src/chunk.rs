@@ -294,26 +294,20 @@ impl<'a> EventColumns<'a> {
 
 /// The rows of a batch read from the lake (it must have the table's columns).
 pub fn rows_of(batch: &RecordBatch) -> Result<Vec<LakeRow>, Error> {
-    let transaction_id = typed::<StringArray>(batch, column::TRANSACTION_ID)?;
-    let customer_id = typed::<StringArray>(batch, column::CUSTOMER_ID)?;
-    let vendor_id = typed::<StringArray>(batch, column::VENDOR_ID)?;
-    let amount_minor = typed::<Int64Array>(batch, column::AMOUNT_MINOR)?;
+    let event = EventColumns::of(batch)?;
     let currency = typed::<StringArray>(batch, column::CURRENCY)?;
-    let event_time = typed::<TimestampMillisecondArray>(batch, column::EVENT_TIME)?;
     let ingest_time = typed::<TimestampMillisecondArray>(batch, column::INGEST_TIME)?;
-    let kafka_partition = typed::<Int32Array>(batch, column::KAFKA_PARTITION)?;
-    let kafka_offset = typed::<Int64Array>(batch, column::KAFKA_OFFSET)?;
     Ok((0..batch.num_rows())
         .map(|row| LakeRow {
-            transaction_id: transaction_id.value(row).to_owned(),
-            customer_id: customer_id.value(row).to_owned(),
-            vendor_id: vendor_id.value(row).to_owned(),
-            amount_minor: amount_minor.value(row),
+            transaction_id: event.transaction_id.value(row).to_owned(),
+            customer_id: event.customer_id.value(row).to_owned(),
+            vendor_id: event.vendor_id.value(row).to_owned(),
+            amount_minor: event.amount_minor.value(row),
             currency: currency.value(row).to_owned(),
-            event_time_millis: event_time.value(row),
+            event_time_millis: event.event_time.value(row),
             ingest_time_millis: ingest_time.value(row),
-            kafka_partition: kafka_partition.value(row),
-            kafka_offset: kafka_offset.value(row),
+            kafka_partition: event.kafka_partition.value(row),
+            kafka_offset: event.kafka_offset.value(row),
         })
         .collect())
 }
