@@ -24,7 +24,7 @@ use crate::store::copy_in;
 #[derive(Debug, Clone, Copy)]
 pub struct DayTable {
     /// The partitioned table.
-    pub parent: &'static str,
+    parent: &'static str,
     /// The partition key: `hour` (`TIMESTAMPTZ`) or `day` (`DATE`).
     bound: Bound,
     /// The primary key's columns.
@@ -70,8 +70,7 @@ impl DayTable {
         format!("{column} >= {from} AND {column} < {to}")
     }
 
-    /// `COPY` into `table` (the parent or one of its partitions) of rows encoded by
-    /// [`crate::rows`].
+    /// `COPY` into `table` (one of its partitions) of rows encoded by [`crate::rows`].
     pub fn copy_into(&self, table: &str) -> String {
         format!("COPY {table} ({}) FROM STDIN (FORMAT binary)", self.columns)
     }
