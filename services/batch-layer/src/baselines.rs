@@ -15,7 +15,7 @@
 //! the run does not change) are streamed from Postgres on a connection of their own
 //! while the lake is read ([`read_stored`]), so that neither waits for the other.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -23,6 +23,7 @@ use sqlx::PgConnection;
 
 use crate::binary::BinaryReader;
 use crate::compute::DayRow;
+use crate::scope::Scope;
 
 /// Days in a baseline's window: the 30 UTC days ending with T_b's day.
 const WINDOW_DAYS: u64 = 30;
@@ -95,14 +96,17 @@ impl Inputs {
         peaks.push(peak);
     }
 
-    /// Reads rows of [`read_stored`]'s binary `COPY` output.
-    fn add_binary(&mut self, data: &[u8]) -> anyhow::Result<()> {
+    /// Reads rows of [`read_stored`]'s binary `COPY` output, but those of the customers
+    /// in `skip`.
+    fn add_binary(&mut self, data: &[u8], skip: Option<&HashSet<String>>) -> anyhow::Result<()> {
         let mut reader = BinaryReader::new(data)?;
         while reader.row()?.is_some() {
             let customer = reader.text()?;
             let sum = reader.int8()?;
             let peak = reader.int8()?;
-            self.add(customer, sum, peak);
+            if !skip.is_some_and(|skip| skip.contains(customer)) {
+                self.add(customer, sum, peak);
+            }
         }
         Ok(())
     }
@@ -117,30 +121,46 @@ impl Inputs {
     }
 }
 
-/// The stored inputs of the days of the window as of `watermark` other than `except`
-/// (the days the run recomputes; it adds their rows itself).
+/// The stored inputs of the days of the window as of `watermark` but the rows `recomputed`
+/// replaces (the run adds those itself): all of a day recomputed whole, the recomputed
+/// customers' of a day recomputed in part.
 pub async fn read_stored(
     connection: &mut PgConnection,
     watermark: DateTime<Utc>,
-    except: &BTreeSet<NaiveDate>,
+    recomputed: &[(NaiveDate, Scope)],
 ) -> anyhow::Result<Inputs> {
     let (first, last) = window(watermark);
-    let skipped: Vec<String> = except
-        .range(first..=last)
-        .map(|day| format!("'{day}'"))
+    let select = |condition: &str| {
+        format!(
+            "COPY (SELECT customer_id, sum_minor, peak_30m_sum_minor FROM batch_daily \
+             WHERE {condition}) TO STDOUT (FORMAT binary)"
+        )
+    };
+    let in_window = |date: &NaiveDate| (first..=last).contains(date);
+    let skipped: Vec<String> = recomputed
+        .iter()
+        .filter(|(date, _)| in_window(date))
+        .map(|(date, _)| format!("'{date}'"))
         .collect();
     let skip = if skipped.is_empty() {
         String::new()
     } else {
         format!(" AND day NOT IN ({})", skipped.join(", "))
     };
-    let statement = format!(
-        "COPY (SELECT customer_id, sum_minor, peak_30m_sum_minor FROM batch_daily \
-         WHERE day >= '{first}' AND day <= '{last}'{skip}) TO STDOUT (FORMAT binary)"
-    );
-    let data = crate::store::copy_out(connection, &statement).await?;
     let mut inputs = Inputs::default();
-    inputs.add_binary(&data)?;
+    let data = crate::store::copy_out(
+        connection,
+        &select(&format!("day >= '{first}' AND day <= '{last}'{skip}")),
+    )
+    .await?;
+    inputs.add_binary(&data, None)?;
+    for (date, scope) in recomputed.iter().filter(|(date, _)| in_window(date)) {
+        if let Some(customers) = scope.customers() {
+            let data =
+                crate::store::copy_out(connection, &select(&format!("day = '{date}'"))).await?;
+            inputs.add_binary(&data, Some(customers))?;
+        }
+    }
     Ok(inputs)
 }
 
@@ -303,7 +323,7 @@ mod tests {
             rows.row(3).text(customer).int8(sum).int8(peak);
         }
         let mut stored = Inputs::default();
-        stored.add_binary(&rows.finish()).unwrap();
+        stored.add_binary(&rows.finish(), None).unwrap();
         let mut inputs = Inputs::default();
         inputs.add_rows(&[day_row("a", 1, 1), day_row("c", 2, 2)]);
         inputs.merge(stored);
@@ -313,6 +333,19 @@ mod tests {
         assert_eq!(grouped["a"].sum_squares, 26);
         assert_eq!((grouped["b"].p95_peak, grouped["b"].max_peak), (3, 3));
         assert_eq!(grouped["c"].active_days, 1);
+    }
+
+    #[test]
+    fn stored_rows_of_recomputed_customers_are_skipped() {
+        let mut rows = BinaryRows::new();
+        for (customer, sum, peak) in [("a", 5, 5), ("b", 7, 3)] {
+            rows.row(3).text(customer).int8(sum).int8(peak);
+        }
+        let mut stored = Inputs::default();
+        let skip: HashSet<String> = ["a".to_owned()].into();
+        stored.add_binary(&rows.finish(), Some(&skip)).unwrap();
+        let grouped: HashMap<String, Sums> = stored.per_customer().unwrap().into_iter().collect();
+        assert_eq!(grouped.keys().collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]

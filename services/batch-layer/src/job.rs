@@ -1,6 +1,6 @@
 //! One batch run: lock, choose T_b, check the lake, choose the days, compute, publish.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use crate::completeness::{Behind, KafkaTopic};
 use crate::compute::{DAY_MS, Event, HOUR_MS, WINDOW_MS, compute_day};
 use crate::lake::{LakeView, date_of, day_start};
+use crate::scope::{self, Scope, SharedId};
 use crate::store::{self, Publication};
 
 /// The Postgres connections a run holds at once (see [`run`]).
@@ -36,6 +37,9 @@ pub struct RunReport {
     pub run_id: i64,
     pub watermark: i64,
     pub days: Vec<NaiveDate>,
+    /// The days recomputed for some customers only (see [`crate::scope`]), with how
+    /// many; the other days of `days` were recomputed whole.
+    pub partial: BTreeMap<NaiveDate, usize>,
     pub input_files: usize,
     pub rows: u64,
     /// Where the publication's time went.
@@ -148,45 +152,49 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
         .into());
     }
 
-    // The days to compute: every day up to T_b's when full; else the days whose files
-    // changed, the days the watermark moved over, and the day after a changed day (its
-    // early windows reach back into it).
-    let last_day = date_of(watermark);
-    let candidates: Vec<NaiveDate> = view
-        .days
-        .keys()
-        .copied()
-        .filter(|d| *d <= last_day)
-        .collect();
-    let mut days: BTreeSet<NaiveDate> = BTreeSet::new();
-    for &date in &candidates {
-        let fingerprint = &view.days[&date].fingerprint;
-        let changed = previous.fingerprints.get(&date) != Some(fingerprint);
-        let moved_over = previous
-            .watermark
-            .is_none_or(|published| date >= date_of(published));
-        if options.full || changed || moved_over {
-            days.insert(date);
-            if changed
-                && let Some(next) = date.succ_opt()
-                && next <= last_day
-                && view.days.contains_key(&next)
-            {
-                days.insert(next);
-            }
-        }
-    }
-    let days: Vec<NaiveDate> = days.into_iter().collect();
+    let plans = scope::plan_days(&view, &previous, date_of(watermark), options.full);
+    let mut scopes = scope::scopes(&lake, &plans)
+        .await
+        .context("failed to read the customers of the days' new files")?;
+    let days: Vec<NaiveDate> = plans.keys().copied().collect();
     let run_id = store::start_run(&mut lock, watermark).await?;
     tracing::info!(
         run_id,
         watermark = %rfc3339(watermark),
         full = options.full,
         days = days.len(),
+        partial_days = scopes.iter().filter(|(_, s)| s.customers().is_some()).count(),
         "batch run started"
     );
 
-    let outcome = publish(&pool, &lake, &view, &days, watermark, run_id, options.full).await;
+    let mut outcome = publish(
+        &pool,
+        &lake,
+        &view,
+        &scopes,
+        watermark,
+        run_id,
+        options.full,
+    )
+    .await;
+    if let Err(error) = &outcome
+        && let Some(shared) = error.downcast_ref::<SharedId>()
+    {
+        tracing::warn!(error = %shared, "the run recomputes its days whole");
+        for (_, scope) in &mut scopes {
+            *scope = Scope::Whole;
+        }
+        outcome = publish(
+            &pool,
+            &lake,
+            &view,
+            &scopes,
+            watermark,
+            run_id,
+            options.full,
+        )
+        .await;
+    }
     match outcome {
         Ok((rows, input_files, times)) => {
             metrics::counter!("batch_runs_total", "status" => "succeeded").increment(1);
@@ -205,6 +213,10 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
                 run_id,
                 watermark,
                 days,
+                partial: scopes
+                    .iter()
+                    .filter_map(|(date, scope)| Some((*date, scope.customers()?.len())))
+                    .collect(),
                 input_files,
                 rows,
                 times,
@@ -231,13 +243,14 @@ const DAYS_AHEAD: usize = 2;
 /// one day's rows per day in flight. A day's windows reach into the day before it: a
 /// day's task hands the next day's its last 30 minutes as soon as it has read them, so
 /// the next day is read meanwhile and computed right after; the first day of a run of
-/// consecutive days reads the day before itself. Each day's rows go into that day's
-/// partitions ([`crate::partitions`]).
+/// consecutive days reads the day before itself. A day is computed for the customers its
+/// scope holds ([`crate::scope`]). Each day's rows go into that day's partitions
+/// ([`crate::partitions`]).
 async fn publish(
     pool: &sqlx::PgPool,
     lake: &Lake,
     view: &LakeView,
-    days: &[NaiveDate],
+    days: &[(NaiveDate, Scope)],
     watermark: i64,
     run_id: i64,
     full: bool,
@@ -257,13 +270,16 @@ async fn publish(
     // Each day's tail: handed over by the day before's task when that day is in the run,
     // else read with the day.
     let mut tails: Vec<Tail> = Vec::with_capacity(days.len());
-    let mut senders: Vec<Option<oneshot::Sender<Vec<Event>>>> = Vec::with_capacity(days.len());
-    for (index, &date) in days.iter().enumerate() {
+    let mut senders: Vec<Option<HandOn>> = Vec::with_capacity(days.len());
+    for (index, (date, scope)) in days.iter().enumerate() {
         let yesterday = date.pred_opt();
-        if index > 0 && yesterday == Some(days[index - 1]) {
+        if index > 0 && yesterday == Some(days[index - 1].0) {
             let (sender, receiver) = oneshot::channel();
             senders.push(None);
-            senders[index - 1] = Some(sender);
+            senders[index - 1] = Some(HandOn {
+                sender,
+                scope: scope.clone(),
+            });
             tails.push(Tail::Handed(receiver));
         } else {
             senders.push(None);
@@ -277,18 +293,18 @@ async fn publish(
         .iter()
         .zip(tails)
         .zip(senders)
-        .map(|((&date, tail), hand_on)| {
+        .map(|(((date, scope), tail), hand_on)| {
             tokio::spawn(prepare_day(
                 lake.clone(),
-                files_of(date),
-                date,
+                files_of(*date),
+                (*date, scope.clone()),
                 watermark,
                 tail,
                 hand_on,
             ))
         });
     let mut in_flight: VecDeque<_> = starts.by_ref().take(DAYS_AHEAD).collect();
-    for &date in days {
+    for &(date, _) in days {
         let prepared = in_flight
             .pop_front()
             .expect("a day is being prepared")
@@ -302,7 +318,10 @@ async fn publish(
         times.copy += phase.elapsed();
         let lake_day = &view.days[&date];
         input_files += lake_day.files.len();
-        fingerprints.insert(date, (lake_day.fingerprint.clone(), lake_day.files.len()));
+        fingerprints.insert(
+            date,
+            (lake_day.fingerprint.clone(), lake_day.listing.clone()),
+        );
         tracing::debug!(%date, customers = prepared.aggregates.days.len(), "day computed");
     }
     phase = Instant::now();
@@ -329,29 +348,59 @@ enum Tail {
     Handed(oneshot::Receiver<Vec<Event>>),
 }
 
+/// Where a day's task hands its tail on: the next day's task, which computes the
+/// customers of `scope`.
+struct HandOn {
+    sender: oneshot::Sender<Vec<Event>>,
+    scope: Scope,
+}
+
 /// Reads `date`'s `files`, hands its tail on to the next day's task (`hand_on`), and
-/// computes the day's aggregates with `tail`.
+/// computes the day's aggregates for the customers of `scope` with `tail`.
 async fn prepare_day(
     lake: Lake,
     files: Vec<fraud_lake::ListedFile>,
-    date: NaiveDate,
+    (date, scope): (NaiveDate, Scope),
     watermark: i64,
     tail: Tail,
-    hand_on: Option<oneshot::Sender<Vec<Event>>>,
+    hand_on: Option<HandOn>,
 ) -> anyhow::Result<PreparedDay> {
     let started = Instant::now();
     let tail = match tail {
         Tail::Read(yesterday, files) => {
             // Only the tail's events are kept (and copied out of the files).
             let from = day_start(yesterday) + DAY_MS - WINDOW_MS;
-            Tail::Known(crate::lake::files_events(lake.clone(), files, from, watermark).await?)
+            let scope = scope.clone();
+            let keep =
+                move |customer: &str, ts| from < ts && ts <= watermark && scope.holds(customer);
+            Tail::Known(
+                crate::lake::files_events(lake.clone(), files, keep)
+                    .await?
+                    .events,
+            )
         }
         other => other,
     };
-    let events = crate::lake::files_events(lake, files, i64::MIN, watermark).await?;
+    // The events of the customers computed here, and those in the tail of the next
+    // day's.
+    let tail_from = day_start(date) + DAY_MS - WINDOW_MS;
+    let (mine, next) = (scope.clone(), hand_on.as_ref().map(|h| h.scope.clone()));
+    let keep = move |customer: &str, ts| {
+        ts <= watermark
+            && (mine.holds(customer)
+                || (ts > tail_from && next.as_ref().is_some_and(|n| n.holds(customer))))
+    };
+    let read = crate::lake::files_events(lake, files, keep).await?;
+    if let (Some(id), Scope::Customers(_)) = (read.shared_id, &scope) {
+        return Err(SharedId { date, id }.into());
+    }
+    let mut events = read.events;
     if let Some(hand_on) = hand_on {
         // The next day's task is gone only when the run already failed.
-        let _ = hand_on.send(tail_of(&events, date));
+        let _ = hand_on.sender.send(tail_of(&events, date));
+    }
+    if scope.customers().is_some() {
+        events.retain(|event| scope.holds(&event.customer));
     }
     let read = started.elapsed();
     let tail = match tail {

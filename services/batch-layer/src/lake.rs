@@ -1,7 +1,8 @@
 //! What the batch layer reads from the lake: the files of complete chunks, grouped by
 //! `event_date`, each day with a fingerprint; and a day's events, deduplicated.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDate;
 use fraud_lake::{EVENT_COLUMNS, EventColumns, Lake, ListedFile, PartitionState};
@@ -13,9 +14,51 @@ use crate::compute::{DAY_MS, Event};
 #[derive(Debug, Clone)]
 pub struct LakeDay {
     pub files: Vec<ListedFile>,
-    /// A digest of the files' names and sizes: it changes when a file is added, removed
-    /// or rewritten.
+    /// Each file as `<path> <size>`, in the order of `files`.
+    pub listing: Vec<String>,
+    /// A digest of `listing`: it changes when a file is added, removed or rewritten.
     pub fingerprint: String,
+}
+
+impl LakeDay {
+    /// The day of `files`.
+    pub fn new(mut files: Vec<ListedFile>) -> LakeDay {
+        files.sort();
+        let listing: Vec<String> = files
+            .iter()
+            .map(|listed| format!("{} {}", listed.file.path(), listed.size))
+            .collect();
+        let mut hash = Sha256::new();
+        for line in &listing {
+            hash.update(line);
+            hash.update("\n");
+        }
+        let fingerprint = hex::encode(hash.finalize());
+        LakeDay {
+            files,
+            listing,
+            fingerprint,
+        }
+    }
+
+    /// The files not in `stored` (a listing the day was computed from before), when the
+    /// day is `stored`'s files and these; `None` when a stored file is gone or was
+    /// rewritten (its size changed).
+    pub fn added_since(&self, stored: &[String]) -> Option<Vec<ListedFile>> {
+        let now: HashSet<&str> = self.listing.iter().map(String::as_str).collect();
+        if !stored.iter().all(|line| now.contains(line.as_str())) {
+            return None;
+        }
+        let before: HashSet<&str> = stored.iter().map(String::as_str).collect();
+        Some(
+            self.files
+                .iter()
+                .zip(&self.listing)
+                .filter(|(_, line)| !before.contains(line.as_str()))
+                .map(|(file, _)| *file)
+                .collect(),
+        )
+    }
 }
 
 /// The lake's days, counting only files of complete chunks (a chunk its writer has not
@@ -51,37 +94,58 @@ impl LakeView {
         }
         let days = by_day
             .into_iter()
-            .map(|(date, mut files)| {
-                files.sort();
-                let mut hash = Sha256::new();
-                for listed in &files {
-                    hash.update(format!("{} {}\n", listed.file.path(), listed.size));
-                }
-                let fingerprint = hex::encode(hash.finalize());
-                (date, LakeDay { files, fingerprint })
-            })
+            .map(|(date, files)| (date, LakeDay::new(files)))
             .collect();
         Ok(LakeView { days, next_offsets })
     }
 }
 
-/// The events of `files` (one day's) with `after < ts <= up_to`, deduplicated by
-/// transaction id: the record with the smallest partition and offset stands, wherever
-/// its time falls. Owned arguments, so it can run on a task of its own.
+/// Events read from a day's files.
+#[derive(Debug, Default)]
+pub struct FilesEvents {
+    pub events: Vec<Event>,
+    /// A transaction id found in records of two customers, if any (the record with the
+    /// smallest partition and offset stands all the same).
+    pub shared_id: Option<String>,
+}
+
+/// The events of `files` (one day's) deduplicated by transaction id (the record with the
+/// smallest partition and offset stands, wherever its time falls and whoever its
+/// customer is), of those `keep(customer, ts)` holds for. Owned arguments, so it can run
+/// on a task of its own.
 pub async fn files_events(
     lake: Lake,
     files: Vec<ListedFile>,
-    after: i64,
-    up_to: i64,
-) -> Result<Vec<Event>, fraud_lake::Error> {
-    read_files(&lake, &files, |ts| after < ts && ts <= up_to).await
+    keep: impl Fn(&str, i64) -> bool,
+) -> Result<FilesEvents, fraud_lake::Error> {
+    read_files(&lake, &files, keep).await
+}
+
+/// The customers of `files`' records, duplicates included.
+pub async fn files_customers(
+    lake: &Lake,
+    files: &[ListedFile],
+) -> Result<HashSet<String>, fraud_lake::Error> {
+    let mut customers = HashSet::new();
+    for listed in files {
+        for batch in lake.read_columns(listed, &EVENT_COLUMNS).await? {
+            let columns = EventColumns::of(&batch)?;
+            for row in 0..columns.len() {
+                let customer = columns.customer_id.value(row);
+                if !customers.contains(customer) {
+                    customers.insert(customer.to_owned());
+                }
+            }
+        }
+    }
+    Ok(customers)
 }
 
 async fn read_files(
     lake: &Lake,
     files: &[ListedFile],
-    keep: impl Fn(i64) -> bool,
-) -> Result<Vec<Event>, fraud_lake::Error> {
+    keep: impl Fn(&str, i64) -> bool,
+) -> Result<FilesEvents, fraud_lake::Error> {
     // Only the columns an event needs are decoded, and fields are read in place: a
     // string is copied only into an event that is kept.
     let mut batches = Vec::new();
@@ -107,25 +171,39 @@ async fn read_files(
         }
     }
     order.sort_unstable();
-    let mut first: HashSet<&str> = HashSet::with_capacity(order.len());
-    let mut events = Vec::with_capacity(order.len());
+    // Each id's customer, as the record that stands has it.
+    let mut first: HashMap<&str, &str> = HashMap::with_capacity(order.len());
+    let mut out = FilesEvents {
+        events: Vec::with_capacity(order.len()),
+        shared_id: None,
+    };
     for (_, _, index, row) in order {
         let (batch, row) = (&columns[index as usize], row as usize);
-        if !first.insert(batch.transaction_id.value(row)) {
-            metrics::counter!("batch_duplicates_total").increment(1);
-            continue;
+        let id = batch.transaction_id.value(row);
+        let customer = batch.customer_id.value(row);
+        match first.entry(id) {
+            Entry::Occupied(kept) => {
+                metrics::counter!("batch_duplicates_total").increment(1);
+                if *kept.get() != customer && out.shared_id.is_none() {
+                    out.shared_id = Some(id.to_owned());
+                }
+                continue;
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(customer);
+            }
         }
         let ts = batch.event_time.value(row);
-        if keep(ts) {
-            events.push(Event {
-                customer: batch.customer_id.value(row).to_owned(),
+        if keep(customer, ts) {
+            out.events.push(Event {
+                customer: customer.to_owned(),
                 vendor: batch.vendor_id.value(row).to_owned(),
                 amount: batch.amount_minor.value(row),
                 ts,
             });
         }
     }
-    Ok(events)
+    Ok(out)
 }
 
 /// The start of `date`, UTC ms.

@@ -11,8 +11,10 @@
 //! recomputed days, the vendors, the baselines (derived from the stored daily rows of
 //! the last 30 days, [`baselines`]) and the run-log entry are replaced in one
 //! transaction, the rows going in through binary `COPY` ([`binary`]); an incremental run
-//! writes only the rows of a stored day that changed ([`rows`]), and a day not stored yet
-//! is loaded into a partition of its own, indexed after the load ([`partitions`]).
+//! recomputes a day that only gained files (late arrivals) for the customers of those
+//! files alone ([`scope`]), writes only the rows of a stored day that changed ([`rows`]),
+//! and loads a day not stored yet into a partition of its own, indexed after the load
+//! ([`partitions`]).
 //! Readers see the previous run or this one, never a mix. Tables:
 //! `migrations/0002_batch_views.sql`, partitioned by day in `0007_batch_day_partitions.sql`.
 //!
@@ -28,6 +30,7 @@ pub mod lake;
 mod partitions;
 mod rows;
 mod schedule;
+mod scope;
 mod store;
 
 use fraud_config::Settings;

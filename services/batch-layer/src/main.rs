@@ -60,11 +60,13 @@ async fn main() -> ExitCode {
                         .await
                         .map_err(exit_status)?;
                     println!(
-                        "batch run {} published: watermark {}, {} day(s) recomputed, {} \
-                         file(s) read, {} row(s) written",
+                        "batch run {} published: watermark {}, {} day(s) recomputed, {} of \
+                         them only for the customers of new files, {} file(s) read, {} \
+                         row(s) written",
                         report.run_id,
                         fraud_domain::EventTime::from_millis(report.watermark)?.to_rfc3339(),
                         report.days.len(),
+                        report.partial.len(),
                         report.input_files,
                         report.rows
                     );

@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use chrono::{DateTime, Utc};
+
 use crate::binary::{BinaryReader, BinaryRows, Malformed};
 use crate::compute::{DayRow, HourRow};
 use crate::partitions::{DAILY, HOURLY};
@@ -93,6 +95,70 @@ pub fn stored_hours(data: &[u8]) -> Result<HashMap<HourKey, HourValue>, Malforme
         out.insert(key, value);
     }
     Ok(out)
+}
+
+/// The stored hours of `date` of `customers`.
+pub async fn customers_hours(
+    connection: &mut sqlx::PgConnection,
+    date: chrono::NaiveDate,
+    customers: &[&str],
+) -> sqlx::Result<HashMap<HourKey, HourValue>> {
+    // The condition on the partition key is made of a constant and a date.
+    let rows: Vec<(String, DateTime<Utc>, i64, i64, i64, i32)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT customer_id, hour, sum_minor, count, max_minor, distinct_vendors \
+             FROM batch_hourly WHERE {} AND customer_id = ANY($1)",
+            HOURLY.rows_of(date)
+        )))
+        .bind(customers)
+        .fetch_all(connection)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(customer, hour, sum, count, max, vendors)| {
+            (
+                (customer, hour.timestamp_millis()),
+                (sum, count, max, i64::from(vendors)),
+            )
+        })
+        .collect())
+}
+
+/// The stored daily rows of `date` of `customers`, by customer.
+pub async fn customers_days(
+    connection: &mut sqlx::PgConnection,
+    date: chrono::NaiveDate,
+    customers: &[&str],
+) -> sqlx::Result<HashMap<String, DayValue>> {
+    type Row = (String, i64, i64, i64, i32, i64, i64, DateTime<Utc>);
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT customer_id, sum_minor, count, max_minor, distinct_vendors, \
+         peak_30m_sum_minor, peak_30m_count, peak_30m_end FROM batch_daily \
+         WHERE {} AND customer_id = ANY($1)",
+        DAILY.rows_of(date)
+    )))
+    .bind(customers)
+    .fetch_all(connection)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(customer, sum, count, max, vendors, peak_sum, peak_count, end)| {
+                (
+                    customer,
+                    (
+                        sum,
+                        count,
+                        max,
+                        i64::from(vendors),
+                        peak_sum,
+                        peak_count,
+                        end.timestamp_millis(),
+                    ),
+                )
+            },
+        )
+        .collect())
 }
 
 pub fn hour_key(row: &HourRow) -> HourKey {

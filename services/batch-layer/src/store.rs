@@ -1,7 +1,7 @@
 //! The batch layer's Postgres side: the run lock, the run log, what was computed from
 //! which files, and publishing a run's rows in one transaction through `COPY`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context as _;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -17,6 +17,7 @@ use crate::compute::{DayAggregates, VendorRow};
 use crate::lake::day_start;
 use crate::partitions::{DAILY, DayTable, HOURLY};
 use crate::rows;
+use crate::scope::Scope;
 
 /// The advisory lock every run takes: two runs never overlap.
 const RUN_LOCK: i64 = 0x0066_7261_7564_6261; // "fraudba"
@@ -49,6 +50,8 @@ pub async fn lock(pool: &PgPool) -> anyhow::Result<PoolConnection<Postgres>> {
 pub struct Previous {
     pub watermark: Option<i64>,
     pub fingerprints: BTreeMap<NaiveDate, String>,
+    /// The files each day was computed from, when known (see [`crate::scope`]).
+    pub listings: BTreeMap<NaiveDate, Vec<String>>,
 }
 
 /// Marks runs left `running` by a run that died as failed (the caller holds the lock,
@@ -68,14 +71,21 @@ pub async fn previous(connection: &mut PgConnection) -> anyhow::Result<Previous>
         sqlx::query_scalar("SELECT max(watermark) FROM batch_runs WHERE status = 'succeeded'")
             .fetch_one(&mut *connection)
             .await?;
-    let rows: Vec<(NaiveDate, String)> =
-        sqlx::query_as("SELECT event_date, fingerprint FROM batch_days")
+    let rows: Vec<(NaiveDate, String, Option<Vec<String>>)> =
+        sqlx::query_as("SELECT event_date, fingerprint, listing FROM batch_days")
             .fetch_all(&mut *connection)
             .await?;
-    Ok(Previous {
+    let mut previous = Previous {
         watermark: watermark.map(|w| w.timestamp_millis()),
-        fingerprints: rows.into_iter().collect(),
-    })
+        ..Previous::default()
+    };
+    for (date, fingerprint, listing) in rows {
+        previous.fingerprints.insert(date, fingerprint);
+        if let Some(listing) = listing {
+            previous.listings.insert(date, listing);
+        }
+    }
+    Ok(previous)
 }
 
 /// Logs a run as started; returns its id.
@@ -130,10 +140,10 @@ pub struct Publication {
 }
 
 /// What an incremental run reads of the stored tables, read on a connection of its own
-/// while the run reads the lake and computes: each recomputed day's stored rows, in the
-/// run's order and at most [`DAYS_AHEAD`] days ahead (so memory holds a few days, however
-/// many the run recomputes), then the baselines' inputs of the window's days it does not
-/// recompute, needed only at the commit.
+/// while the run reads the lake and computes: each recomputed day's stored rows (of the
+/// customers recomputed), in the run's order and at most [`DAYS_AHEAD`] days ahead (so
+/// memory holds a few days, however many the run recomputes), then the baselines' inputs
+/// of the rows it does not recompute, needed only at the commit. Dropped, it stops.
 /// It reads what was committed before the run, which is what the run's transaction still
 /// holds when it turns to a day: the run holds the lock, nothing else writes the views,
 /// and the transaction changes a day only once it has its stored rows.
@@ -153,16 +163,15 @@ struct StoredDay {
 const DAYS_AHEAD: usize = 2;
 
 impl ReadAhead {
-    fn start(pool: PgPool, days: Vec<NaiveDate>, watermark: DateTime<Utc>) -> Self {
+    fn start(pool: PgPool, days: Vec<(NaiveDate, Scope)>, watermark: DateTime<Utc>) -> Self {
         let (sender, receiver) = mpsc::channel(DAYS_AHEAD);
         let task = tokio::spawn(async move {
             let mut connection = pool
                 .acquire()
                 .await
                 .context("a connection to read the stored rows ahead")?;
-            let recomputed: BTreeSet<NaiveDate> = days.iter().copied().collect();
-            for date in days {
-                let stored = read_day(&mut connection, date).await;
+            for (date, scope) in &days {
+                let stored = read_day(&mut connection, *date, scope).await;
                 let failed = stored.is_err();
                 if sender.send(stored).await.is_err() || failed {
                     // The run stopped, or learns why from this day's error.
@@ -170,7 +179,7 @@ impl ReadAhead {
                 }
             }
             drop(sender);
-            baselines::read_stored(&mut connection, watermark, &recomputed).await
+            baselines::read_stored(&mut connection, watermark, &days).await
         });
         Self {
             days: receiver,
@@ -207,11 +216,31 @@ impl ReadAhead {
     }
 }
 
-/// A day's stored hourly and daily rows.
-async fn read_day(connection: &mut PgConnection, date: NaiveDate) -> anyhow::Result<StoredDay> {
-    let hours = rows::stored_hours(&copy_out(connection, &rows::select_hours(date)).await?)?;
-    let days = rows::stored_days(&copy_out(connection, &rows::select_days(date)).await?)?;
-    Ok(StoredDay { date, hours, days })
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A day's stored hourly and daily rows of the customers `scope` holds.
+async fn read_day(
+    connection: &mut PgConnection,
+    date: NaiveDate,
+    scope: &Scope,
+) -> anyhow::Result<StoredDay> {
+    let Some(customers) = scope.customers() else {
+        let hours = rows::stored_hours(&copy_out(connection, &rows::select_hours(date)).await?)?;
+        let days = rows::stored_days(&copy_out(connection, &rows::select_days(date)).await?)?;
+        return Ok(StoredDay { date, hours, days });
+    };
+    let customers: Vec<&str> = customers.iter().map(String::as_str).collect();
+    Ok(StoredDay {
+        date,
+        hours: rows::customers_hours(connection, date, &customers).await?,
+        days: rows::customers_days(connection, date, &customers).await?,
+    })
 }
 
 /// Sends `data` (binary `COPY` rows) with `statement`; returns the rows copied.
@@ -249,7 +278,7 @@ impl Publication {
     pub async fn begin(
         pool: &PgPool,
         full: bool,
-        days: &[NaiveDate],
+        days: &[(NaiveDate, Scope)],
         watermark: i64,
     ) -> anyhow::Result<Self> {
         let watermark = millis_to_time(watermark);
@@ -285,7 +314,8 @@ impl Publication {
         })
     }
 
-    /// Publishes one day's rows: copies them in (a full run), or writes what differs
+    /// Publishes one day's rows, of the customers the day's scope (as given to
+    /// [`Publication::begin`]) holds: copies them in (a full run), or writes what differs
     /// from the stored day (an incremental run).
     pub async fn add_day(&mut self, date: NaiveDate, day: &DayAggregates) -> anyhow::Result<()> {
         for VendorRow {
@@ -385,7 +415,7 @@ impl Publication {
         mut self,
         run_id: i64,
         watermark: i64,
-        fingerprints: &BTreeMap<NaiveDate, (String, usize)>,
+        fingerprints: &BTreeMap<NaiveDate, (String, Vec<String>)>,
         input_files: usize,
     ) -> anyhow::Result<u64> {
         // A full run copies the vendors into the emptied table (merged in Rust, so one
@@ -440,17 +470,18 @@ impl Publication {
         self.rows +=
             baselines::derive(&mut self.transaction, millis_to_time(watermark), inputs).await?;
         let tx = &mut self.transaction;
-        for (date, (fingerprint, files)) in fingerprints {
+        for (date, (fingerprint, listing)) in fingerprints {
             sqlx::query(
-                "INSERT INTO batch_days (event_date, fingerprint, files, run_id) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_date) DO UPDATE \
+                "INSERT INTO batch_days (event_date, fingerprint, files, run_id, listing) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_date) DO UPDATE \
                  SET fingerprint = EXCLUDED.fingerprint, files = EXCLUDED.files, \
-                     run_id = EXCLUDED.run_id",
+                     run_id = EXCLUDED.run_id, listing = EXCLUDED.listing",
             )
             .bind(date)
             .bind(fingerprint)
-            .bind(i32::try_from(*files).unwrap_or(i32::MAX))
+            .bind(i32::try_from(listing.len()).unwrap_or(i32::MAX))
             .bind(run_id)
+            .bind(listing)
             .execute(&mut **tx)
             .await?;
         }

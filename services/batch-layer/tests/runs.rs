@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::NaiveDate;
 use common::{
@@ -193,6 +193,7 @@ async fn incremental_runs_recompute_the_changed_days_and_agree_with_a_full_run()
         report.days, moved_over,
         "the days from the published watermark's on are recomputed, no others"
     );
+    assert!(report.partial.is_empty(), "moved over: whole days");
     let second = read_tables(&test.database.url).await;
     assert_tables_eq(
         "after the watermark moved",
@@ -226,6 +227,12 @@ async fn incremental_runs_recompute_the_changed_days_and_agree_with_a_full_run()
         expected_days,
         "the late arrival's day, the next day (its first windows reach back) and the \
          watermark's day are recomputed"
+    );
+    assert_eq!(
+        report.partial,
+        BTreeMap::from([(date_of(d1), 1), (date_of(d1 + DAY), 1)]),
+        "the late arrival's day and the next are recomputed for its customer only; the \
+         watermark's day whole"
     );
     let third = read_tables(&test.database.url).await;
     assert_tables_eq(
@@ -277,6 +284,92 @@ async fn incremental_runs_recompute_the_changed_days_and_agree_with_a_full_run()
     let runs = read_runs(&test.database.url).await;
     assert_eq!(runs.len(), 4);
     assert!(runs.iter().all(|r| r.status == "succeeded" && r.finished));
+}
+
+#[tokio::test]
+async fn a_late_record_with_another_customer_s_transaction_id_makes_its_day_recomputed_whole() {
+    let mut rng = Rng::from_env("shared-id");
+    let now = now_ms();
+    let watermark = hour_floor(now) - HOUR;
+    let end = now - MINUTE;
+    let d1 = day_floor(watermark) - 2 * DAY;
+    let mut test = BatchTest::create("batch-shared-id", 3).await;
+    let run = unique_name("tx");
+    let mut events = spread_events(&mut rng, &run, 300, 10, (d1, end), ingest_soon(end));
+    // Pairs of customers: an owner's record of D1, and later (in new files of D1) a
+    // record of another customer with the same transaction id. Deduplication keeps the
+    // record with the smallest (partition, offset): where the other customer's partition
+    // is the smaller, the owner loses the event, though no new file holds the owner.
+    const PAIRS: i64 = 30;
+    let id = |i: i64| format!("{run}-shared-{i}");
+    for i in 0..PAIRS {
+        let ts = d1 + 5 * HOUR + i * MINUTE;
+        events.push(event(
+            &id(i),
+            &format!("owner-{i}"),
+            "vendor-00",
+            100 + i,
+            ts,
+            ts + 100,
+        ));
+    }
+    events.sort_by_key(|e| e.ingest_time.as_millis());
+    test.produce(events).await;
+    test.fill_lake().await;
+    test.run(watermark, false).await;
+
+    let late: Vec<_> = (0..PAIRS)
+        .map(|i| {
+            event(
+                &id(i),
+                &format!("other-{i}"),
+                "vendor-01",
+                5_000,
+                d1 + 6 * HOUR,
+                end,
+            )
+        })
+        .collect();
+    let landed = test.produce(late).await;
+    // The owners' records a late record takes the place of.
+    let stolen: Vec<common::Produced> = test
+        .produced
+        .iter()
+        .filter(|owner| {
+            landed.iter().any(|other| {
+                owner.event.transaction_id == other.event.transaction_id
+                    && owner.partition > other.partition
+            })
+        })
+        .cloned()
+        .collect();
+    assert!(
+        !stolen.is_empty(),
+        "some late record stands in its owner's place"
+    );
+    test.fill_lake().await;
+    let report = test.run(watermark, false).await;
+    assert!(report.days.contains(&date_of(d1)));
+    assert!(
+        report.partial.is_empty(),
+        "days holding an id of two customers are recomputed whole: {:?}",
+        report.partial
+    );
+    // An incremental run only adds vendors (and moves first uses earlier): an owner
+    // whose only event was taken keeps its vendor, which a full run would not list.
+    let mut expected = model(&test.produced, watermark);
+    expected
+        .vendors
+        .extend(stolen.iter().map(|owner| common::Vendor {
+            customer: owner.event.customer_id.as_str().to_owned(),
+            vendor: owner.event.vendor_id.as_str().to_owned(),
+            first_seen: owner.event.event_time.as_millis(),
+        }));
+    assert_tables_eq(
+        "after late records sharing ids with other customers'",
+        &read_tables(&test.database.url).await,
+        &expected,
+    );
 }
 
 #[tokio::test]
