@@ -3,12 +3,17 @@
 //!
 //! The window moves by a day every night, so every customer's baseline is derived again
 //! (its `as_of` changes, and nearly every customer has a row on the day that leaves or a
-//! day that was recomputed). Aggregating a month of daily rows in SQL costs a sort of
-//! them by customer for the ordered-set percentile; here the grouping and the
-//! nearest-rank percentile are done in Rust, and Postgres applies the same numeric
-//! formulas as before to one row per customer, so the results are the same to the last
-//! digit. Should a customer's sum of squared daily sums not fit in `i128`, the derivation
-//! falls back to the SQL aggregate.
+//! day that was recomputed). Aggregating a month of daily rows in SQL ([`DERIVE_IN_SQL`],
+//! the definition) costs a sort of them by customer for the ordered-set percentile, and
+//! Postgres' `numeric` square root is slow; here the grouping, the nearest-rank
+//! percentile, the mean and the spread are computed in Rust, in integers: the mean
+//! `round(S / 30, 4)` and the spread `round(sqrt(30 Q − S²) / 30, 4)` (S the sum of the
+//! daily sums, Q of their squares) are exact, rounded half away from zero as `round`
+//! does, and the rows go into the table through binary `COPY`. The SQL computes the
+//! square root to 20 decimals, which gives the same 4 decimals: the exact value is never
+//! within 10⁻²⁰ of a rounding boundary while the spread is below 5.7 × 10⁸ minor units
+//! (`4·10⁸·N` and `900·(2m + 1)²` are distinct multiples of 4). Should a customer's
+//! figures not fit in `i128`, the derivation falls back to the SQL.
 //!
 //! The inputs ([`Inputs`]) are gathered during the run, not read back at its end: the
 //! days the run recomputes come from its own rows, and the window's other days (which
@@ -16,12 +21,11 @@
 //! while the lake is read ([`read_stored`]), so that neither waits for the other.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 
-use crate::binary::BinaryReader;
+use crate::binary::{BinaryReader, BinaryRows};
 use crate::compute::DayRow;
 use crate::scope::Scope;
 
@@ -46,16 +50,10 @@ FROM batch_daily
 WHERE day > ($1 AT TIME ZONE 'UTC')::date - 30 AND day <= ($1 AT TIME ZONE 'UTC')::date
 GROUP BY customer_id";
 
-/// The same formulas over one row of per-customer sums (`sum(sum_minor)` and
-/// `sum(sum_minor::numeric * sum_minor)` have the same values and scale 0 either way).
-const DERIVE_FROM_SUMS: &str = "\
-INSERT INTO batch_baselines (customer_id, as_of, active_days, mean_daily_minor,
-    stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor)
-SELECT customer_id, $1, active_days,
-       round(sum_minor / 30, 4),
-       round(sqrt((30 * sum_squares - sum_minor ^ 2)::numeric(60, 20)) / 30, 4),
-       p95_peak, max_peak
-FROM baseline_sums";
+/// The baselines' `COPY`, in the column order of [`derive`]'s rows.
+const COPY_BASELINES: &str = "COPY batch_baselines (customer_id, as_of, active_days, \
+    mean_daily_minor, stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor) \
+    FROM STDIN (FORMAT binary)";
 
 /// The days of the baselines as of `watermark`: `first..=last`.
 pub fn window(watermark: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
@@ -183,52 +181,37 @@ pub async fn derive(
             .await?
             .rows_affected());
     };
-    let mut csv = String::new();
+    let as_of = watermark.timestamp_millis();
+    let mut rows = BinaryRows::new();
     for (customer, sums) in &customers {
-        writeln!(
-            csv,
-            "\"{}\",{},{},{},{},{}",
-            customer.replace('"', "\"\""),
-            sums.active_days,
-            sums.sum,
-            sums.sum_squares,
-            sums.p95_peak,
-            sums.max_peak
-        )?;
+        rows.row(7)
+            .text(customer)
+            .timestamp(as_of)
+            .int4(i32::try_from(sums.active_days).expect("at most 30 days"))
+            .numeric4(sums.mean4)
+            .numeric4(sums.stddev4)
+            .int8(sums.p95_peak)
+            .int8(sums.max_peak);
     }
     drop(customers);
-    sqlx::query(
-        "CREATE TEMPORARY TABLE baseline_sums (customer_id TEXT, active_days INTEGER, \
-         sum_minor NUMERIC, sum_squares NUMERIC, p95_peak BIGINT, max_peak BIGINT) \
-         ON COMMIT DROP",
-    )
-    .execute(&mut *connection)
-    .await?;
-    if !csv.is_empty() {
-        let mut copy = connection
-            .copy_in_raw("COPY baseline_sums FROM STDIN (FORMAT csv)")
-            .await?;
-        copy.send(csv.into_bytes()).await?;
-        copy.finish().await?;
-    }
-    Ok(sqlx::query(DERIVE_FROM_SUMS)
-        .bind(watermark)
-        .execute(&mut *connection)
-        .await?
-        .rows_affected())
+    crate::store::copy_in(connection, COPY_BASELINES, rows).await
 }
 
-/// One customer's baseline inputs.
+/// One customer's baseline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Sums {
     active_days: i64,
     sum: i128,
     sum_squares: i128,
+    /// The mean daily spend times 10⁴, rounded.
+    mean4: i128,
+    /// The spread of daily spend times 10⁴, rounded.
+    stddev4: i128,
     p95_peak: i64,
     max_peak: i64,
 }
 
-/// A customer's inputs from its days' sums and peaks (at least one day); `None` on
+/// A customer's baseline from its days' sums and peaks (at least one day); `None` on
 /// overflow.
 fn sums_of(sums: &[i64], peaks: &mut [i64]) -> Option<Sums> {
     debug_assert!(!sums.is_empty() && sums.len() == peaks.len());
@@ -239,11 +222,24 @@ fn sums_of(sums: &[i64], peaks: &mut [i64]) -> Option<Sums> {
         sum = sum.checked_add(day)?;
         sum_squares = sum_squares.checked_add(day.checked_mul(day)?)?;
     }
+    let days = WINDOW_DAYS as i128;
+    // round(S / 30, 4) = sign(S) · floor((|S| · 10⁴ + 15) / 30).
+    let mean4 = (sum.unsigned_abs().checked_mul(10_000)?.checked_add(15)? / 30) as i128;
+    let mean4 = if sum < 0 { -mean4 } else { mean4 };
+    // round(sqrt(N) / 30, 4) = floor((sqrt(N · 10⁸) + 15) / 30), and the floor of the
+    // root can be taken first (15 and 30 are integers). N ≥ 0 for at most 30 days.
+    let spread = days
+        .checked_mul(sum_squares)?
+        .checked_sub(sum.checked_mul(sum)?)?;
+    let spread = u128::try_from(spread).ok()?.checked_mul(100_000_000)?;
+    let stddev4 = ((spread.isqrt() + 15) / 30) as i128;
     peaks.sort_unstable();
     Some(Sums {
         active_days: sums.len() as i64,
         sum,
         sum_squares,
+        mean4,
+        stddev4,
         p95_peak: peaks[nearest_rank(peaks.len()) - 1],
         max_peak: *peaks.last()?,
     })
@@ -282,6 +278,10 @@ mod tests {
                 active_days: 4,
                 sum: 650,
                 sum_squares: 90_000 + 10_000 + 62_500,
+                // 650 / 30 = 21.6666…
+                mean4: 216_667,
+                // sqrt(30 · 162,500 − 650²) / 30 = sqrt(4,452,500) / 30 = 70.336492…
+                stddev4: 703_365,
                 p95_peak: 40, // ceil(0.95 * 4) = 4th of 4
                 max_peak: 40,
             }
@@ -298,8 +298,45 @@ mod tests {
         assert_eq!(sums_of(&sums, &mut peaks), None);
         let sums = [i64::MAX; 2];
         let mut peaks = [1; 2];
-        let got = sums_of(&sums, &mut peaks).unwrap();
-        assert_eq!(got.sum, 2 * i128::from(i64::MAX));
+        assert_eq!(sums_of(&sums, &mut peaks), None, "S² overflows");
+        // Ten billion a day still fits: 1e12 and 2e12 minor units.
+        let sums = [1_000_000_000_000, 2_000_000_000_000];
+        let got = sums_of(&sums, &mut [1, 2]).unwrap();
+        assert_eq!(got.mean4, 1_000_000_000_000_000);
+        assert_rounded(got.stddev4, 141 * 10_i128.pow(24));
+    }
+
+    /// `stddev4` is sqrt(n · 10⁸) / 30 rounded: |sqrt(n · 10⁸) − 30 · stddev4| ≤ 15,
+    /// i.e. (30 · stddev4 − 15)² ≤ n · 10⁸ ≤ (30 · stddev4 + 15)² (equality at either end
+    /// is impossible: n · 10⁸ is a multiple of 4, (30 s ± 15)² is odd).
+    fn assert_rounded(stddev4: i128, n: i128) {
+        let (low, high) = (30 * stddev4 - 15, 30 * stddev4 + 15);
+        let scaled = n * 100_000_000;
+        assert!(
+            low.max(0).pow(2) < scaled && scaled < high.pow(2),
+            "{stddev4} for {n}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_mean_and_spread_are_the_exact_values_rounded_to_4_decimals(
+            sums in proptest::collection::vec(-1_000_000_000_000_i64..1_000_000_000_000, 1..=30)
+        ) {
+            let mut peaks = vec![0; sums.len()];
+            let got = sums_of(&sums, &mut peaks).unwrap();
+            let s: i128 = sums.iter().map(|&x| i128::from(x)).sum();
+            let q: i128 = sums.iter().map(|&x| i128::from(x).pow(2)).sum();
+            // |S · 10⁴ − 30 · mean4| ≤ 15, ties (an exact half) away from zero.
+            let error = s * 10_000 - 30 * got.mean4;
+            proptest::prop_assert!(error.abs() < 15 || error == 15 * -s.signum(), "{error}");
+            let n = 30 * q - s * s;
+            if n == 0 {
+                proptest::prop_assert_eq!(got.stddev4, 0);
+            } else {
+                assert_rounded(got.stddev4, n);
+            }
+        }
     }
 
     fn day_row(customer: &str, sum: i64, peak_sum: i64) -> DayRow {

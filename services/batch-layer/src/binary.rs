@@ -70,6 +70,35 @@ impl BinaryRows {
         self.int4(i32::try_from(days).expect("a date Postgres can hold"))
     }
 
+    /// A `numeric` of scale 4 (4 decimals, as `round(x, 4)` leaves) from its value
+    /// times 10⁴. Postgres' binary numeric: the count of base-10⁴ digits, the weight of
+    /// the first (a power of 10⁴), the sign, the display scale, then the digits; the
+    /// fraction here is exactly the last digit.
+    pub fn numeric4(&mut self, scaled: i128) -> &mut Self {
+        let magnitude = scaled.unsigned_abs();
+        let mut digits: Vec<i16> = Vec::with_capacity(12);
+        let mut whole = magnitude / 10_000;
+        while whole > 0 {
+            digits.push((whole % 10_000) as i16);
+            whole /= 10_000;
+        }
+        let weight = digits.len() as i16 - 1;
+        digits.reverse();
+        digits.push((magnitude % 10_000) as i16);
+        let sign: u16 = if scaled < 0 { 0x4000 } else { 0 };
+        let length = 8 + 2 * digits.len() as i32;
+        self.buffer.extend_from_slice(&length.to_be_bytes());
+        self.buffer
+            .extend_from_slice(&(digits.len() as i16).to_be_bytes());
+        self.buffer.extend_from_slice(&weight.to_be_bytes());
+        self.buffer.extend_from_slice(&sign.to_be_bytes());
+        self.buffer.extend_from_slice(&4_i16.to_be_bytes());
+        for digit in digits {
+            self.buffer.extend_from_slice(&digit.to_be_bytes());
+        }
+        self
+    }
+
     pub fn rows(&self) -> u64 {
         self.rows
     }
@@ -169,6 +198,41 @@ impl<'a> BinaryReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The field of `scaled` as [`BinaryRows::numeric4`] writes it: (ndigits, weight,
+    /// sign, dscale, digits).
+    fn numeric_field(scaled: i128) -> (i16, i16, u16, i16, Vec<i16>) {
+        let mut rows = BinaryRows::new();
+        rows.row(1).numeric4(scaled);
+        let data = rows.finish();
+        let field = &data[header().len() + 2..data.len() - 2];
+        let word = |at: usize| i16::from_be_bytes([field[4 + at], field[5 + at]]);
+        let length = i32::from_be_bytes(field[..4].try_into().unwrap());
+        assert_eq!(length as usize, field.len() - 4);
+        let count = word(0);
+        let digits = (0..count as usize).map(|i| word(8 + 2 * i)).collect();
+        (count, word(2), word(4) as u16, word(6), digits)
+    }
+
+    #[test]
+    fn numerics_are_base_10000_digits_with_the_fraction_last() {
+        // 12345.6789
+        assert_eq!(
+            numeric_field(123_456_789),
+            (3, 1, 0, 4, vec![1, 2345, 6789])
+        );
+        // 0.0000: one zero digit, which Postgres strips.
+        assert_eq!(numeric_field(0), (1, -1, 0, 4, vec![0]));
+        // -0.5000
+        assert_eq!(numeric_field(-5_000), (1, -1, 0x4000, 4, vec![5000]));
+        // 10000.0000: trailing zero digits are allowed too.
+        assert_eq!(numeric_field(100_000_000), (3, 1, 0, 4, vec![1, 0, 0]));
+        // 30000000.0333
+        assert_eq!(
+            numeric_field(300_000_000_333),
+            (3, 1, 0, 4, vec![3000, 0, 333])
+        );
+    }
 
     #[test]
     fn rows_read_back_as_written() {
