@@ -289,28 +289,24 @@ async fn publish(
             });
         }
     }
-    let mut starts = days
-        .iter()
-        .zip(tails)
-        .zip(senders)
-        .map(|(((date, scope), tail), hand_on)| {
-            tokio::spawn(prepare_day(
-                lake.clone(),
-                files_of(*date),
-                (*date, scope.clone()),
-                watermark,
-                tail,
-                hand_on,
-            ))
-        });
-    let mut in_flight: VecDeque<_> = starts.by_ref().take(DAYS_AHEAD).collect();
+    let mut unstarted = VecDeque::with_capacity(days.len());
+    for (((date, scope), tail), hand_on) in days.iter().zip(tails).zip(senders) {
+        let day = prepare_day(
+            lake.clone(),
+            files_of(*date),
+            (*date, scope.clone()),
+            watermark,
+            tail,
+            hand_on,
+        );
+        unstarted.push_back((scope.customers().is_none(), day));
+    }
+    let mut in_flight = VecDeque::new();
+    start_days(&mut unstarted, &mut in_flight);
     for &(date, _) in days {
-        let prepared = in_flight
-            .pop_front()
-            .expect("a day is being prepared")
-            .await
-            .context("computing a day panicked")??;
-        in_flight.extend(starts.next());
+        let (_, day) = in_flight.pop_front().expect("a day is being prepared");
+        let prepared = day.await.context("computing a day panicked")??;
+        start_days(&mut unstarted, &mut in_flight);
         times.read += prepared.read;
         times.compute += prepared.compute;
         phase = Instant::now();
@@ -330,6 +326,27 @@ async fn publish(
         .await?;
     times.commit += phase.elapsed();
     Ok((rows, input_files, times))
+}
+
+/// Starts days of `unstarted` (each with whether it is computed whole) in order, as
+/// long as `in_flight` holds fewer than [`DAYS_AHEAD`] whole days (a day's task waits
+/// for the tail of the day before's, so none is started before the day before it). A
+/// day computed for some customers keeps few events: up to twice as many days in all.
+fn start_days<F>(
+    unstarted: &mut VecDeque<(bool, F)>,
+    in_flight: &mut VecDeque<(bool, tokio::task::JoinHandle<F::Output>)>,
+) where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    while let Some((whole, _)) = unstarted.front() {
+        let wholes = in_flight.iter().filter(|(whole, _)| *whole).count();
+        if in_flight.len() >= 2 * DAYS_AHEAD || (*whole && wholes >= DAYS_AHEAD) {
+            return;
+        }
+        let (whole, day) = unstarted.pop_front().expect("a day not started");
+        in_flight.push_back((whole, tokio::spawn(day)));
+    }
 }
 
 /// One day read and computed.

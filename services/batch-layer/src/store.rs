@@ -465,7 +465,10 @@ impl Publication {
         }
         let mut inputs = std::mem::take(&mut self.baselines);
         if let Some(ahead) = self.ahead.as_mut() {
-            inputs.merge(ahead.finish().await?);
+            // The run's rows (a few days) go into the stored ones (most of the window).
+            let mut stored = ahead.finish().await?;
+            stored.merge(inputs);
+            inputs = stored;
         }
         self.rows +=
             baselines::derive(&mut self.transaction, millis_to_time(watermark), inputs).await?;
