@@ -23,11 +23,13 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::PgConnection;
+use sqlx::{Connection as _, PgConnection};
 
 use crate::binary::{BinaryReader, BinaryRows};
 use crate::compute::DayRow;
+use crate::partitions::NewPartition;
 use crate::scope::Scope;
+use crate::store::copy_in;
 
 /// Days in a baseline's window: the 30 UTC days ending with T_b's day.
 const WINDOW_DAYS: u64 = 30;
@@ -36,24 +38,29 @@ const WINDOW_DAYS: u64 = 30;
 /// `percentile_disc(0.95)`.
 const PERCENTILE: f64 = 0.95;
 
-/// The SQL derivation: the definition, and the fallback.
+/// The SQL derivation: the definition, and the fallback (into the run's partition,
+/// `{partition}`, for run `$2`).
 const DERIVE_IN_SQL: &str = "\
-INSERT INTO batch_baselines (customer_id, as_of, active_days, mean_daily_minor,
-    stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor)
+INSERT INTO {partition} (customer_id, as_of, active_days, mean_daily_minor,
+    stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor, run_id)
 SELECT customer_id, $1, count(*),
        round(sum(sum_minor)::numeric / 30, 4),
        round(sqrt((30 * sum(sum_minor::numeric * sum_minor)
                    - sum(sum_minor)::numeric ^ 2)::numeric(60, 20)) / 30, 4),
        percentile_disc(0.95) WITHIN GROUP (ORDER BY peak_30m_sum_minor),
-       max(peak_30m_sum_minor)
+       max(peak_30m_sum_minor), $2
 FROM batch_daily
 WHERE day > ($1 AT TIME ZONE 'UTC')::date - 30 AND day <= ($1 AT TIME ZONE 'UTC')::date
 GROUP BY customer_id";
 
-/// The baselines' `COPY`, in the column order of [`derive`]'s rows.
-const COPY_BASELINES: &str = "COPY batch_baselines (customer_id, as_of, active_days, \
-    mean_daily_minor, stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor) \
+/// The baselines' `COPY` into the run's partition, `{partition}`, in the column order of
+/// [`derive`]'s rows.
+const COPY_BASELINES: &str = "COPY {partition} (customer_id, as_of, active_days, \
+    mean_daily_minor, stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor, run_id) \
     FROM STDIN (FORMAT binary)";
+
+/// The partitioned table of the baselines (`migrations/0009`): a partition per run.
+const BASELINES: &str = "batch_baselines";
 
 /// The days of the baselines as of `watermark`: `first..=last`.
 pub fn window(watermark: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
@@ -162,39 +169,120 @@ pub async fn read_stored(
     Ok(inputs)
 }
 
+/// The name of run `run_id`'s partition of `batch_baselines`.
+pub fn partition(run_id: i64) -> String {
+    format!("{BASELINES}_r{run_id}")
+}
+
 /// Replaces every baseline with the ones as of `watermark`, derived from `inputs`, which
-/// must hold every day of the window as the caller's transaction has it; returns the rows
-/// written.
+/// must hold every day of the window as the caller's transaction has it: they go into a
+/// partition of run `run_id`'s own (loaded, then indexed and attached), and the other
+/// partitions' rows are deleted. Returns the rows written.
 pub async fn derive(
     connection: &mut PgConnection,
+    run_id: i64,
     watermark: DateTime<Utc>,
     inputs: Inputs,
 ) -> anyhow::Result<u64> {
-    sqlx::query("DELETE FROM batch_baselines")
-        .execute(&mut *connection)
-        .await?;
-    let Some(customers) = inputs.per_customer() else {
-        tracing::warn!("a sum of squared daily sums exceeds i128: baselines derived in SQL");
-        return Ok(sqlx::query(DERIVE_IN_SQL)
+    let new = NewPartition::create(connection, BASELINES, partition(run_id)).await?;
+    let rows = match inputs.per_customer() {
+        Some(customers) => {
+            copy_in(
+                connection,
+                &COPY_BASELINES.replace("{partition}", &new.name),
+                encode(&customers, run_id, watermark),
+            )
+            .await?
+        }
+        None => {
+            tracing::warn!("a sum of squared daily sums exceeds i128: baselines derived in SQL");
+            // The statement is made of a constant and the partition's name.
+            sqlx::query(sqlx::AssertSqlSafe(
+                DERIVE_IN_SQL.replace("{partition}", &new.name),
+            ))
             .bind(watermark)
+            .bind(run_id)
             .execute(&mut *connection)
             .await?
-            .rows_affected());
+            .rows_affected()
+        }
     };
+    new.attach(
+        connection,
+        "customer_id, run_id",
+        &format!("run_id = {run_id}"),
+        &format!("IN ({run_id})"),
+    )
+    .await?;
+    sqlx::query("DELETE FROM batch_baselines WHERE run_id <> $1")
+        .bind(run_id)
+        .execute(&mut *connection)
+        .await?;
+    Ok(rows)
+}
+
+/// Drops the partitions of `batch_baselines` of runs before the latest one's, which
+/// that run emptied, when nobody is reading them (a reader holding one, whose snapshot
+/// is older than the latest run, makes this give up until a later run). Returns how
+/// many it dropped.
+pub async fn drop_emptied(connection: &mut PgConnection) -> anyhow::Result<usize> {
+    let runs: Vec<i64> = sqlx::query_scalar(
+        "SELECT substr(c.relname, length($1) + 1)::bigint FROM pg_inherits i \
+         JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $2::regclass \
+         AND c.relname ~ ('^' || $1 || '[0-9]+$')",
+    )
+    .bind(format!("{BASELINES}_r"))
+    .bind(BASELINES)
+    .fetch_all(&mut *connection)
+    .await?;
+    let Some(&latest) = runs.iter().max() else {
+        return Ok(0);
+    };
+    let mut dropped = 0;
+    for run in runs.into_iter().filter(|run| *run < latest) {
+        // Dropping a partition locks the parent: a short wait at most, in a transaction
+        // of its own, so that readers queued behind it are not held up.
+        let mut transaction = connection.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '200ms'")
+            .execute(&mut *transaction)
+            .await?;
+        // The name is made of a constant and a number.
+        let drop = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE {}",
+            partition(run)
+        )))
+        .execute(&mut *transaction)
+        .await;
+        match drop {
+            Ok(_) => {
+                transaction.commit().await?;
+                dropped += 1;
+            }
+            Err(error) => {
+                tracing::info!(%error, run, "an emptied baselines partition stays for now");
+                transaction.rollback().await?;
+            }
+        }
+    }
+    Ok(dropped)
+}
+
+/// The binary `COPY` rows of `customers`' baselines, of run `run_id`.
+fn encode(customers: &[(String, Sums)], run_id: i64, watermark: DateTime<Utc>) -> BinaryRows {
     let as_of = watermark.timestamp_millis();
     let mut rows = BinaryRows::new();
-    for (customer, sums) in &customers {
-        rows.row(7)
+    for (customer, sums) in customers {
+        rows.row(8)
             .text(customer)
             .timestamp(as_of)
             .int4(i32::try_from(sums.active_days).expect("at most 30 days"))
             .numeric4(sums.mean4)
             .numeric4(sums.stddev4)
             .int8(sums.p95_peak)
-            .int8(sums.max_peak);
+            .int8(sums.max_peak)
+            .int8(run_id);
     }
-    drop(customers);
-    crate::store::copy_in(connection, COPY_BASELINES, rows).await
+    rows
 }
 
 /// One customer's baseline.

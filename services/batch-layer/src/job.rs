@@ -127,6 +127,10 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
     fraud_postgres::migrate(&pool).await?;
     let mut lock = store::lock(&pool).await?;
     let previous = store::previous(&mut lock).await?;
+    let dropped = crate::baselines::drop_emptied(&mut lock).await?;
+    if dropped > 0 {
+        tracing::info!(partitions = dropped, "dropped emptied baselines partitions");
+    }
 
     let root = LakeRoot::configured(&settings.lake).context("lake.root is not usable")?;
     let lake = Lake::open(&root).context("failed to open the lake")?;

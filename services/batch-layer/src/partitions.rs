@@ -118,38 +118,73 @@ impl DayTable {
         date: NaiveDate,
         data: BinaryRows,
     ) -> anyhow::Result<u64> {
-        let (parent, partition) = (self.parent, self.partition(date));
+        let partition = self.partition(date);
         let (from, to) = self.bounds(date);
+        let new = NewPartition::create(connection, self.parent, partition).await?;
+        let rows = copy_in(connection, &self.copy_into(&new.name), data).await?;
+        new.attach(
+            connection,
+            self.key,
+            &self.rows_of(date),
+            &format!("FROM ({from}) TO ({to})"),
+        )
+        .await?;
+        Ok(rows)
+    }
+}
+
+/// A partition being made the cheap way (see the module's header): a table of its own,
+/// filled by the caller, then indexed and attached.
+pub struct NewPartition {
+    parent: &'static str,
+    pub name: String,
+}
+
+impl NewPartition {
+    /// Creates `name`, shaped as `parent`, without indexes.
+    pub async fn create(
+        connection: &mut PgConnection,
+        parent: &'static str,
+        name: String,
+    ) -> anyhow::Result<NewPartition> {
+        execute(
+            connection,
+            format!("CREATE TABLE {name} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"),
+        )
+        .await?;
+        Ok(NewPartition { parent, name })
+    }
+
+    /// Gives the partition its primary key (`key`) and attaches it `FOR VALUES
+    /// {values}`; `rows` is the partition's constraint as a condition, checked once here
+    /// so that attaching need not scan the rows.
+    pub async fn attach(
+        self,
+        connection: &mut PgConnection,
+        key: &str,
+        rows: &str,
+        values: &str,
+    ) -> anyhow::Result<()> {
+        let NewPartition { parent, name } = self;
         execute(
             connection,
             format!(
-                "CREATE TABLE {partition} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-            ),
-        )
-        .await?;
-        let rows = copy_in(connection, &self.copy_into(&partition), data).await?;
-        execute(
-            connection,
-            format!(
-                "ALTER TABLE {partition} ADD PRIMARY KEY ({}), \
-                 ADD CONSTRAINT {partition}_bounds CHECK ({})",
-                self.key,
-                self.rows_of(date)
+                "ALTER TABLE {name} ADD PRIMARY KEY ({key}), \
+                 ADD CONSTRAINT {name}_bounds CHECK ({rows})"
             ),
         )
         .await?;
         execute(
             connection,
-            format!("ALTER TABLE {parent} ATTACH PARTITION {partition} FOR VALUES FROM ({from}) TO ({to})"),
+            format!("ALTER TABLE {parent} ATTACH PARTITION {name} FOR VALUES {values}"),
         )
         .await?;
         // The partition's own bounds say the same from now on.
         execute(
             connection,
-            format!("ALTER TABLE {partition} DROP CONSTRAINT {partition}_bounds"),
+            format!("ALTER TABLE {name} DROP CONSTRAINT {name}_bounds"),
         )
-        .await?;
-        Ok(rows)
+        .await
     }
 }
 

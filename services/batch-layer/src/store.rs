@@ -470,8 +470,13 @@ impl Publication {
             stored.merge(inputs);
             inputs = stored;
         }
-        self.rows +=
-            baselines::derive(&mut self.transaction, millis_to_time(watermark), inputs).await?;
+        self.rows += baselines::derive(
+            &mut self.transaction,
+            run_id,
+            millis_to_time(watermark),
+            inputs,
+        )
+        .await?;
         let tx = &mut self.transaction;
         for (date, (fingerprint, listing)) in fingerprints {
             sqlx::query(

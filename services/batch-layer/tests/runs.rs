@@ -35,16 +35,20 @@ fn ingest_soon(end: i64) -> impl FnMut(&mut Rng, i64) -> i64 {
     }
 }
 
-/// What a reader sees of the views: the watermark in force, and the rows and money of
-/// `batch_hourly` and `batch_daily`.
-async fn snapshot_view(db: &mut PgConnection) -> (Option<i64>, i64, i64, i64, i64) {
+/// What a reader sees of the views: the watermark in force, the rows and money of
+/// `batch_hourly` and `batch_daily`, and the count and latest `as_of` of the baselines.
+async fn snapshot_view(
+    db: &mut PgConnection,
+) -> (Option<i64>, i64, i64, i64, i64, i64, Option<i64>) {
     sqlx::query_as(
         "SELECT (SELECT (extract(epoch FROM max(watermark)) * 1000)::bigint FROM batch_runs \
                  WHERE status = 'succeeded'), \
                 (SELECT count(*) FROM batch_hourly), \
                 (SELECT coalesce(sum(sum_minor), 0)::bigint FROM batch_hourly), \
                 (SELECT count(*) FROM batch_daily), \
-                (SELECT coalesce(sum(sum_minor), 0)::bigint FROM batch_daily)",
+                (SELECT coalesce(sum(sum_minor), 0)::bigint FROM batch_daily), \
+                (SELECT count(*) FROM batch_baselines), \
+                (SELECT (extract(epoch FROM max(as_of)) * 1000)::bigint FROM batch_baselines)",
     )
     // Planned afresh each time: a prepared statement's plan may keep the partitions it
     // was planned with, and the read must see those the run attached.
@@ -166,7 +170,10 @@ async fn incremental_runs_recompute_the_changed_days_and_agree_with_a_full_run()
         .await
         .unwrap();
     let seen_before = snapshot_view(&mut reader).await;
-    assert_eq!(seen_before.0, Some(earlier));
+    assert_eq!(
+        (seen_before.0, seen_before.6),
+        (Some(earlier), Some(earlier))
+    );
     let partitions_before = partitions(&test.database.url, "batch_hourly").await;
 
     let report = test.run(watermark, false).await;
@@ -183,7 +190,15 @@ async fn incremental_runs_recompute_the_changed_days_and_agree_with_a_full_run()
          included"
     );
     sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
-    assert_eq!(snapshot_view(&mut reader).await.0, Some(watermark));
+    let seen_after = snapshot_view(&mut reader).await;
+    assert_eq!(
+        (seen_after.0, seen_after.6),
+        (Some(watermark), Some(watermark))
+    );
+    assert_eq!(
+        seen_after.5, seen_before.5,
+        "the same customers have baselines"
+    );
     assert_each_day_in_its_partition(&test.database.url).await;
     let moved_over: Vec<NaiveDate> = up_to(watermark)
         .into_iter()
@@ -281,6 +296,13 @@ async fn incremental_runs_recompute_the_changed_days_and_agree_with_a_full_run()
     );
     assert_each_day_in_its_partition(&test.database.url).await;
     assert_each_day_in_its_partition(&clean.url).await;
+    assert_eq!(
+        partitions(&test.database.url, "batch_baselines")
+            .await
+            .len(),
+        2,
+        "a run's baselines partition, and the one it emptied; the older ones dropped"
+    );
     let runs = read_runs(&test.database.url).await;
     assert_eq!(runs.len(), 4);
     assert!(runs.iter().all(|r| r.status == "succeeded" && r.finished));

@@ -197,12 +197,17 @@ fn now() -> i64 {
 #[tokio::test]
 async fn each_default_rule_fires_just_over_its_threshold_and_not_at_it() {
     let test = ServingTest::create("alerts-thresholds").await;
-    // Baselines: a p95 peak of 1000.00, so 300 % of it is 3000.00.
+    // Baselines: a p95 peak of 1000.00, so 300 % of it is 3000.00 (in a partition of
+    // their own, as a batch run would make).
+    sqlx::query("SELECT batch_baselines_partition(0)")
+        .execute(&test.pool)
+        .await
+        .unwrap();
     for customer in ["base-under", "base-over"] {
         sqlx::query(
             "INSERT INTO batch_baselines (customer_id, as_of, active_days, mean_daily_minor, \
-             stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor) \
-             VALUES ($1, now(), 10, 1000, 10, 100000, 120000)",
+             stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor, run_id) \
+             VALUES ($1, now(), 10, 1000, 10, 100000, 120000, 0)",
         )
         .bind(customer)
         .execute(&test.pool)

@@ -1416,7 +1416,8 @@ async fn copy_reference(
             "SELECT format('CREATE TABLE %I PARTITION OF %s %s;', c.relname, \
              i.inhparent::regclass, pg_get_expr(c.relpartbound, c.oid)) \
              FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent IN ('batch_hourly'::regclass, 'batch_daily'::regclass) \
+             WHERE i.inhparent IN ('batch_hourly'::regclass, 'batch_daily'::regclass, \
+                                   'batch_baselines'::regclass) \
              ORDER BY c.relname",
         ],
     )

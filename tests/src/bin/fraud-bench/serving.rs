@@ -626,9 +626,9 @@ FROM generate_series($3::bigint, $4::bigint - 1) AS i CROSS JOIN generate_series
 
 const INSERT_BASELINES: &str = "\
 INSERT INTO batch_baselines (customer_id, as_of, active_days, mean_daily_minor,
-                             stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor)
+                             stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor, run_id)
 SELECT ($1::bigint + i)::text, $2::timestamptz, $5::int, 40000 + (i % 100) * 100, 5000,
-       100000 + (i % 1000) * 100, 150000 + (i % 1000) * 100
+       100000 + (i % 1000) * 100, 150000 + (i % 1000) * 100, 0
 FROM generate_series($3::bigint, $4::bigint - 1) AS i";
 
 /// One vendor per customer, as the batch layer records for every customer with a stored
@@ -667,6 +667,11 @@ async fn write_batch_views(
         .execute(&pool)
         .await
         .context("make the day partitions")?;
+    // And the baselines' partition of the rows' run (migrations/0009).
+    sqlx::query("SELECT batch_baselines_partition(0)")
+        .execute(&pool)
+        .await
+        .context("make the baselines partition")?;
     let mut from = 0_i64;
     while from < customers {
         let to = (from + chunk).min(customers);
