@@ -172,7 +172,8 @@ async fn read_files(
     }
     order.sort_unstable();
     // Each id's customer, as the record that stands has it.
-    let mut first: HashMap<&str, &str> = HashMap::with_capacity(order.len());
+    let mut first: HashMap<&str, &str, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(order.len(), Default::default());
     let mut out = FilesEvents {
         events: Vec::with_capacity(order.len()),
         shared_id: None,
