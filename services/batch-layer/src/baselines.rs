@@ -20,7 +20,7 @@
 //! the run does not change) are streamed from Postgres on a connection of their own
 //! while the lake is read ([`read_stored`]), so that neither waits for the other.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Connection as _, PgConnection};
@@ -28,7 +28,7 @@ use sqlx::{Connection as _, PgConnection};
 use crate::binary::{BinaryReader, BinaryRows};
 use crate::compute::DayRow;
 use crate::partitions::NewPartition;
-use crate::scope::Scope;
+use crate::scope::{Customers, Scope};
 use crate::store::copy_in;
 
 /// Days in a baseline's window: the 30 UTC days ending with T_b's day.
@@ -105,7 +105,7 @@ impl Inputs {
 
     /// Reads rows of [`read_stored`]'s binary `COPY` output, but those of the customers
     /// in `skip`.
-    fn add_binary(&mut self, data: &[u8], skip: Option<&HashSet<String>>) -> anyhow::Result<()> {
+    fn add_binary(&mut self, data: &[u8], skip: Option<&Customers>) -> anyhow::Result<()> {
         let mut reader = BinaryReader::new(data)?;
         while reader.row()?.is_some() {
             let customer = reader.text()?;
@@ -469,7 +469,7 @@ mod tests {
             rows.row(3).text(customer).int8(sum).int8(peak);
         }
         let mut stored = Inputs::default();
-        let skip: HashSet<String> = ["a".to_owned()].into();
+        let skip: Customers = ["a".to_owned()].into_iter().collect();
         stored.add_binary(&rows.finish(), Some(&skip)).unwrap();
         let grouped: HashMap<String, Sums> = stored.per_customer().unwrap().into_iter().collect();
         assert_eq!(grouped.keys().collect::<Vec<_>>(), ["b"]);

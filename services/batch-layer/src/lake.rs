@@ -125,8 +125,8 @@ pub async fn files_events(
 pub async fn files_customers(
     lake: &Lake,
     files: &[ListedFile],
-) -> Result<HashSet<String>, fraud_lake::Error> {
-    let mut customers = HashSet::new();
+) -> Result<crate::scope::Customers, fraud_lake::Error> {
+    let mut customers = crate::scope::Customers::default();
     for listed in files {
         for batch in lake.read_columns(listed, &EVENT_COLUMNS).await? {
             let columns = EventColumns::of(&batch)?;

@@ -23,13 +23,16 @@ use fraud_lake::ListedFile;
 use crate::lake::LakeView;
 use crate::store::Previous;
 
+/// A set of customers (foldhash: every record of a day recomputed in part is looked up).
+pub type Customers = HashSet<String, foldhash::fast::RandomState>;
+
 /// The customers of a day a run recomputes.
 #[derive(Debug, Clone)]
 pub enum Scope {
     /// Every customer.
     Whole,
     /// Only these.
-    Customers(Arc<HashSet<String>>),
+    Customers(Arc<Customers>),
 }
 
 impl Scope {
@@ -42,7 +45,7 @@ impl Scope {
     }
 
     /// The customers, when only some.
-    pub fn customers(&self) -> Option<&HashSet<String>> {
+    pub fn customers(&self) -> Option<&Customers> {
         match self {
             Scope::Whole => None,
             Scope::Customers(customers) => Some(customers),
@@ -129,13 +132,13 @@ pub async fn scopes(
     lake: &fraud_lake::Lake,
     plans: &BTreeMap<NaiveDate, Plan>,
 ) -> Result<Vec<(NaiveDate, Scope)>, fraud_lake::Error> {
-    let mut customers_of: BTreeMap<ListedFile, HashSet<String>> = BTreeMap::new();
+    let mut customers_of: BTreeMap<ListedFile, Customers> = BTreeMap::new();
     let mut out = Vec::with_capacity(plans.len());
     for (&date, plan) in plans {
         let scope = match plan {
             Plan::Whole => Scope::Whole,
             Plan::Customers(files) => {
-                let mut customers = HashSet::new();
+                let mut customers = Customers::default();
                 for listed in files {
                     if !customers_of.contains_key(listed) {
                         let read = crate::lake::files_customers(lake, std::slice::from_ref(listed))
