@@ -17,16 +17,20 @@
 //!
 //! The inputs ([`Inputs`]) are gathered during the run, not read back at its end: the
 //! days the run recomputes come from its own rows, and the window's other days (which
-//! the run does not change) are streamed from Postgres on a connection of their own
-//! while the lake is read ([`read_stored`]), so that neither waits for the other.
+//! the run does not change) are read on a connection of their own while the lake is
+//! read, so that neither waits for the other. They come from the days each baseline was
+//! derived from, which a run keeps for the next in `batch_baseline_windows`
+//! (`migrations/0010`; [`read_windows`]: one row per customer), or, when those are not
+//! there (the table is unlogged: empty after a crash), from the stored daily rows
+//! ([`read_stored`]: a row per customer and day).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Connection as _, PgConnection};
 
 use crate::binary::{BinaryReader, BinaryRows};
-use crate::compute::DayRow;
+use crate::compute::{DAY_MS, DayRow};
 use crate::partitions::NewPartition;
 use crate::scope::{Customers, Scope};
 use crate::store::copy_in;
@@ -62,45 +66,62 @@ const COPY_BASELINES: &str = "COPY {partition} (customer_id, as_of, active_days,
 /// The partitioned table of the baselines (`migrations/0009`): a partition per run.
 const BASELINES: &str = "batch_baselines";
 
+/// The windows' `COPY`, in the column order of [`derive`]'s rows.
+const COPY_WINDOWS: &str = "COPY batch_baseline_windows (customer_id, as_of, days) \
+    FROM STDIN (FORMAT binary)";
+
 /// The days of the baselines as of `watermark`: `first..=last`.
 pub fn window(watermark: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
     let last = watermark.date_naive();
     (last - chrono::Days::new(WINDOW_DAYS - 1), last)
 }
 
-/// The baselines' inputs: per customer, the daily sum and daily peak of each of its days
-/// in the window (`batch_daily`'s `sum_minor` and `peak_30m_sum_minor`).
-/// (Keyed with foldhash: a month of daily rows is millions of lookups, and SipHash was
-/// a fifth of the night's time in this process.)
+/// One of a customer's days in a baseline's window: the day (days since 1970-01-01,
+/// UTC), its sum and its peak (`batch_daily`'s `sum_minor` and `peak_30m_sum_minor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WindowDay {
+    day: i32,
+    sum: i64,
+    peak: i64,
+}
+
+/// The baselines' inputs: per customer, its days in the window. (Keyed with foldhash: a
+/// month of daily rows is millions of lookups, and SipHash was a fifth of the night's
+/// time in this process.)
 #[derive(Debug, Default)]
 pub struct Inputs {
-    customers: HashMap<String, (Vec<i64>, Vec<i64>), foldhash::fast::RandomState>,
+    customers: HashMap<String, Vec<WindowDay>, foldhash::fast::RandomState>,
 }
 
 impl Inputs {
     /// Adds a day's rows (the rows `batch_daily` holds, or will hold, for that day).
     pub fn add_rows(&mut self, rows: &[DayRow]) {
         for row in rows {
-            self.add(&row.customer, row.sum, row.peak_sum);
+            self.add(
+                &row.customer,
+                WindowDay {
+                    day: day_number(row.day),
+                    sum: row.sum,
+                    peak: row.peak_sum,
+                },
+            );
         }
     }
 
     /// Adds what another gathering found (of other days).
     pub fn merge(&mut self, other: Inputs) {
-        for (customer, (sums, peaks)) in other.customers {
-            let (mine, my_peaks) = self.customers.entry(customer).or_default();
-            mine.extend(sums);
-            my_peaks.extend(peaks);
+        for (customer, days) in other.customers {
+            self.customers.entry(customer).or_default().extend(days);
         }
     }
 
-    fn add(&mut self, customer: &str, sum: i64, peak: i64) {
-        let (sums, peaks) = match self.customers.get_mut(customer) {
-            Some(days) => days,
-            None => self.customers.entry(customer.to_owned()).or_default(),
-        };
-        sums.push(sum);
-        peaks.push(peak);
+    fn add(&mut self, customer: &str, day: WindowDay) {
+        match self.customers.get_mut(customer) {
+            Some(days) => days.push(day),
+            None => {
+                self.customers.insert(customer.to_owned(), vec![day]);
+            }
+        }
     }
 
     /// Reads rows of [`read_stored`]'s binary `COPY` output, but those of the customers
@@ -109,23 +130,127 @@ impl Inputs {
         let mut reader = BinaryReader::new(data)?;
         while reader.row()?.is_some() {
             let customer = reader.text()?;
-            let sum = reader.int8()?;
-            let peak = reader.int8()?;
+            let day = WindowDay {
+                day: day_number(reader.date()?),
+                sum: reader.int8()?,
+                peak: reader.int8()?,
+            };
             if !skip.is_some_and(|skip| skip.contains(customer)) {
-                self.add(customer, sum, peak);
+                self.add(customer, day);
             }
         }
         Ok(())
     }
 
-    /// Each customer's inputs; `None` when a sum overflows.
-    fn per_customer(self) -> Option<Vec<(String, Sums)>> {
+    /// Each customer's baseline, and its days in day order; `None` when a sum
+    /// overflows.
+    fn per_customer(self) -> Option<Vec<(String, Sums, Vec<WindowDay>)>> {
         let mut out = Vec::with_capacity(self.customers.len());
-        for (customer, (sums, mut peaks)) in self.customers {
-            out.push((customer, sums_of(&sums, &mut peaks)?));
+        for (customer, mut days) in self.customers {
+            days.sort_unstable();
+            let sums: Vec<i64> = days.iter().map(|day| day.sum).collect();
+            let mut peaks: Vec<i64> = days.iter().map(|day| day.peak).collect();
+            let baseline = sums_of(&sums, &mut peaks)?;
+            out.push((customer, baseline, days));
         }
         Some(out)
     }
+}
+
+/// The day number (days since 1970-01-01) of a day starting at `day_start` (UTC ms).
+fn day_number(day_start: i64) -> i32 {
+    i32::try_from(day_start.div_euclid(DAY_MS)).expect("a date Postgres can hold")
+}
+
+/// `batch_baseline_windows.days` (`migrations/0010`): a format byte, then per day in
+/// the window, in day order, the day number (`i32`), sum and peak (`i64`), big-endian.
+const WINDOW_FORMAT: u8 = 1;
+const WINDOW_DAY_BYTES: usize = 4 + 8 + 8;
+
+fn encode_window(days: &[WindowDay]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + days.len() * WINDOW_DAY_BYTES);
+    out.push(WINDOW_FORMAT);
+    for day in days {
+        out.extend_from_slice(&day.day.to_be_bytes());
+        out.extend_from_slice(&day.sum.to_be_bytes());
+        out.extend_from_slice(&day.peak.to_be_bytes());
+    }
+    out
+}
+
+/// The days of an [`encode_window`] value; `None` when it is not one.
+fn decode_window(data: &[u8]) -> Option<impl Iterator<Item = WindowDay> + '_> {
+    let days = data.strip_prefix(&[WINDOW_FORMAT])?;
+    if days.len() % WINDOW_DAY_BYTES != 0 {
+        return None;
+    }
+    Some(days.chunks_exact(WINDOW_DAY_BYTES).map(|day| WindowDay {
+        day: i32::from_be_bytes(day[..4].try_into().expect("4 bytes")),
+        sum: i64::from_be_bytes(day[4..12].try_into().expect("8 bytes")),
+        peak: i64::from_be_bytes(day[12..].try_into().expect("8 bytes")),
+    }))
+}
+
+/// The inputs of the baselines as of `watermark` that the stored windows of the
+/// baselines (as of `published`, the last run's watermark) hold, but the rows
+/// `recomputed` replaces; `None` when there are none as of `published` (the table is
+/// unlogged: empty after a crash or on a standby that was promoted; or emptied by the
+/// SQL fallback), and the daily rows must be read instead ([`read_stored`]).
+///
+/// Every day of the new window is either in the published window or after its last day,
+/// and every day from the published watermark's on is recomputed whole: the windows
+/// hold all the stored days the new baselines need.
+pub async fn read_windows(
+    connection: &mut PgConnection,
+    published: DateTime<Utc>,
+    watermark: DateTime<Utc>,
+    recomputed: &[(NaiveDate, Scope)],
+) -> anyhow::Result<Option<Inputs>> {
+    let data = crate::store::copy_out(
+        connection,
+        "COPY (SELECT customer_id, as_of, days FROM batch_baseline_windows) \
+         TO STDOUT (FORMAT binary)",
+    )
+    .await?;
+    let (first, last) = window(watermark);
+    let number = |date: NaiveDate| day_number(crate::lake::day_start(date));
+    let whole: HashSet<i32> = recomputed
+        .iter()
+        .filter(|(_, scope)| scope.customers().is_none())
+        .map(|(date, _)| number(*date))
+        .collect();
+    let partial: HashMap<i32, &Customers> = recomputed
+        .iter()
+        .filter_map(|(date, scope)| Some((number(*date), scope.customers()?)))
+        .collect();
+    let (first, last) = (number(first), number(last));
+    let mut inputs = Inputs::default();
+    if data.is_empty() {
+        return Ok(None);
+    }
+    let mut reader = BinaryReader::new(&data)?;
+    let mut rows = 0;
+    while reader.row()?.is_some() {
+        rows += 1;
+        let customer = reader.text()?;
+        let as_of = reader.timestamp()?;
+        let Some(days) = reader.bytes_or_null()?.and_then(decode_window) else {
+            return Ok(None);
+        };
+        if as_of != published.timestamp_millis() {
+            return Ok(None);
+        }
+        for day in days {
+            let replaced = whole.contains(&day.day)
+                || partial
+                    .get(&day.day)
+                    .is_some_and(|customers| customers.contains(customer));
+            if (first..=last).contains(&day.day) && !replaced {
+                inputs.add(customer, day);
+            }
+        }
+    }
+    Ok((rows > 0).then_some(inputs))
 }
 
 /// The stored inputs of the days of the window as of `watermark` but the rows `recomputed`
@@ -139,7 +264,7 @@ pub async fn read_stored(
     let (first, last) = window(watermark);
     let select = |condition: &str| {
         format!(
-            "COPY (SELECT customer_id, sum_minor, peak_30m_sum_minor FROM batch_daily \
+            "COPY (SELECT customer_id, day, sum_minor, peak_30m_sum_minor FROM batch_daily \
              WHERE {condition}) TO STDOUT (FORMAT binary)"
         )
     };
@@ -186,13 +311,21 @@ pub async fn derive(
     watermark: DateTime<Utc>,
     inputs: Inputs,
 ) -> anyhow::Result<u64> {
+    // Only batch runs, one at a time (the advisory lock), use the windows: TRUNCATE's
+    // lock holds nobody up.
+    sqlx::query("TRUNCATE batch_baseline_windows")
+        .execute(&mut *connection)
+        .await?;
     let new = NewPartition::create(connection, BASELINES, partition(run_id)).await?;
     let rows = match inputs.per_customer() {
         Some(customers) => {
+            let (rows, windows) = encode(&customers, run_id, watermark);
+            drop(customers);
+            copy_in(connection, COPY_WINDOWS, windows).await?;
             copy_in(
                 connection,
                 &COPY_BASELINES.replace("{partition}", &new.name),
-                encode(&customers, run_id, watermark),
+                rows,
             )
             .await?
         }
@@ -269,11 +402,17 @@ pub async fn drop_emptied(connection: &mut PgConnection) -> anyhow::Result<usize
     Ok(dropped)
 }
 
-/// The binary `COPY` rows of `customers`' baselines, of run `run_id`.
-fn encode(customers: &[(String, Sums)], run_id: i64, watermark: DateTime<Utc>) -> BinaryRows {
+/// The binary `COPY` rows of `customers`' baselines, of run `run_id`, and of their
+/// windows.
+fn encode(
+    customers: &[(String, Sums, Vec<WindowDay>)],
+    run_id: i64,
+    watermark: DateTime<Utc>,
+) -> (BinaryRows, BinaryRows) {
     let as_of = watermark.timestamp_millis();
     let mut rows = BinaryRows::new();
-    for (customer, sums) in customers {
+    let mut windows = BinaryRows::new();
+    for (customer, sums, days) in customers {
         rows.row(8)
             .text(customer)
             .timestamp(as_of)
@@ -283,8 +422,13 @@ fn encode(customers: &[(String, Sums)], run_id: i64, watermark: DateTime<Utc>) -
             .int8(sums.p95_peak)
             .int8(sums.max_peak)
             .int8(run_id);
+        windows
+            .row(3)
+            .text(customer)
+            .timestamp(as_of)
+            .bytes(&encode_window(days));
     }
-    rows
+    (rows, windows)
 }
 
 /// One customer's baseline.
@@ -447,14 +591,19 @@ mod tests {
     fn rows_stored_and_recomputed_are_grouped_by_customer() {
         let mut rows = BinaryRows::new();
         for (customer, sum, peak) in [("a", 5, 5), ("b", 7, 3)] {
-            rows.row(3).text(customer).int8(sum).int8(peak);
+            rows.row(4).text(customer).date(DAY).int8(sum).int8(peak);
         }
         let mut stored = Inputs::default();
         stored.add_binary(&rows.finish(), None).unwrap();
         let mut inputs = Inputs::default();
         inputs.add_rows(&[day_row("a", 1, 1), day_row("c", 2, 2)]);
         inputs.merge(stored);
-        let grouped: HashMap<String, Sums> = inputs.per_customer().unwrap().into_iter().collect();
+        let grouped: HashMap<String, Sums> = inputs
+            .per_customer()
+            .unwrap()
+            .into_iter()
+            .map(|(customer, sums, _)| (customer, sums))
+            .collect();
         assert_eq!(grouped.len(), 3);
         assert_eq!((grouped["a"].active_days, grouped["a"].sum), (2, 6));
         assert_eq!(grouped["a"].sum_squares, 26);
@@ -466,13 +615,47 @@ mod tests {
     fn stored_rows_of_recomputed_customers_are_skipped() {
         let mut rows = BinaryRows::new();
         for (customer, sum, peak) in [("a", 5, 5), ("b", 7, 3)] {
-            rows.row(3).text(customer).int8(sum).int8(peak);
+            rows.row(4).text(customer).date(DAY).int8(sum).int8(peak);
         }
         let mut stored = Inputs::default();
         let skip: Customers = ["a".to_owned()].into_iter().collect();
         stored.add_binary(&rows.finish(), Some(&skip)).unwrap();
-        let grouped: HashMap<String, Sums> = stored.per_customer().unwrap().into_iter().collect();
+        let grouped: HashMap<String, Sums> = stored
+            .per_customer()
+            .unwrap()
+            .into_iter()
+            .map(|(customer, sums, _)| (customer, sums))
+            .collect();
         assert_eq!(grouped.keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    /// 2026-01-01, a day start (UTC ms).
+    const DAY: i64 = 1_767_225_600_000;
+
+    #[test]
+    fn a_window_reads_back_as_written() {
+        let days = [
+            WindowDay {
+                day: day_number(DAY),
+                sum: 5,
+                peak: i64::MAX,
+            },
+            WindowDay {
+                day: day_number(DAY) + 1,
+                sum: -7,
+                peak: 0,
+            },
+        ];
+        let data = encode_window(&days);
+        assert_eq!(data.len(), 1 + 2 * WINDOW_DAY_BYTES);
+        assert_eq!(decode_window(&data).unwrap().collect::<Vec<_>>(), days);
+        assert_eq!(decode_window(&encode_window(&[])).unwrap().count(), 0);
+        assert!(
+            decode_window(&data[..data.len() - 1]).is_none(),
+            "truncated"
+        );
+        assert!(decode_window(&[2]).is_none(), "another format");
+        assert!(decode_window(&[]).is_none());
     }
 
     #[test]

@@ -99,6 +99,14 @@ impl BinaryRows {
         self
     }
 
+    /// A `bytea`.
+    pub fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        let length = i32::try_from(bytes.len()).expect("a field shorter than 2 GiB");
+        self.buffer.extend_from_slice(&length.to_be_bytes());
+        self.buffer.extend_from_slice(bytes);
+        self
+    }
+
     pub fn rows(&self) -> u64 {
         self.rows
     }
@@ -169,6 +177,16 @@ impl<'a> BinaryReader<'a> {
         self.skip(length)
     }
 
+    /// A `bytea`, or `None` for NULL.
+    pub fn bytes_or_null(&mut self) -> Result<Option<&'a [u8]>, Malformed> {
+        let length = i32::from_be_bytes(self.take::<4>()?);
+        if length == -1 {
+            return Ok(None);
+        }
+        let length = usize::try_from(length).map_err(|_| Malformed("a field length"))?;
+        self.skip(length).map(Some)
+    }
+
     pub fn text(&mut self) -> Result<&'a str, Malformed> {
         std::str::from_utf8(self.field(None)?).map_err(|_| Malformed("text not UTF-8"))
     }
@@ -189,7 +207,6 @@ impl<'a> BinaryReader<'a> {
     }
 
     /// A `date` as its start in UTC ms.
-    #[cfg(test)]
     pub fn date(&mut self) -> Result<i64, Malformed> {
         Ok(i64::from(self.int4()?) * DAY_MS + POSTGRES_EPOCH_MS)
     }

@@ -171,16 +171,11 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
         "batch run started"
     );
 
-    let mut outcome = publish(
-        &pool,
-        &lake,
-        &view,
-        &scopes,
-        watermark,
-        run_id,
-        options.full,
-    )
-    .await;
+    let mode = Mode {
+        full: options.full,
+        published: previous.watermark,
+    };
+    let mut outcome = publish(&pool, &lake, &view, &scopes, watermark, run_id, mode).await;
     if let Err(error) = &outcome
         && let Some(shared) = error.downcast_ref::<SharedId>()
     {
@@ -188,16 +183,7 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
         for (_, scope) in &mut scopes {
             *scope = Scope::Whole;
         }
-        outcome = publish(
-            &pool,
-            &lake,
-            &view,
-            &scopes,
-            watermark,
-            run_id,
-            options.full,
-        )
-        .await;
+        outcome = publish(&pool, &lake, &view, &scopes, watermark, run_id, mode).await;
     }
     match outcome {
         Ok((rows, input_files, times)) => {
@@ -237,6 +223,15 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
     }
 }
 
+/// How a run publishes.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    /// Every day recomputed, every row replaced.
+    full: bool,
+    /// The watermark of the last succeeded run.
+    published: Option<i64>,
+}
+
 /// Days read and computed ahead of the one being copied into Postgres.
 const DAYS_AHEAD: usize = 2;
 
@@ -257,11 +252,12 @@ async fn publish(
     days: &[(NaiveDate, Scope)],
     watermark: i64,
     run_id: i64,
-    full: bool,
+    mode: Mode,
 ) -> anyhow::Result<(u64, usize, RunTimes)> {
     let mut times = RunTimes::default();
     let mut phase = Instant::now();
-    let mut publication = Publication::begin(pool, full, days, watermark).await?;
+    let mut publication =
+        Publication::begin(pool, mode.full, days, mode.published, watermark).await?;
     times.copy += phase.elapsed();
     let mut fingerprints = BTreeMap::new();
     let mut input_files = 0;

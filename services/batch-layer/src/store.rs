@@ -163,7 +163,12 @@ struct StoredDay {
 const DAYS_AHEAD: usize = 2;
 
 impl ReadAhead {
-    fn start(pool: PgPool, days: Vec<(NaiveDate, Scope)>, watermark: DateTime<Utc>) -> Self {
+    fn start(
+        pool: PgPool,
+        days: Vec<(NaiveDate, Scope)>,
+        published: Option<DateTime<Utc>>,
+        watermark: DateTime<Utc>,
+    ) -> Self {
         let (sender, receiver) = mpsc::channel(DAYS_AHEAD);
         let task = tokio::spawn(async move {
             let mut connection = pool
@@ -179,6 +184,14 @@ impl ReadAhead {
                 }
             }
             drop(sender);
+            // The stored baselines hold their windows' days; the daily rows, when not.
+            if let Some(published) = published
+                && let Some(inputs) =
+                    baselines::read_windows(&mut connection, published, watermark, &days).await?
+            {
+                return Ok(inputs);
+            }
+            tracing::info!("the stored baselines do not hold their days: reading the daily rows");
             baselines::read_stored(&mut connection, watermark, &days).await
         });
         Self {
@@ -279,9 +292,11 @@ impl Publication {
         pool: &PgPool,
         full: bool,
         days: &[(NaiveDate, Scope)],
+        published: Option<i64>,
         watermark: i64,
     ) -> anyhow::Result<Self> {
         let watermark = millis_to_time(watermark);
+        let published = published.map(millis_to_time);
         let mut transaction = pool.begin().await?;
         let mut partitions = HOURLY.partitions(&mut transaction).await?;
         partitions.extend(DAILY.partitions(&mut transaction).await?);
@@ -309,7 +324,8 @@ impl Publication {
             vendors: HashMap::new(),
             window: baselines::window(watermark),
             baselines: Inputs::default(),
-            ahead: (!full).then(|| ReadAhead::start(pool.clone(), days.to_vec(), watermark)),
+            ahead: (!full)
+                .then(|| ReadAhead::start(pool.clone(), days.to_vec(), published, watermark)),
             partitions,
         })
     }

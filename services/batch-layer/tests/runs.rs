@@ -394,6 +394,70 @@ async fn a_late_record_with_another_customer_s_transaction_id_makes_its_day_reco
     );
 }
 
+/// A run derives the baselines from the days the stored baselines keep
+/// (`batch_baseline_windows`), not from the stored daily rows; without them, from the daily
+/// rows.
+#[tokio::test]
+async fn baselines_come_from_the_days_they_keep_or_else_from_the_daily_rows() {
+    let mut rng = Rng::from_env("windows");
+    let now = now_ms();
+    let watermark = hour_floor(now) - HOUR;
+    let end = now - MINUTE;
+    let mut test = BatchTest::create("batch-windows", 2).await;
+    let first_day = day_floor(watermark) - 3 * DAY;
+    let events = spread_events(
+        &mut rng,
+        &unique_name("tx"),
+        400,
+        12,
+        (first_day, end),
+        ingest_soon(end),
+    );
+    test.produce(events).await;
+    test.fill_lake().await;
+    test.run(watermark, false).await;
+    let expected = model(&test.produced, watermark);
+    assert_tables_eq(
+        "the first run",
+        &read_tables(&test.database.url).await,
+        &expected,
+    );
+
+    // The first day's daily rows changed behind the batch layer's back: a rerun
+    // recomputes only the watermark's day and takes the others from the baselines.
+    let mut db = test.database.connect().await;
+    let edited = sqlx::query("UPDATE batch_daily SET sum_minor = sum_minor + 1 WHERE day = $1")
+        .bind(date_of(first_day))
+        .execute(&mut db)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert!(edited > 0);
+    let edited_daily = read_tables(&test.database.url).await.daily;
+    let from_edited = common::model_baselines(&edited_daily, watermark);
+    assert_ne!(from_edited, expected.baselines);
+    let report = test.run(watermark, false).await;
+    assert_eq!(report.days, vec![date_of(watermark)]);
+    assert_eq!(
+        read_tables(&test.database.url).await.baselines,
+        expected.baselines,
+        "the baselines' own days, not the edited daily rows"
+    );
+
+    // Without their days (the table is unlogged: empty after a crash), the baselines
+    // are derived from the daily rows, edit included.
+    sqlx::query("TRUNCATE batch_baseline_windows")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    test.run(watermark, false).await;
+    assert_eq!(
+        read_tables(&test.database.url).await.baselines,
+        from_edited,
+        "the daily rows, read when the baselines do not keep their days"
+    );
+}
+
 #[tokio::test]
 async fn a_rerun_at_the_same_watermark_recomputes_only_its_day_and_changes_nothing() {
     let mut rng = Rng::from_env("rerun");
