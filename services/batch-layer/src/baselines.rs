@@ -301,15 +301,27 @@ pub fn partition(run_id: i64) -> String {
     format!("{BASELINES}_r{run_id}")
 }
 
-/// Replaces every baseline with the ones as of `watermark`, derived from `inputs`, which
-/// must hold every day of the window as the caller's transaction has it: they go into a
-/// partition of run `run_id`'s own (loaded, then indexed and attached), and the other
-/// partitions' rows are deleted. Returns the rows written.
+/// The baselines of run `run_id` as of `watermark`, and their windows, as binary `COPY`
+/// rows, derived from `inputs`, which must hold every day of the window as the run's
+/// transaction has it; `None` when a customer's figures do not fit in `i128` ([`derive`]
+/// then derives them in SQL). CPU only: the caller runs it while Postgres works.
+pub fn prepare(
+    inputs: Inputs,
+    run_id: i64,
+    watermark: DateTime<Utc>,
+) -> Option<(BinaryRows, BinaryRows)> {
+    let customers = inputs.per_customer()?;
+    Some(encode(&customers, run_id, watermark))
+}
+
+/// Replaces every baseline with the ones as of `watermark` (`prepared` by [`prepare`]):
+/// they go into a partition of run `run_id`'s own (loaded, then indexed and attached),
+/// and the other partitions' rows are deleted. Returns the rows written.
 pub async fn derive(
     connection: &mut PgConnection,
     run_id: i64,
     watermark: DateTime<Utc>,
-    inputs: Inputs,
+    prepared: Option<(BinaryRows, BinaryRows)>,
 ) -> anyhow::Result<u64> {
     // Only batch runs, one at a time (the advisory lock), use the windows: TRUNCATE's
     // lock holds nobody up.
@@ -317,10 +329,8 @@ pub async fn derive(
         .execute(&mut *connection)
         .await?;
     let new = NewPartition::create(connection, BASELINES, partition(run_id)).await?;
-    let rows = match inputs.per_customer() {
-        Some(customers) => {
-            let (rows, windows) = encode(&customers, run_id, watermark);
-            drop(customers);
+    let rows = match prepared {
+        Some((rows, windows)) => {
             copy_in(connection, COPY_WINDOWS, windows).await?;
             copy_in(
                 connection,

@@ -434,6 +434,17 @@ impl Publication {
         fingerprints: &BTreeMap<NaiveDate, (String, Vec<String>)>,
         input_files: usize,
     ) -> anyhow::Result<u64> {
+        // The baselines are derived and encoded while Postgres merges the vendors.
+        let mut inputs = std::mem::take(&mut self.baselines);
+        if let Some(ahead) = self.ahead.as_mut() {
+            // The run's rows (a few days) go into the stored ones (most of the window).
+            let mut stored = ahead.finish().await?;
+            stored.merge(inputs);
+            inputs = stored;
+        }
+        let as_of = millis_to_time(watermark);
+        let prepared =
+            tokio::task::spawn_blocking(move || baselines::prepare(inputs, run_id, as_of));
         // A full run copies the vendors into the emptied table (merged in Rust, so one
         // row per pair); an incremental run merges them with the stored first uses.
         let full = self.full;
@@ -479,20 +490,8 @@ impl Publication {
             .await?
             .rows_affected();
         }
-        let mut inputs = std::mem::take(&mut self.baselines);
-        if let Some(ahead) = self.ahead.as_mut() {
-            // The run's rows (a few days) go into the stored ones (most of the window).
-            let mut stored = ahead.finish().await?;
-            stored.merge(inputs);
-            inputs = stored;
-        }
-        self.rows += baselines::derive(
-            &mut self.transaction,
-            run_id,
-            millis_to_time(watermark),
-            inputs,
-        )
-        .await?;
+        let prepared = prepared.await.context("deriving the baselines panicked")?;
+        self.rows += baselines::derive(&mut self.transaction, run_id, as_of, prepared).await?;
         let tx = &mut self.transaction;
         for (date, (fingerprint, listing)) in fingerprints {
             sqlx::query(
