@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::baselines::{self, Inputs};
-use crate::binary::BinaryRows;
+use crate::binary::{BinaryReader, BinaryRows};
 use crate::compute::{DayAggregates, VendorRow};
 use crate::lake::day_start;
 use crate::partitions::{DAILY, DayTable, HOURLY};
@@ -149,7 +149,27 @@ pub struct Publication {
 /// and the transaction changes a day only once it has its stored rows.
 struct ReadAhead {
     days: mpsc::Receiver<anyhow::Result<StoredDay>>,
-    task: Option<JoinHandle<anyhow::Result<Inputs>>>,
+    task: Option<JoinHandle<anyhow::Result<(Inputs, StoredVendors)>>>,
+}
+
+/// The stored vendors: per (customer, vendor), the first use (UTC ms).
+type StoredVendors = HashMap<(String, String), i64, foldhash::fast::RandomState>;
+
+/// Every row of `batch_vendors`.
+async fn read_vendors(connection: &mut PgConnection) -> anyhow::Result<StoredVendors> {
+    let data = copy_out(
+        connection,
+        "COPY (SELECT customer_id, vendor_id, first_seen FROM batch_vendors) \
+         TO STDOUT (FORMAT binary)",
+    )
+    .await?;
+    let mut vendors = StoredVendors::default();
+    let mut reader = BinaryReader::new(&data)?;
+    while reader.row()?.is_some() {
+        let pair = (reader.text()?.to_owned(), reader.text()?.to_owned());
+        vendors.insert(pair, reader.timestamp()?);
+    }
+    Ok(vendors)
 }
 
 /// A day's rows as stored before the run.
@@ -180,19 +200,27 @@ impl ReadAhead {
                 let failed = stored.is_err();
                 if sender.send(stored).await.is_err() || failed {
                     // The run stopped, or learns why from this day's error.
-                    return Ok(Inputs::default());
+                    return Ok(Default::default());
                 }
             }
             drop(sender);
             // The stored baselines hold their windows' days; the daily rows, when not.
-            if let Some(published) = published
-                && let Some(inputs) =
+            let windows = match published {
+                Some(published) => {
                     baselines::read_windows(&mut connection, published, watermark, &days).await?
-            {
-                return Ok(inputs);
-            }
-            tracing::info!("the stored baselines do not hold their days: reading the daily rows");
-            baselines::read_stored(&mut connection, watermark, &days).await
+                }
+                None => None,
+            };
+            let inputs = match windows {
+                Some(inputs) => inputs,
+                None => {
+                    tracing::info!(
+                        "the stored baselines do not hold their days: reading the daily rows"
+                    );
+                    baselines::read_stored(&mut connection, watermark, &days).await?
+                }
+            };
+            Ok((inputs, read_vendors(&mut connection).await?))
         });
         Self {
             days: receiver,
@@ -219,8 +247,8 @@ impl ReadAhead {
         }
     }
 
-    /// The baselines' inputs it read, once every day has been taken.
-    async fn finish(&mut self) -> anyhow::Result<Inputs> {
+    /// The baselines' inputs and the vendors it read, once every day has been taken.
+    async fn finish(&mut self) -> anyhow::Result<(Inputs, StoredVendors)> {
         let task = self
             .task
             .take()
@@ -436,11 +464,13 @@ impl Publication {
     ) -> anyhow::Result<u64> {
         // The baselines are derived and encoded while Postgres merges the vendors.
         let mut inputs = std::mem::take(&mut self.baselines);
+        let mut known = StoredVendors::default();
         if let Some(ahead) = self.ahead.as_mut() {
             // The run's rows (a few days) go into the stored ones (most of the window).
-            let mut stored = ahead.finish().await?;
+            let (mut stored, vendors) = ahead.finish().await?;
             stored.merge(inputs);
             inputs = stored;
+            known = vendors;
         }
         let as_of = millis_to_time(watermark);
         let prepared =
@@ -450,6 +480,13 @@ impl Publication {
         let full = self.full;
         let mut vendors = BinaryRows::new();
         for ((customer, vendor), first_seen) in std::mem::take(&mut self.vendors) {
+            // An incremental run sends only the pairs that are new or used earlier than
+            // stored (most of a night's pairs are known); the upsert below checks again.
+            let pair = (customer, vendor);
+            if known.get(&pair).is_some_and(|stored| *stored <= first_seen) {
+                continue;
+            }
+            let (customer, vendor) = pair;
             vendors
                 .row(3)
                 .text(&customer)

@@ -458,6 +458,75 @@ async fn baselines_come_from_the_days_they_keep_or_else_from_the_daily_rows() {
     );
 }
 
+/// A known vendor's first use moves earlier when a late event of an earlier day uses it.
+#[tokio::test]
+async fn a_late_event_moves_a_known_vendor_s_first_use_earlier() {
+    let now = now_ms();
+    let watermark = hour_floor(now) - HOUR;
+    let end = now - MINUTE;
+    let d1 = day_floor(watermark) - 2 * DAY;
+    let mut test = BatchTest::create("batch-first-use", 2).await;
+    let run = unique_name("tx");
+    let later = d1 + DAY + 12 * HOUR;
+    test.produce(vec![
+        event(
+            &format!("{run}-a"),
+            "first-use",
+            "vendor-v",
+            100,
+            later,
+            later + 100,
+        ),
+        event(
+            &format!("{run}-b"),
+            "other",
+            "vendor-w",
+            100,
+            d1 + HOUR,
+            d1 + HOUR + 100,
+        ),
+    ])
+    .await;
+    test.fill_lake().await;
+    test.run(watermark, false).await;
+    let first_use = |tables: &common::Tables| {
+        tables
+            .vendors
+            .iter()
+            .find(|v| v.customer == "first-use" && v.vendor == "vendor-v")
+            .map(|v| v.first_seen)
+    };
+    assert_eq!(
+        first_use(&read_tables(&test.database.url).await),
+        Some(later)
+    );
+
+    let earlier = d1 + 10 * HOUR;
+    test.produce(vec![event(
+        &format!("{run}-c"),
+        "first-use",
+        "vendor-v",
+        50,
+        earlier,
+        end,
+    )])
+    .await;
+    test.fill_lake().await;
+    let report = test.run(watermark, false).await;
+    assert_eq!(
+        report.partial.get(&date_of(d1)),
+        Some(&1),
+        "the late event's day, for its customer"
+    );
+    let tables = read_tables(&test.database.url).await;
+    assert_eq!(first_use(&tables), Some(earlier));
+    assert_tables_eq(
+        "after the late event",
+        &tables,
+        &model(&test.produced, watermark),
+    );
+}
+
 #[tokio::test]
 async fn a_rerun_at_the_same_watermark_recomputes_only_its_day_and_changes_nothing() {
     let mut rng = Rng::from_env("rerun");
