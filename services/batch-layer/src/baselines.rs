@@ -31,7 +31,7 @@ use sqlx::{Connection as _, PgConnection};
 
 use crate::binary::{BinaryReader, BinaryRows};
 use crate::compute::{DAY_MS, DayRow};
-use crate::partitions::NewPartition;
+use crate::partitions::{NewPartition, partitions_of};
 use crate::scope::{Customers, Scope};
 use crate::store::copy_in;
 
@@ -225,16 +225,13 @@ pub async fn read_windows(
         .collect();
     let (first, last) = (number(first), number(last));
     let mut inputs = Inputs::default();
-    if data.is_empty() {
-        return Ok(None);
-    }
     let mut reader = BinaryReader::new(&data)?;
     let mut rows = 0;
     while reader.row()?.is_some() {
         rows += 1;
         let customer = reader.text()?;
         let as_of = reader.timestamp()?;
-        let Some(days) = reader.bytes_or_null()?.and_then(decode_window) else {
+        let Some(days) = decode_window(reader.bytes()?) else {
             return Ok(None);
         };
         if as_of != published.timestamp_millis() {
@@ -296,9 +293,12 @@ pub async fn read_stored(
     Ok(inputs)
 }
 
+/// The name of run `run_id`'s partition of `batch_baselines`: this and the run id.
+const PARTITION_PREFIX: &str = "batch_baselines_r";
+
 /// The name of run `run_id`'s partition of `batch_baselines`.
 pub fn partition(run_id: i64) -> String {
-    format!("{BASELINES}_r{run_id}")
+    format!("{PARTITION_PREFIX}{run_id}")
 }
 
 /// The baselines of run `run_id` as of `watermark`, and their windows, as binary `COPY`
@@ -371,15 +371,13 @@ pub async fn derive(
 /// is older than the latest run, makes this give up until a later run). Returns how
 /// many it dropped.
 pub async fn drop_emptied(connection: &mut PgConnection) -> anyhow::Result<usize> {
-    let runs: Vec<i64> = sqlx::query_scalar(
-        "SELECT substr(c.relname, length($1) + 1)::bigint FROM pg_inherits i \
-         JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $2::regclass \
-         AND c.relname ~ ('^' || $1 || '[0-9]+$')",
-    )
-    .bind(format!("{BASELINES}_r"))
-    .bind(BASELINES)
-    .fetch_all(&mut *connection)
-    .await?;
+    let runs: Vec<i64> = partitions_of(connection, BASELINES)
+        .await?
+        .iter()
+        .filter_map(|name| name.strip_prefix(PARTITION_PREFIX))
+        .filter(|run| !run.is_empty() && run.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|run| run.parse().ok())
+        .collect();
     let Some(&latest) = runs.iter().max() else {
         return Ok(0);
     };

@@ -177,14 +177,8 @@ impl<'a> BinaryReader<'a> {
         self.skip(length)
     }
 
-    /// A `bytea`, or `None` for NULL.
-    pub fn bytes_or_null(&mut self) -> Result<Option<&'a [u8]>, Malformed> {
-        let length = i32::from_be_bytes(self.take::<4>()?);
-        if length == -1 {
-            return Ok(None);
-        }
-        let length = usize::try_from(length).map_err(|_| Malformed("a field length"))?;
-        self.skip(length).map(Some)
+    pub fn bytes(&mut self) -> Result<&'a [u8], Malformed> {
+        self.field(None)
     }
 
     pub fn text(&mut self) -> Result<&'a str, Malformed> {

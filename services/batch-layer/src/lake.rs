@@ -121,20 +121,18 @@ pub async fn files_events(
     read_files(&lake, &files, keep).await
 }
 
-/// The customers of `files`' records, duplicates included.
-pub async fn files_customers(
+/// The customers of `listed`'s records, duplicates included.
+pub async fn file_customers(
     lake: &Lake,
-    files: &[ListedFile],
+    listed: &ListedFile,
 ) -> Result<crate::scope::Customers, fraud_lake::Error> {
     let mut customers = crate::scope::Customers::default();
-    for listed in files {
-        for batch in lake.read_columns(listed, &EVENT_COLUMNS).await? {
-            let columns = EventColumns::of(&batch)?;
-            for row in 0..columns.len() {
-                let customer = columns.customer_id.value(row);
-                if !customers.contains(customer) {
-                    customers.insert(customer.to_owned());
-                }
+    for batch in lake.read_columns(listed, &EVENT_COLUMNS).await? {
+        let columns = EventColumns::of(&batch)?;
+        for row in 0..columns.len() {
+            let customer = columns.customer_id.value(row);
+            if !customers.contains(customer) {
+                customers.insert(customer.to_owned());
             }
         }
     }

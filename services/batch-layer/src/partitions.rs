@@ -99,14 +99,7 @@ impl DayTable {
         &self,
         connection: &mut PgConnection,
     ) -> anyhow::Result<HashSet<String>> {
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = $1::regclass",
-        )
-        .bind(self.parent)
-        .fetch_all(connection)
-        .await?;
-        Ok(names.into_iter().collect())
+        partitions_of(connection, self.parent).await
     }
 
     /// Makes `date`'s partition out of `data` (binary `COPY` rows of that day): a new
@@ -131,6 +124,21 @@ impl DayTable {
         .await?;
         Ok(rows)
     }
+}
+
+/// The names of `parent`'s partitions.
+pub async fn partitions_of(
+    connection: &mut PgConnection,
+    parent: &str,
+) -> anyhow::Result<HashSet<String>> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = $1::regclass",
+    )
+    .bind(parent)
+    .fetch_all(connection)
+    .await?;
+    Ok(names.into_iter().collect())
 }
 
 /// A partition being made the cheap way (see the module's header): a table of its own,

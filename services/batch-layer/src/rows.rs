@@ -61,11 +61,17 @@ fn int4(value: i64) -> i32 {
 pub type HourKey = (String, i64);
 pub type HourValue = (i64, i64, i64, i64);
 
+/// The columns a stored hour is read back with: [`HourKey`], then [`HourValue`].
+const HOUR_COLUMNS: &str = "customer_id, hour, sum_minor, count, max_minor, distinct_vendors";
+
+/// The columns a stored day is read back with: its customer, then [`DayValue`].
+const DAY_COLUMNS: &str = "customer_id, sum_minor, count, max_minor, distinct_vendors, \
+    peak_30m_sum_minor, peak_30m_count, peak_30m_end";
+
 /// `SELECT` of a day's stored hours, in [`stored_hours`]' column order.
 pub fn select_hours(date: chrono::NaiveDate) -> String {
     format!(
-        "COPY (SELECT customer_id, hour, sum_minor, count, max_minor, distinct_vendors \
-         FROM batch_hourly WHERE {}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {HOUR_COLUMNS} FROM batch_hourly WHERE {}) TO STDOUT (FORMAT binary)",
         HOURLY.rows_of(date)
     )
 }
@@ -73,9 +79,7 @@ pub fn select_hours(date: chrono::NaiveDate) -> String {
 /// `SELECT` of a day's stored daily rows, in [`stored_days`]' column order.
 pub fn select_days(date: chrono::NaiveDate) -> String {
     format!(
-        "COPY (SELECT customer_id, sum_minor, count, max_minor, distinct_vendors, \
-         peak_30m_sum_minor, peak_30m_count, peak_30m_end FROM batch_daily \
-         WHERE {}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT {DAY_COLUMNS} FROM batch_daily WHERE {}) TO STDOUT (FORMAT binary)",
         DAILY.rows_of(date)
     )
 }
@@ -106,8 +110,7 @@ pub async fn customers_hours(
     // The condition on the partition key is made of a constant and a date.
     let rows: Vec<(String, DateTime<Utc>, i64, i64, i64, i32)> =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT customer_id, hour, sum_minor, count, max_minor, distinct_vendors \
-             FROM batch_hourly WHERE {} AND customer_id = ANY($1)",
+            "SELECT {HOUR_COLUMNS} FROM batch_hourly WHERE {} AND customer_id = ANY($1)",
             HOURLY.rows_of(date)
         )))
         .bind(customers)
@@ -132,9 +135,7 @@ pub async fn customers_days(
 ) -> sqlx::Result<HashMap<String, DayValue>> {
     type Row = (String, i64, i64, i64, i32, i64, i64, DateTime<Utc>);
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT customer_id, sum_minor, count, max_minor, distinct_vendors, \
-         peak_30m_sum_minor, peak_30m_count, peak_30m_end FROM batch_daily \
-         WHERE {} AND customer_id = ANY($1)",
+        "SELECT {DAY_COLUMNS} FROM batch_daily WHERE {} AND customer_id = ANY($1)",
         DAILY.rows_of(date)
     )))
     .bind(customers)

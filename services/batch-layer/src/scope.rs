@@ -141,8 +141,7 @@ pub async fn scopes(
                 let mut customers = Customers::default();
                 for listed in files {
                     if !customers_of.contains_key(listed) {
-                        let read = crate::lake::files_customers(lake, std::slice::from_ref(listed))
-                            .await?;
+                        let read = crate::lake::file_customers(lake, listed).await?;
                         customers_of.insert(*listed, read);
                     }
                     customers.extend(customers_of[listed].iter().cloned());

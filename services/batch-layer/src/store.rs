@@ -479,18 +479,16 @@ impl Publication {
         // row per pair); an incremental run merges them with the stored first uses.
         let full = self.full;
         let mut vendors = BinaryRows::new();
-        for ((customer, vendor), first_seen) in std::mem::take(&mut self.vendors) {
+        for (pair, first_seen) in std::mem::take(&mut self.vendors) {
             // An incremental run sends only the pairs that are new or used earlier than
             // stored (most of a night's pairs are known); the upsert below checks again.
-            let pair = (customer, vendor);
             if known.get(&pair).is_some_and(|stored| *stored <= first_seen) {
                 continue;
             }
-            let (customer, vendor) = pair;
             vendors
                 .row(3)
-                .text(&customer)
-                .text(&vendor)
+                .text(&pair.0)
+                .text(&pair.1)
                 .timestamp(first_seen);
         }
         if full {
