@@ -255,7 +255,7 @@ pub const EVENT_COLUMNS: [&str; 7] = [
     column::KAFKA_OFFSET,
 ];
 
-/// The [`EVENT_COLUMNS`] of a batch read with them ([`crate::Lake::read_columns`]),
+/// The [`EVENT_COLUMNS`] of a batch read with them ([`crate::Lake::fetch_columns`]),
 /// borrowed: a row's fields are read in place, `&str` for the strings.
 pub struct EventColumns<'a> {
     pub transaction_id: &'a StringArray,

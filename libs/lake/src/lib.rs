@@ -44,7 +44,7 @@ pub use claim::{CLAIMS_DIR, ChunkWrite, Claim, ClaimOutcome, Fence};
 pub use layout::{ChunkId, LakeFile, LayoutError};
 pub use recovery::{ChunkFiles, FileFooter, IncompleteChunk, PartitionState, Recovery, ResumeAt};
 pub use schema::{CHUNK_ROWS_KEY, schema};
-pub use store::{Lake, LakeRoot, ListedFile, S3Connection};
+pub use store::{Fetched, Lake, LakeRoot, ListedFile, S3Connection};
 
 /// What can go wrong with the lake.
 #[derive(Debug, thiserror::Error)]

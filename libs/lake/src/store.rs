@@ -15,7 +15,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader};
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::errors::ParquetError;
@@ -308,18 +308,23 @@ impl Lake {
         Ok(reader.get_metadata(None).await?)
     }
 
-    /// A file's record batches with only `columns` (names from [`crate::schema::column`])
-    /// read and decoded, in file order: for readers that need a few columns of many rows
-    /// (the batch layer), without a heap string per field.
-    pub async fn read_columns(
+    /// A file's row groups with only `columns` (names from [`crate::schema::column`])
+    /// fetched, not yet decoded: for readers that need a few columns of many rows (the
+    /// batch layer). Fetching waits on the store; [`Fetched::decode`] is CPU work, to be
+    /// done where it holds up no other task (a blocking thread).
+    pub async fn fetch_columns(
         &self,
         listed: &ListedFile,
         columns: &[&str],
-    ) -> Result<Vec<RecordBatch>, Error> {
+    ) -> Result<Fetched, Error> {
         let builder = ParquetRecordBatchStreamBuilder::new(self.reader(listed)).await?;
         let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-        let stream = builder.with_projection(mask).build()?;
-        Ok(stream.try_collect().await?)
+        let mut stream = builder.with_projection(mask).build()?;
+        let mut row_groups = Vec::new();
+        while let Some(row_group) = stream.next_row_group().await? {
+            row_groups.push(row_group);
+        }
+        Ok(Fetched { row_groups })
     }
 
     /// Every row of a file, in file order.
@@ -341,6 +346,25 @@ impl Lake {
             path: listed.file.path(),
             size: listed.size,
         }
+    }
+}
+
+/// A file's row groups as [`Lake::fetch_columns`] fetched them: the column chunks in
+/// memory, not decoded.
+pub struct Fetched {
+    row_groups: Vec<ParquetRecordBatchReader>,
+}
+
+impl Fetched {
+    /// The record batches, in file order, without a heap string per field.
+    pub fn decode(self) -> Result<Vec<RecordBatch>, Error> {
+        let mut batches = Vec::new();
+        for row_group in self.row_groups {
+            for batch in row_group {
+                batches.push(batch?);
+            }
+        }
+        Ok(batches)
     }
 }
 

@@ -62,29 +62,29 @@ impl KafkaTopic {
     /// The partitions where `lake_next` is behind the records with timestamps up to `t`
     /// (blocking); empty when the lake is complete up to `t`.
     pub fn behind(&self, lake_next: &BTreeMap<i32, i64>, t: i64) -> anyhow::Result<Vec<Behind>> {
-        let mut query = TopicPartitionList::new();
-        for &partition in &self.partitions {
-            query.add_partition_offset(&self.topic, partition, Offset::Offset(t + 1))?;
+        let mut needed = self.offsets(&self.partitions, Offset::Offset(t + 1))?;
+        // No record after t: every record so far, the partition's end (one request for
+        // all of them; a timestamp of -1 asks for the end).
+        let ends: Vec<i32> = self
+            .partitions
+            .iter()
+            .copied()
+            .filter(|partition| !needed.contains_key(partition))
+            .collect();
+        if !ends.is_empty() {
+            let found = self.offsets(&ends, Offset::End)?;
+            for partition in ends {
+                let end = found.get(&partition).copied().with_context(|| {
+                    format!(
+                        "no end offset for partition {partition} of `{}`",
+                        self.topic
+                    )
+                })?;
+                needed.insert(partition, end);
+            }
         }
-        let found = self
-            .consumer
-            .offsets_for_times(query, TIMEOUT)
-            .context("failed to look offsets up by time")?;
         let mut behind = Vec::new();
-        for &partition in &self.partitions {
-            let needed = match found
-                .find_partition(&self.topic, partition)
-                .map(|element| element.offset())
-            {
-                Some(Offset::Offset(offset)) => offset,
-                // No record after t: every record so far.
-                _ => {
-                    self.consumer
-                        .fetch_watermarks(&self.topic, partition, TIMEOUT)
-                        .context("failed to read the partition's end")?
-                        .1
-                }
-            };
+        for (partition, needed) in needed {
             let lake_next = lake_next.get(&partition).copied().unwrap_or(0);
             if lake_next < needed {
                 behind.push(Behind {
@@ -95,5 +95,28 @@ impl KafkaTopic {
             }
         }
         Ok(behind)
+    }
+
+    /// The offsets Kafka finds for `partitions` at `timestamp` (the first record stamped
+    /// at or after it; with [`Offset::End`], the end), of the partitions it found one
+    /// for.
+    fn offsets(&self, partitions: &[i32], timestamp: Offset) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let mut query = TopicPartitionList::new();
+        for &partition in partitions {
+            query.add_partition_offset(&self.topic, partition, timestamp)?;
+        }
+        let found = self
+            .consumer
+            .offsets_for_times(query, TIMEOUT)
+            .context("failed to look offsets up by time")?;
+        Ok(partitions
+            .iter()
+            .filter_map(
+                |&partition| match found.find_partition(&self.topic, partition)?.offset() {
+                    Offset::Offset(offset) => Some((partition, offset)),
+                    _ => None,
+                },
+            )
+            .collect())
     }
 }

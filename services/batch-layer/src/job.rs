@@ -123,6 +123,10 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
          its lock, its transaction, and one reading the stored rows ahead",
         settings.postgres.max_connections
     );
+    // Connecting to Kafka and looking the topic up take a few round trips: meanwhile the
+    // run takes its lock and lists the lake.
+    let kafka = settings.kafka.clone();
+    let topic = tokio::task::spawn_blocking(move || KafkaTopic::open(&kafka));
     let pool = fraud_postgres::lazy_pool(&settings.postgres, settings.service.probe_timeout())?;
     fraud_postgres::migrate(&pool).await?;
     let mut lock = store::lock(&pool).await?;
@@ -138,12 +142,12 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
         .await
         .context("failed to list the lake")?;
 
-    let kafka = settings.kafka.clone();
+    let topic = topic.await??;
     let next_offsets = view.next_offsets.clone();
     let as_of = options.as_of;
     let slack = append_slack_ms(settings);
     let watermark = tokio::task::spawn_blocking(move || {
-        choose_watermark(&kafka, &next_offsets, as_of, now_millis(), slack)
+        choose_watermark(&topic, &next_offsets, as_of, now_millis(), slack)
     })
     .await??;
     if let Some(published) = previous.watermark
@@ -257,7 +261,7 @@ async fn publish(
     let mut times = RunTimes::default();
     let mut phase = Instant::now();
     let mut publication =
-        Publication::begin(pool, mode.full, days, mode.published, watermark).await?;
+        Publication::begin(pool, mode.full, days, mode.published, (run_id, watermark)).await?;
     times.copy += phase.elapsed();
     let mut fingerprints = BTreeMap::new();
     let mut input_files = 0;
@@ -310,7 +314,8 @@ async fn publish(
         times.read += prepared.read;
         times.compute += prepared.compute;
         phase = Instant::now();
-        publication.add_day(date, &prepared.aggregates).await?;
+        let customers = prepared.aggregates.days.len();
+        publication.add_day(date, prepared.aggregates).await?;
         times.copy += phase.elapsed();
         let lake_day = &view.days[&date];
         input_files += lake_day.files.len();
@@ -318,12 +323,10 @@ async fn publish(
             date,
             (lake_day.fingerprint.clone(), lake_day.listing.clone()),
         );
-        tracing::debug!(%date, customers = prepared.aggregates.days.len(), "day computed");
+        tracing::debug!(%date, customers, "day computed");
     }
     phase = Instant::now();
-    let rows = publication
-        .commit(run_id, watermark, &fingerprints, input_files)
-        .await?;
+    let rows = publication.commit(&fingerprints, input_files).await?;
     times.commit += phase.elapsed();
     Ok((rows, input_files, times))
 }
@@ -383,7 +386,7 @@ async fn prepare_day(
     hand_on: Option<HandOn>,
 ) -> anyhow::Result<PreparedDay> {
     let started = Instant::now();
-    let tail = match tail {
+    let mut tail = match tail {
         Tail::Read(yesterday, files) => {
             // Only the tail's events are kept (and copied out of the files).
             let from = day_start(yesterday) + DAY_MS - WINDOW_MS;
@@ -391,9 +394,7 @@ async fn prepare_day(
             let keep =
                 move |customer: &str, ts| from < ts && ts <= watermark && scope.holds(customer);
             Tail::Known(
-                crate::lake::files_events(lake.clone(), files, keep)
-                    .await?
-                    .events,
+                crate::lake::files_events(lake.clone(), files, keep, |read| read.events).await?,
             )
         }
         other => other,
@@ -407,31 +408,65 @@ async fn prepare_day(
             && (mine.holds(customer)
                 || (ts > tail_from && next.as_ref().is_some_and(|n| n.holds(customer))))
     };
-    let read = crate::lake::files_events(lake, files, keep).await?;
-    if let (Some(id), Scope::Customers(_)) = (read.shared_id, &scope) {
-        return Err(SharedId { date, id }.into());
+    // The day is computed right after it is read, by the same piece of work, when the
+    // tail is at hand (the day before was read first); else once it comes.
+    let read = crate::lake::files_events(lake, files, keep, move |read| {
+        if let (Some(id), Scope::Customers(_)) = (read.shared_id, &scope) {
+            return Err(anyhow::Error::from(SharedId { date, id }));
+        }
+        let mut events = read.events;
+        if let Some(hand_on) = hand_on {
+            // The next day's task is gone only when the run already failed.
+            let _ = hand_on.sender.send(tail_of(&events, date));
+        }
+        if scope.customers().is_some() {
+            events.retain(|event| scope.holds(&event.customer));
+        }
+        let read = started.elapsed();
+        let at_hand = match &mut tail {
+            Tail::Known(tail) => Some(std::mem::take(tail)),
+            Tail::Handed(receiver) => receiver.try_recv().ok(),
+            Tail::Read(..) => unreachable!("read above"),
+        };
+        Ok(match at_hand {
+            Some(at_hand) => {
+                let started = Instant::now();
+                let aggregates = compute_day(day_start(date), events, at_hand)?;
+                Read::Computed(PreparedDay {
+                    aggregates,
+                    read,
+                    compute: started.elapsed(),
+                })
+            }
+            None => Read::Waiting(events, tail, read),
+        })
+    });
+    match read.await?? {
+        Read::Computed(prepared) => Ok(prepared),
+        Read::Waiting(events, tail, read) => {
+            let tail = match tail {
+                Tail::Handed(receiver) => {
+                    receiver.await.context("the day before could not be read")?
+                }
+                Tail::Known(..) | Tail::Read(..) => unreachable!("a known tail is at hand"),
+            };
+            let started = Instant::now();
+            let aggregates =
+                crate::background::ahead(move || compute_day(day_start(date), events, tail))
+                    .await??;
+            Ok(PreparedDay {
+                aggregates,
+                read,
+                compute: started.elapsed(),
+            })
+        }
     }
-    let mut events = read.events;
-    if let Some(hand_on) = hand_on {
-        // The next day's task is gone only when the run already failed.
-        let _ = hand_on.sender.send(tail_of(&events, date));
-    }
-    if scope.customers().is_some() {
-        events.retain(|event| scope.holds(&event.customer));
-    }
-    let read = started.elapsed();
-    let tail = match tail {
-        Tail::Known(tail) => tail,
-        Tail::Handed(receiver) => receiver.await.context("the day before could not be read")?,
-        Tail::Read(..) => unreachable!("read above"),
-    };
-    let started = Instant::now();
-    let aggregates = compute_day(day_start(date), events, tail)?;
-    Ok(PreparedDay {
-        aggregates,
-        read,
-        compute: started.elapsed(),
-    })
+}
+
+/// A day read: computed, or its events waiting for the day before's tail.
+enum Read {
+    Computed(PreparedDay),
+    Waiting(Vec<Event>, Tail, Duration),
 }
 
 /// The events of `date` the next day's 30-minute windows can reach.
@@ -459,13 +494,12 @@ fn append_slack_ms(settings: &Settings) -> i64 {
 /// hour the lake is complete for. Either way at least `slack` in the past: records
 /// stamped up to T_b may still be on their way until then.
 fn choose_watermark(
-    kafka: &fraud_config::KafkaConfig,
+    topic: &KafkaTopic,
     next_offsets: &BTreeMap<i32, i64>,
     as_of: Option<i64>,
     now: i64,
     slack: i64,
 ) -> anyhow::Result<i64> {
-    let topic = KafkaTopic::open(kafka)?;
     if let Some(as_of) = as_of {
         let watermark = as_of - as_of.rem_euclid(HOUR_MS);
         if watermark > now - slack {

@@ -111,14 +111,31 @@ pub struct FilesEvents {
 
 /// The events of `files` (one day's) deduplicated by transaction id (the record with the
 /// smallest partition and offset stands, wherever its time falls and whoever its
-/// customer is), of those `keep(customer, ts)` holds for. Owned arguments, so it can run
-/// on a task of its own.
-pub async fn files_events(
+/// customer is), of those `keep(customer, ts)` holds for, given to `then`. The files are
+/// fetched here; decoding, deduplicating and `then`, CPU work, run as one piece of work
+/// ahead ([`crate::background`]): on one thread, so that the events are freed by the
+/// thread that allocated them (freeing another thread's allocations cost the allocator
+/// more than the allocations). Owned arguments, so it can run on a task of its own.
+pub async fn files_events<R: Send + 'static>(
     lake: Lake,
     files: Vec<ListedFile>,
-    keep: impl Fn(&str, i64) -> bool,
-) -> Result<FilesEvents, fraud_lake::Error> {
-    read_files(&lake, &files, keep).await
+    keep: impl Fn(&str, i64) -> bool + Send + 'static,
+    then: impl FnOnce(FilesEvents) -> R + Send + 'static,
+) -> anyhow::Result<R> {
+    let mut fetched = Vec::with_capacity(files.len());
+    for listed in &files {
+        fetched.push(lake.fetch_columns(listed, &EVENT_COLUMNS).await?);
+    }
+    let read = crate::background::ahead(move || {
+        let mut batches = Vec::new();
+        for file in fetched {
+            batches.extend(file.decode()?);
+        }
+        let read = read_batches(&batches, keep)?;
+        drop(batches);
+        Ok::<_, fraud_lake::Error>(then(read))
+    });
+    Ok(read.await??)
 }
 
 /// The customers of `listed`'s records, duplicates included.
@@ -127,7 +144,7 @@ pub async fn file_customers(
     listed: &ListedFile,
 ) -> Result<crate::scope::Customers, fraud_lake::Error> {
     let mut customers = crate::scope::Customers::default();
-    for batch in lake.read_columns(listed, &EVENT_COLUMNS).await? {
+    for batch in lake.fetch_columns(listed, &EVENT_COLUMNS).await?.decode()? {
         let columns = EventColumns::of(&batch)?;
         for row in 0..columns.len() {
             let customer = columns.customer_id.value(row);
@@ -139,17 +156,13 @@ pub async fn file_customers(
     Ok(customers)
 }
 
-async fn read_files(
-    lake: &Lake,
-    files: &[ListedFile],
+/// [`files_events`] of the files' decoded `batches`.
+fn read_batches(
+    batches: &[arrow::array::RecordBatch],
     keep: impl Fn(&str, i64) -> bool,
 ) -> Result<FilesEvents, fraud_lake::Error> {
-    // Only the columns an event needs are decoded, and fields are read in place: a
+    // Only the columns an event needs were decoded, and fields are read in place: a
     // string is copied only into an event that is kept.
-    let mut batches = Vec::new();
-    for listed in files {
-        batches.extend(lake.read_columns(listed, &EVENT_COLUMNS).await?);
-    }
     let columns = batches
         .iter()
         .map(EventColumns::of)

@@ -21,6 +21,7 @@
 //! In `schedule` mode ([`App`]) it serves `/healthz`, `/readyz` (Postgres) and
 //! `/metrics` and runs the job on `batch.schedule` (cron with seconds, UTC).
 
+mod background;
 mod baselines;
 mod binary;
 pub mod completeness;

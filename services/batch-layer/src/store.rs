@@ -8,10 +8,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt as _;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::baselines::{self, Inputs};
+use crate::baselines::{self, DayInputs, Inputs};
 use crate::binary::{BinaryReader, BinaryRows};
 use crate::compute::{DayAggregates, VendorRow};
 use crate::lake::day_start;
@@ -125,18 +125,77 @@ pub struct Publication {
     transaction: sqlx::Transaction<'static, Postgres>,
     full: bool,
     pub rows: u64,
-    /// Per (customer, vendor), the first use among the days copied: merged into
-    /// `batch_vendors` at the commit, one row each (a customer's vendor recurs on many
-    /// days; staging a row per day and vendor sent Postgres ten times the rows).
-    vendors: HashMap<(String, String), i64>,
-    /// The baselines' window, and their inputs from the days copied so far.
+    /// The baselines' window.
     window: (NaiveDate, NaiveDate),
-    baselines: Inputs,
+    /// Gathers what the days added bring to the commit; taken by [`Finishing`].
+    gatherer: Option<Gatherer>,
     /// An incremental run's reads of what is stored, ahead of the days.
     ahead: Option<ReadAhead>,
+    /// The days not added yet.
+    remaining: usize,
+    /// The commit's rows, prepared once the last day is known ([`Finishing`]).
+    finishing: Option<Finishing>,
+    run_id: i64,
+    watermark: DateTime<Utc>,
     /// The day partitions of `batch_hourly` and `batch_daily` (see
     /// [`crate::partitions`]), as the transaction sees them.
     partitions: HashSet<String>,
+}
+
+/// What the days bring to the commit, gathered on a thread of its own as they are added
+/// (work ahead, [`crate::background`]), not on the transaction's path: per (customer,
+/// vendor) the first use among the days, merged into `batch_vendors` at the commit, one
+/// row each (a customer's vendor recurs on many days; staging a row per day and vendor
+/// sent Postgres ten times the rows); and the baselines' inputs of the days in their
+/// window. The channel is unbounded: a day's share is a small part of its rows, and
+/// gathering it takes far less time than writing them.
+struct Gatherer {
+    days: std::sync::mpsc::Sender<(Vec<VendorRow>, Option<DayInputs>)>,
+    gathered: futures::future::BoxFuture<'static, anyhow::Result<(FirstUses, Inputs)>>,
+}
+
+impl Gatherer {
+    fn start() -> Gatherer {
+        let (days, received) = std::sync::mpsc::channel();
+        let gathered = crate::background::alongside(move || {
+            let mut vendors = FirstUses::default();
+            let mut inputs = Inputs::default();
+            for (day_vendors, day_inputs) in received {
+                for VendorRow {
+                    customer,
+                    vendor,
+                    first_seen,
+                } in day_vendors
+                {
+                    let first = vendors.entry((customer, vendor)).or_insert(first_seen);
+                    *first = (*first).min(first_seen);
+                }
+                if let Some(day_inputs) = day_inputs {
+                    inputs.add_day(day_inputs);
+                }
+            }
+            (vendors, inputs)
+        });
+        Gatherer {
+            days,
+            gathered: Box::pin(gathered),
+        }
+    }
+}
+
+/// What the commit sends, prepared on a task of its own as soon as every day's rows are
+/// known, so that it is ready when the last day's rows are in Postgres: the vendors to
+/// merge and the baselines with their windows (the baselines' CPU work is about a
+/// quarter of a second for 100,000 customers). Dropped, it stops.
+struct Finishing(JoinHandle<anyhow::Result<Finished>>);
+
+/// The vendors' binary `COPY` rows, and what [`baselines::prepare`] made.
+type Finished = (BinaryRows, Option<(BinaryRows, BinaryRows)>);
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What an incremental run reads of the stored tables, read on a connection of its own
@@ -149,27 +208,32 @@ pub struct Publication {
 /// and the transaction changes a day only once it has its stored rows.
 struct ReadAhead {
     days: mpsc::Receiver<anyhow::Result<StoredDay>>,
-    task: Option<JoinHandle<anyhow::Result<(Inputs, StoredVendors)>>>,
+    /// The baselines' inputs, sent before the vendors are read.
+    inputs: Option<oneshot::Receiver<Inputs>>,
+    task: Option<JoinHandle<anyhow::Result<FirstUses>>>,
 }
 
-/// The stored vendors: per (customer, vendor), the first use (UTC ms).
-type StoredVendors = HashMap<(String, String), i64, foldhash::fast::RandomState>;
+/// Per (customer, vendor), the first use (UTC ms).
+type FirstUses = HashMap<(String, String), i64, foldhash::fast::RandomState>;
 
 /// Every row of `batch_vendors`.
-async fn read_vendors(connection: &mut PgConnection) -> anyhow::Result<StoredVendors> {
+async fn read_vendors(connection: &mut PgConnection) -> anyhow::Result<FirstUses> {
     let data = copy_out(
         connection,
         "COPY (SELECT customer_id, vendor_id, first_seen FROM batch_vendors) \
          TO STDOUT (FORMAT binary)",
     )
     .await?;
-    let mut vendors = StoredVendors::default();
-    let mut reader = BinaryReader::new(&data)?;
-    while reader.row()?.is_some() {
-        let pair = (reader.text()?.to_owned(), reader.text()?.to_owned());
-        vendors.insert(pair, reader.timestamp()?);
-    }
-    Ok(vendors)
+    crate::background::ahead(move || {
+        let mut vendors = FirstUses::default();
+        let mut reader = BinaryReader::new(&data)?;
+        while reader.row()?.is_some() {
+            let pair = (reader.text()?.to_owned(), reader.text()?.to_owned());
+            vendors.insert(pair, reader.timestamp()?);
+        }
+        Ok(vendors)
+    })
+    .await?
 }
 
 /// A day's rows as stored before the run.
@@ -190,6 +254,7 @@ impl ReadAhead {
         watermark: DateTime<Utc>,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(DAYS_AHEAD);
+        let (inputs_sender, inputs) = oneshot::channel();
         let task = tokio::spawn(async move {
             let mut connection = pool
                 .acquire()
@@ -220,10 +285,13 @@ impl ReadAhead {
                     baselines::read_stored(&mut connection, watermark, &days).await?
                 }
             };
-            Ok((inputs, read_vendors(&mut connection).await?))
+            // The run stopped when nobody receives them.
+            let _ = inputs_sender.send(inputs);
+            read_vendors(&mut connection).await
         });
         Self {
             days: receiver,
+            inputs: Some(inputs),
             task: Some(task),
         }
     }
@@ -247,8 +315,25 @@ impl ReadAhead {
         }
     }
 
-    /// The baselines' inputs and the vendors it read, once every day has been taken.
-    async fn finish(&mut self) -> anyhow::Result<(Inputs, StoredVendors)> {
+    /// The baselines' inputs it read, once every day has been taken.
+    async fn inputs(&mut self) -> anyhow::Result<Inputs> {
+        let inputs = self
+            .inputs
+            .take()
+            .context("the baselines' inputs were taken twice")?;
+        match inputs.await {
+            Ok(inputs) => Ok(inputs),
+            // The task ended early: it failed.
+            Err(_) => {
+                Err(self.finish().await.err().unwrap_or_else(|| {
+                    anyhow::anyhow!("the baselines' inputs were not read ahead")
+                }))
+            }
+        }
+    }
+
+    /// The vendors it read, once every day has been taken.
+    async fn finish(&mut self) -> anyhow::Result<FirstUses> {
         let task = self
             .task
             .take()
@@ -272,9 +357,16 @@ async fn read_day(
     scope: &Scope,
 ) -> anyhow::Result<StoredDay> {
     let Some(customers) = scope.customers() else {
-        let hours = rows::stored_hours(&copy_out(connection, &rows::select_hours(date)).await?)?;
-        let days = rows::stored_days(&copy_out(connection, &rows::select_days(date)).await?)?;
-        return Ok(StoredDay { date, hours, days });
+        let hours = copy_out(connection, &rows::select_hours(date)).await?;
+        let days = copy_out(connection, &rows::select_days(date)).await?;
+        return crate::background::ahead(move || {
+            Ok(StoredDay {
+                date,
+                hours: rows::stored_hours(&hours)?,
+                days: rows::stored_days(&days)?,
+            })
+        })
+        .await?;
     };
     let customers: Vec<&str> = customers.iter().map(String::as_str).collect();
     Ok(StoredDay {
@@ -308,6 +400,11 @@ pub(crate) async fn copy_out(
     let mut data = Vec::new();
     while let Some(chunk) = stream.try_next().await? {
         data.extend_from_slice(&chunk);
+        // The rows come as fast as the loop takes them, so the stream is never pending
+        // and, left alone, the loop would keep its worker thread for the whole output
+        // (tens of megabytes), with no thread of the runtime polling for I/O meanwhile:
+        // the run's transaction, waiting on its socket, stalled until the loop ended.
+        tokio::task::consume_budget().await;
     }
     Ok(data)
 }
@@ -321,7 +418,7 @@ impl Publication {
         full: bool,
         days: &[(NaiveDate, Scope)],
         published: Option<i64>,
-        watermark: i64,
+        (run_id, watermark): (i64, i64),
     ) -> anyhow::Result<Self> {
         let watermark = millis_to_time(watermark);
         let published = published.map(millis_to_time);
@@ -349,11 +446,14 @@ impl Publication {
             transaction,
             full,
             rows: 0,
-            vendors: HashMap::new(),
             window: baselines::window(watermark),
-            baselines: Inputs::default(),
+            gatherer: Some(Gatherer::start()),
             ahead: (!full)
                 .then(|| ReadAhead::start(pool.clone(), days.to_vec(), published, watermark)),
+            remaining: days.len(),
+            finishing: None,
+            run_id,
+            watermark,
             partitions,
         })
     }
@@ -361,26 +461,25 @@ impl Publication {
     /// Publishes one day's rows, of the customers the day's scope (as given to
     /// [`Publication::begin`]) holds: copies them in (a full run), or writes what differs
     /// from the stored day (an incremental run).
-    pub async fn add_day(&mut self, date: NaiveDate, day: &DayAggregates) -> anyhow::Result<()> {
-        for VendorRow {
-            customer,
-            vendor,
-            first_seen,
-        } in &day.vendors
-        {
-            match self.vendors.get_mut(&(customer.clone(), vendor.clone())) {
-                Some(first) => *first = (*first).min(*first_seen),
-                None => {
-                    self.vendors
-                        .insert((customer.clone(), vendor.clone()), *first_seen);
-                }
-            }
-        }
+    pub async fn add_day(&mut self, date: NaiveDate, mut day: DayAggregates) -> anyhow::Result<()> {
         debug_assert!(day.days.iter().all(|row| row.day == day_start(date)));
-        if (self.window.0..=self.window.1).contains(&date) {
-            self.baselines.add_rows(&day.days);
-        }
+        let inputs = (self.window.0..=self.window.1)
+            .contains(&date)
+            .then(|| DayInputs::of(&day.days));
+        self.gatherer
+            .as_ref()
+            .context("a day added after the last")?
+            .days
+            .send((std::mem::take(&mut day.vendors), inputs))
+            .context("gathering the days' vendors and baselines stopped")?;
+        self.remaining = self
+            .remaining
+            .checked_sub(1)
+            .context("more days added than the run recomputes")?;
         if self.full {
+            if self.remaining == 0 {
+                self.finish_ahead();
+            }
             self.rows += self
                 .write(HOURLY, date, rows::hour_rows(day_start(date), &day.hours))
                 .await?;
@@ -393,6 +492,9 @@ impl Publication {
             .expect("an incremental run reads ahead")
             .day(date)
             .await?;
+        if self.remaining == 0 {
+            self.finish_ahead();
+        }
         // Rows are deleted from the day's partition, which exists when the day has
         // stored rows.
         let (deletes, inserts) =
@@ -452,45 +554,59 @@ impl Publication {
         Ok(rows)
     }
 
-    /// Merges the vendors, derives the baselines as of `watermark` from the daily rows,
+    /// Starts [`Finishing`]: every day has been added (or the run has none).
+    fn finish_ahead(&mut self) {
+        let Some(Gatherer { days, gathered }) = self.gatherer.take() else {
+            return;
+        };
+        // The gatherer's loop ends with the channel.
+        drop(days);
+        let ahead = self.ahead.take();
+        let (run_id, as_of) = (self.run_id, self.watermark);
+        self.finishing = Some(Finishing(tokio::spawn(async move {
+            let (vendors, inputs) = gathered.await?;
+            let Some(mut ahead) = ahead else {
+                // A full run copies the vendors into the emptied table (merged in Rust, so
+                // one row per pair).
+                return crate::background::ahead(move || {
+                    let prepared = baselines::prepare(inputs, run_id, as_of);
+                    (vendor_rows(vendors, &FirstUses::default()), prepared)
+                })
+                .await;
+            };
+            // The run's rows (a few days) go into the stored ones (most of the window),
+            // and the baselines are prepared while the stored vendors are still read.
+            let mut stored = ahead.inputs().await?;
+            stored.merge(inputs);
+            let prepared =
+                crate::background::ahead(move || baselines::prepare(stored, run_id, as_of));
+            let known = ahead.finish().await?;
+            let vendors = crate::background::ahead(move || vendor_rows(vendors, &known)).await?;
+            Ok((vendors, prepared.await?))
+        })));
+    }
+
+    /// Merges the vendors, derives the baselines as of the watermark from the daily rows,
     /// records the days' fingerprints and the run as succeeded, notifies
     /// [`RUNS_CHANNEL`], and commits.
     pub async fn commit(
         mut self,
-        run_id: i64,
-        watermark: i64,
         fingerprints: &BTreeMap<NaiveDate, (String, Vec<String>)>,
         input_files: usize,
     ) -> anyhow::Result<u64> {
-        // The baselines are derived and encoded while Postgres merges the vendors.
-        let mut inputs = std::mem::take(&mut self.baselines);
-        let mut known = StoredVendors::default();
-        if let Some(ahead) = self.ahead.as_mut() {
-            // The run's rows (a few days) go into the stored ones (most of the window).
-            let (mut stored, vendors) = ahead.finish().await?;
-            stored.merge(inputs);
-            inputs = stored;
-            known = vendors;
+        anyhow::ensure!(
+            self.remaining == 0,
+            "{} day(s) of the run were not added",
+            self.remaining
+        );
+        if self.finishing.is_none() {
+            self.finish_ahead();
         }
-        let as_of = millis_to_time(watermark);
-        let prepared =
-            tokio::task::spawn_blocking(move || baselines::prepare(inputs, run_id, as_of));
-        // A full run copies the vendors into the emptied table (merged in Rust, so one
-        // row per pair); an incremental run merges them with the stored first uses.
-        let full = self.full;
-        let mut vendors = BinaryRows::new();
-        for (pair, first_seen) in std::mem::take(&mut self.vendors) {
-            // An incremental run sends only the pairs that are new or used earlier than
-            // stored (most of a night's pairs are known); the upsert below checks again.
-            if known.get(&pair).is_some_and(|stored| *stored <= first_seen) {
-                continue;
-            }
-            vendors
-                .row(3)
-                .text(&pair.0)
-                .text(&pair.1)
-                .timestamp(first_seen);
-        }
+        let mut finishing = self.finishing.take().expect("started above");
+        let (vendors, prepared) = (&mut finishing.0)
+            .await
+            .context("preparing the commit panicked")??;
+        let (run_id, as_of, full) = (self.run_id, self.watermark, self.full);
         if full {
             self.rows += copy_in(
                 &mut self.transaction,
@@ -525,7 +641,6 @@ impl Publication {
             .await?
             .rows_affected();
         }
-        let prepared = prepared.await.context("deriving the baselines panicked")?;
         self.rows += baselines::derive(&mut self.transaction, run_id, as_of, prepared).await?;
         let tx = &mut self.transaction;
         for (date, (fingerprint, listing)) in fingerprints {
@@ -562,6 +677,24 @@ impl Publication {
         self.transaction.commit().await?;
         Ok(rows)
     }
+}
+
+/// The binary `COPY` rows of `vendors` (per pair, the first use among the run's days)
+/// but those `known` (the stored first uses) holds at the same time or earlier: an
+/// incremental run sends only the pairs that are new or used earlier than stored (most of
+/// a night's pairs are known).
+fn vendor_rows(vendors: FirstUses, known: &FirstUses) -> BinaryRows {
+    let mut rows = BinaryRows::new();
+    for (pair, first_seen) in vendors {
+        if known.get(&pair).is_some_and(|stored| *stored <= first_seen) {
+            continue;
+        }
+        rows.row(3)
+            .text(&pair.0)
+            .text(&pair.1)
+            .timestamp(first_seen);
+    }
+    rows
 }
 
 fn millis_to_time(millis: i64) -> DateTime<Utc> {
