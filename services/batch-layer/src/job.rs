@@ -177,7 +177,7 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
 
     let mode = Mode {
         full: options.full,
-        published: previous.watermark,
+        published: previous.run_id,
     };
     let mut outcome = publish(&pool, &lake, &view, &scopes, watermark, run_id, mode).await;
     if let Err(error) = &outcome
@@ -232,7 +232,7 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
 struct Mode {
     /// Every day recomputed, every row replaced.
     full: bool,
-    /// The watermark of the last succeeded run.
+    /// The last succeeded run.
     published: Option<i64>,
 }
 

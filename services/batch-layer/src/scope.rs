@@ -193,6 +193,7 @@ mod tests {
     fn computed(view: &LakeView, watermark: i64) -> Previous {
         Previous {
             watermark: Some(watermark),
+            run_id: Some(1),
             fingerprints: view
                 .days
                 .iter()

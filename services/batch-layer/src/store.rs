@@ -49,6 +49,8 @@ pub async fn lock(pool: &PgPool) -> anyhow::Result<PoolConnection<Postgres>> {
 #[derive(Debug, Default)]
 pub struct Previous {
     pub watermark: Option<i64>,
+    /// The last succeeded run.
+    pub run_id: Option<i64>,
     pub fingerprints: BTreeMap<NaiveDate, String>,
     /// The files each day was computed from, when known (see [`crate::scope`]).
     pub listings: BTreeMap<NaiveDate, Vec<String>>,
@@ -71,12 +73,17 @@ pub async fn previous(connection: &mut PgConnection) -> anyhow::Result<Previous>
         sqlx::query_scalar("SELECT max(watermark) FROM batch_runs WHERE status = 'succeeded'")
             .fetch_one(&mut *connection)
             .await?;
+    let run_id: Option<i64> =
+        sqlx::query_scalar("SELECT max(run_id) FROM batch_runs WHERE status = 'succeeded'")
+            .fetch_one(&mut *connection)
+            .await?;
     let rows: Vec<(NaiveDate, String, Option<Vec<String>>)> =
         sqlx::query_as("SELECT event_date, fingerprint, listing FROM batch_days")
             .fetch_all(&mut *connection)
             .await?;
     let mut previous = Previous {
         watermark: watermark.map(|w| w.timestamp_millis()),
+        run_id,
         ..Previous::default()
     };
     for (date, fingerprint, listing) in rows {
@@ -123,6 +130,8 @@ pub async fn fail_run(
 /// ([`DayTable::load_new`]).
 pub struct Publication {
     transaction: sqlx::Transaction<'static, Postgres>,
+    /// For the windows' transaction ([`baselines::keep_windows`]).
+    pool: PgPool,
     full: bool,
     pub rows: u64,
     /// The baselines' window.
@@ -189,6 +198,16 @@ impl Gatherer {
 /// quarter of a second for 100,000 customers). Dropped, it stops.
 struct Finishing(JoinHandle<anyhow::Result<Finished>>);
 
+/// The baselines' windows being written ([`baselines::keep_windows`]). Dropped (the run
+/// failed), it stops: its transaction rolls back.
+struct KeptWindows(JoinHandle<anyhow::Result<()>>);
+
+impl Drop for KeptWindows {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The vendors' binary `COPY` rows, and what [`baselines::prepare`] made.
 type Finished = (BinaryRows, Option<(BinaryRows, BinaryRows)>);
 
@@ -250,7 +269,7 @@ impl ReadAhead {
     fn start(
         pool: PgPool,
         days: Vec<(NaiveDate, Scope)>,
-        published: Option<DateTime<Utc>>,
+        published: Option<i64>,
         watermark: DateTime<Utc>,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(DAYS_AHEAD);
@@ -421,7 +440,6 @@ impl Publication {
         (run_id, watermark): (i64, i64),
     ) -> anyhow::Result<Self> {
         let watermark = millis_to_time(watermark);
-        let published = published.map(millis_to_time);
         let mut transaction = pool.begin().await?;
         let mut partitions = HOURLY.partitions(&mut transaction).await?;
         partitions.extend(DAILY.partitions(&mut transaction).await?);
@@ -444,6 +462,7 @@ impl Publication {
         }
         Ok(Self {
             transaction,
+            pool: pool.clone(),
             full,
             rows: 0,
             window: baselines::window(watermark),
@@ -641,7 +660,22 @@ impl Publication {
             .await?
             .rows_affected();
         }
-        self.rows += baselines::derive(&mut self.transaction, run_id, as_of, prepared).await?;
+        // The windows go in on a connection of their own while the baselines go in here.
+        let (rows, windows) = match prepared {
+            Some((rows, windows)) => (Some(rows), Some(windows)),
+            None => (None, None),
+        };
+        let windows = windows.map(|windows| {
+            let pool = self.pool.clone();
+            KeptWindows(tokio::spawn(async move {
+                let mut connection = pool
+                    .acquire()
+                    .await
+                    .context("a connection to keep the baselines' windows")?;
+                baselines::keep_windows(&mut connection, windows).await
+            }))
+        });
+        self.rows += baselines::derive(&mut self.transaction, run_id, as_of, rows).await?;
         let tx = &mut self.transaction;
         for (date, (fingerprint, listing)) in fingerprints {
             sqlx::query(
@@ -675,6 +709,17 @@ impl Publication {
             .execute(&mut **tx)
             .await?;
         self.transaction.commit().await?;
+        if let Some(mut windows) = windows {
+            // A cache: without it the next run reads the daily rows.
+            match (&mut windows.0).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(
+                    error = format!("{error:#}"),
+                    "could not keep the baselines' windows; the next run reads the daily rows"
+                ),
+                Err(error) => tracing::warn!(%error, "keeping the baselines' windows panicked"),
+            }
+        }
         Ok(rows)
     }
 }

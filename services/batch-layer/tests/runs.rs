@@ -395,8 +395,8 @@ async fn a_late_record_with_another_customer_s_transaction_id_makes_its_day_reco
 }
 
 /// A run derives the baselines from the days the stored baselines keep
-/// (`batch_baseline_windows`), not from the stored daily rows; without them, from the daily
-/// rows.
+/// (`batch_baseline_windows`), not from the stored daily rows; without them, or when they
+/// are not the last succeeded run's, from the daily rows.
 #[tokio::test]
 async fn baselines_come_from_the_days_they_keep_or_else_from_the_daily_rows() {
     let mut rng = Rng::from_env("windows");
@@ -455,6 +455,29 @@ async fn baselines_come_from_the_days_they_keep_or_else_from_the_daily_rows() {
         read_tables(&test.database.url).await.baselines,
         from_edited,
         "the daily rows, read when the baselines do not keep their days"
+    );
+
+    // Days kept by a run that is not the last succeeded one (it failed, or stopped
+    // between its publishing commit and the windows' own) are not used either.
+    sqlx::query("UPDATE batch_daily SET sum_minor = sum_minor + 1 WHERE day = $1")
+        .bind(date_of(first_day))
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let edited_twice =
+        common::model_baselines(&read_tables(&test.database.url).await.daily, watermark);
+    assert_ne!(edited_twice, from_edited);
+    let kept = sqlx::query("UPDATE batch_baseline_windows SET run_id = run_id + 1")
+        .execute(&mut db)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert!(kept > 0, "the last run kept its days");
+    test.run(watermark, false).await;
+    assert_eq!(
+        read_tables(&test.database.url).await.baselines,
+        edited_twice,
+        "the daily rows, read when the kept days are another run's"
     );
 }
 
