@@ -120,7 +120,8 @@ pub async fn run(settings: &Settings, options: RunOptions) -> anyhow::Result<Run
     anyhow::ensure!(
         settings.postgres.max_connections >= RUN_CONNECTIONS,
         "postgres.max_connections is {}, but a batch run needs {RUN_CONNECTIONS} connections: \
-         its lock, its transaction, and one reading the stored rows ahead",
+         its lock, its transaction, and one reading the stored rows ahead, then keeping the \
+         baselines' windows",
         settings.postgres.max_connections
     );
     // Connecting to Kafka and looking the topic up take a few round trips: meanwhile the
