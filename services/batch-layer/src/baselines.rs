@@ -60,7 +60,7 @@ WHERE day > ($1 AT TIME ZONE 'UTC')::date - 30 AND day <= ($1 AT TIME ZONE 'UTC'
 GROUP BY customer_id";
 
 /// The baselines' `COPY` into the run's partition, `{partition}`, in the column order of
-/// [`derive`]'s rows.
+/// [`encode`]'s rows.
 const COPY_BASELINES: &str = "COPY {partition} (customer_id, as_of, active_days, \
     mean_daily_minor, stddev_daily_minor, p95_peak_30m_minor, max_peak_30m_minor, run_id) \
     FROM STDIN (FORMAT binary)";
@@ -68,7 +68,7 @@ const COPY_BASELINES: &str = "COPY {partition} (customer_id, as_of, active_days,
 /// The partitioned table of the baselines (`migrations/0009`): a partition per run.
 const BASELINES: &str = "batch_baselines";
 
-/// The windows' `COPY`, in the column order of [`derive`]'s rows.
+/// The windows' `COPY`, in the column order of [`encode`]'s windows.
 const COPY_WINDOWS: &str = "COPY batch_baseline_windows (customer_id, run_id, days) \
     FROM STDIN (FORMAT binary)";
 
@@ -350,21 +350,29 @@ pub async fn read_stored(
     } else {
         format!(" AND day NOT IN ({})", skipped.join(", "))
     };
-    let mut inputs = Inputs::default();
-    let data = crate::store::copy_out(
+    let all = crate::store::copy_out(
         connection,
         &select(&format!("day >= '{first}' AND day <= '{last}'{skip}")),
     )
     .await?;
-    inputs.add_binary(&data, None)?;
+    let mut partial = Vec::new();
     for (date, scope) in recomputed.iter().filter(|(date, _)| in_window(date)) {
-        if let Some(customers) = scope.customers() {
+        if scope.customers().is_some() {
             let data =
                 crate::store::copy_out(connection, &select(&format!("day = '{date}'"))).await?;
-            inputs.add_binary(&data, Some(customers))?;
+            partial.push((data, scope.clone()));
         }
     }
-    Ok(inputs)
+    // A month of daily rows: decoded as work ahead, like the windows.
+    crate::background::ahead(move || {
+        let mut inputs = Inputs::default();
+        inputs.add_binary(&all, None)?;
+        for (data, scope) in &partial {
+            inputs.add_binary(data, scope.customers())?;
+        }
+        Ok(inputs)
+    })
+    .await?
 }
 
 /// The name of run `run_id`'s partition of `batch_baselines`: this and the run id.
@@ -701,23 +709,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rows_stored_and_recomputed_are_grouped_by_customer() {
+    /// [`read_stored`]'s output for two customers' rows of `DAY`: a's (5, 5), b's (7, 3).
+    fn stored_rows() -> Vec<u8> {
         let mut rows = BinaryRows::new();
         for (customer, sum, peak) in [("a", 5, 5), ("b", 7, 3)] {
             rows.row(4).text(customer).date(DAY).int8(sum).int8(peak);
         }
-        let mut stored = Inputs::default();
-        stored.add_binary(&rows.finish(), None).unwrap();
-        let mut inputs = Inputs::default();
-        inputs.add_day(DayInputs::of(&[day_row("a", 1, 1), day_row("c", 2, 2)]));
-        inputs.merge(stored);
-        let grouped: HashMap<String, Sums> = inputs
+        rows.finish()
+    }
+
+    fn grouped(inputs: Inputs) -> HashMap<String, Sums> {
+        inputs
             .per_customer()
             .unwrap()
             .into_iter()
             .map(|(customer, sums, _)| (customer, sums))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn rows_stored_and_recomputed_are_grouped_by_customer() {
+        let mut stored = Inputs::default();
+        stored.add_binary(&stored_rows(), None).unwrap();
+        let mut inputs = Inputs::default();
+        inputs.add_day(DayInputs::of(&[day_row("a", 1, 1), day_row("c", 2, 2)]));
+        inputs.merge(stored);
+        let grouped = grouped(inputs);
         assert_eq!(grouped.len(), 3);
         assert_eq!((grouped["a"].active_days, grouped["a"].sum), (2, 6));
         assert_eq!(grouped["a"].sum_squares, 26);
@@ -727,20 +744,10 @@ mod tests {
 
     #[test]
     fn stored_rows_of_recomputed_customers_are_skipped() {
-        let mut rows = BinaryRows::new();
-        for (customer, sum, peak) in [("a", 5, 5), ("b", 7, 3)] {
-            rows.row(4).text(customer).date(DAY).int8(sum).int8(peak);
-        }
         let mut stored = Inputs::default();
         let skip: Customers = ["a".to_owned()].into_iter().collect();
-        stored.add_binary(&rows.finish(), Some(&skip)).unwrap();
-        let grouped: HashMap<String, Sums> = stored
-            .per_customer()
-            .unwrap()
-            .into_iter()
-            .map(|(customer, sums, _)| (customer, sums))
-            .collect();
-        assert_eq!(grouped.keys().collect::<Vec<_>>(), ["b"]);
+        stored.add_binary(&stored_rows(), Some(&skip)).unwrap();
+        assert_eq!(grouped(stored).keys().collect::<Vec<_>>(), ["b"]);
     }
 
     /// 2026-01-01, a day start (UTC ms).

@@ -387,18 +387,18 @@ async fn prepare_day(
     hand_on: Option<HandOn>,
 ) -> anyhow::Result<PreparedDay> {
     let started = Instant::now();
-    let mut tail = match tail {
+    // The tail at hand, or where it will come from.
+    let tail = match tail {
         Tail::Read(yesterday, files) => {
             // Only the tail's events are kept (and copied out of the files).
             let from = day_start(yesterday) + DAY_MS - WINDOW_MS;
             let scope = scope.clone();
             let keep =
                 move |customer: &str, ts| from < ts && ts <= watermark && scope.holds(customer);
-            Tail::Known(
-                crate::lake::files_events(lake.clone(), files, keep, |read| read.events).await?,
-            )
+            Ok(crate::lake::files_events(lake.clone(), files, keep, |read| read.events).await?)
         }
-        other => other,
+        Tail::Known(tail) => Ok(tail),
+        Tail::Handed(receiver) => Err(receiver),
     };
     // The events of the customers computed here, and those in the tail of the next
     // day's.
@@ -424,13 +424,12 @@ async fn prepare_day(
             events.retain(|event| scope.holds(&event.customer));
         }
         let read = started.elapsed();
-        let at_hand = match &mut tail {
-            Tail::Known(tail) => Some(std::mem::take(tail)),
-            Tail::Handed(receiver) => receiver.try_recv().ok(),
-            Tail::Read(..) => unreachable!("read above"),
-        };
+        let at_hand = tail.or_else(|mut receiver| match receiver.try_recv() {
+            Ok(tail) => Ok(tail),
+            Err(_) => Err(receiver),
+        });
         Ok(match at_hand {
-            Some(at_hand) => {
+            Ok(at_hand) => {
                 let started = Instant::now();
                 let aggregates = compute_day(day_start(date), events, at_hand)?;
                 Read::Computed(PreparedDay {
@@ -439,18 +438,13 @@ async fn prepare_day(
                     compute: started.elapsed(),
                 })
             }
-            None => Read::Waiting(events, tail, read),
+            Err(receiver) => Read::Waiting(events, receiver, read),
         })
     });
     match read.await?? {
         Read::Computed(prepared) => Ok(prepared),
-        Read::Waiting(events, tail, read) => {
-            let tail = match tail {
-                Tail::Handed(receiver) => {
-                    receiver.await.context("the day before could not be read")?
-                }
-                Tail::Known(..) | Tail::Read(..) => unreachable!("a known tail is at hand"),
-            };
+        Read::Waiting(events, receiver, read) => {
+            let tail = receiver.await.context("the day before could not be read")?;
             let started = Instant::now();
             let aggregates =
                 crate::background::ahead(move || compute_day(day_start(date), events, tail))
@@ -467,7 +461,7 @@ async fn prepare_day(
 /// A day read: computed, or its events waiting for the day before's tail.
 enum Read {
     Computed(PreparedDay),
-    Waiting(Vec<Event>, Tail, Duration),
+    Waiting(Vec<Event>, oneshot::Receiver<Vec<Event>>, Duration),
 }
 
 /// The events of `date` the next day's 30-minute windows can reach.

@@ -9,7 +9,7 @@ use futures::TryStreamExt as _;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::baselines::{self, DayInputs, Inputs};
 use crate::binary::{BinaryReader, BinaryRows};
@@ -196,26 +196,10 @@ impl Gatherer {
 /// known, so that it is ready when the last day's rows are in Postgres: the vendors to
 /// merge and the baselines with their windows (the baselines' CPU work is about a
 /// quarter of a second for 100,000 customers). Dropped, it stops.
-struct Finishing(JoinHandle<anyhow::Result<Finished>>);
-
-/// The baselines' windows being written ([`baselines::keep_windows`]). Dropped (the run
-/// failed), it stops: its transaction rolls back.
-struct KeptWindows(JoinHandle<anyhow::Result<()>>);
-
-impl Drop for KeptWindows {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+type Finishing = AbortOnDropHandle<anyhow::Result<Finished>>;
 
 /// The vendors' binary `COPY` rows, and what [`baselines::prepare`] made.
 type Finished = (BinaryRows, Option<(BinaryRows, BinaryRows)>);
-
-impl Drop for Finishing {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// What an incremental run reads of the stored tables, read on a connection of its own
 /// while the run reads the lake and computes: each recomputed day's stored rows (of the
@@ -229,7 +213,7 @@ struct ReadAhead {
     days: mpsc::Receiver<anyhow::Result<StoredDay>>,
     /// The baselines' inputs, sent before the vendors are read.
     inputs: Option<oneshot::Receiver<Inputs>>,
-    task: Option<JoinHandle<anyhow::Result<FirstUses>>>,
+    task: Option<AbortOnDropHandle<anyhow::Result<FirstUses>>>,
 }
 
 /// Per (customer, vendor), the first use (UTC ms).
@@ -274,7 +258,7 @@ impl ReadAhead {
     ) -> Self {
         let (sender, receiver) = mpsc::channel(DAYS_AHEAD);
         let (inputs_sender, inputs) = oneshot::channel();
-        let task = tokio::spawn(async move {
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
             let mut connection = pool
                 .acquire()
                 .await
@@ -307,7 +291,7 @@ impl ReadAhead {
             // The run stopped when nobody receives them.
             let _ = inputs_sender.send(inputs);
             read_vendors(&mut connection).await
-        });
+        }));
         Self {
             days: receiver,
             inputs: Some(inputs),
@@ -358,14 +342,6 @@ impl ReadAhead {
             .take()
             .context("the reads ahead were finished twice")?;
         task.await.context("reading ahead panicked")?
-    }
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
     }
 }
 
@@ -495,25 +471,22 @@ impl Publication {
             .remaining
             .checked_sub(1)
             .context("more days added than the run recomputes")?;
-        if self.full {
-            if self.remaining == 0 {
-                self.finish_ahead();
-            }
+        // An incremental run's stored day, taken before the last day hands the reads
+        // ahead over to the commit's preparation.
+        let stored = match self.ahead.as_mut() {
+            Some(ahead) => Some(ahead.day(date).await?),
+            None => None,
+        };
+        if self.remaining == 0 {
+            self.finish_ahead();
+        }
+        let Some(stored) = stored else {
             self.rows += self
                 .write(HOURLY, date, rows::hour_rows(day_start(date), &day.hours))
                 .await?;
             self.rows += self.write(DAILY, date, rows::day_rows(&day.days)).await?;
             return Ok(());
-        }
-        let stored = self
-            .ahead
-            .as_mut()
-            .expect("an incremental run reads ahead")
-            .day(date)
-            .await?;
-        if self.remaining == 0 {
-            self.finish_ahead();
-        }
+        };
         // Rows are deleted from the day's partition, which exists when the day has
         // stored rows.
         let (deletes, inserts) =
@@ -573,7 +546,8 @@ impl Publication {
         Ok(rows)
     }
 
-    /// Starts [`Finishing`]: every day has been added (or the run has none).
+    /// Starts [`Finishing`] once every day has been added (or the run has none); after
+    /// that, does nothing.
     fn finish_ahead(&mut self) {
         let Some(Gatherer { days, gathered }) = self.gatherer.take() else {
             return;
@@ -582,7 +556,7 @@ impl Publication {
         drop(days);
         let ahead = self.ahead.take();
         let (run_id, as_of) = (self.run_id, self.watermark);
-        self.finishing = Some(Finishing(tokio::spawn(async move {
+        self.finishing = Some(AbortOnDropHandle::new(tokio::spawn(async move {
             let (vendors, inputs) = gathered.await?;
             let Some(mut ahead) = ahead else {
                 // A full run copies the vendors into the emptied table (merged in Rust, so
@@ -618,13 +592,13 @@ impl Publication {
             "{} day(s) of the run were not added",
             self.remaining
         );
-        if self.finishing.is_none() {
-            self.finish_ahead();
-        }
-        let mut finishing = self.finishing.take().expect("started above");
-        let (vendors, prepared) = (&mut finishing.0)
-            .await
-            .context("preparing the commit panicked")??;
+        // Started by the last day, or now when the run has none.
+        self.finish_ahead();
+        let finishing = self
+            .finishing
+            .take()
+            .context("the commit was prepared twice")?;
+        let (vendors, prepared) = finishing.await.context("preparing the commit panicked")??;
         let (run_id, as_of, full) = (self.run_id, self.watermark, self.full);
         if full {
             self.rows += copy_in(
@@ -665,9 +639,10 @@ impl Publication {
             Some((rows, windows)) => (Some(rows), Some(windows)),
             None => (None, None),
         };
+        // Dropped (the run failed), it stops: its transaction rolls back.
         let windows = windows.map(|windows| {
             let pool = self.pool.clone();
-            KeptWindows(tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 let mut connection = pool
                     .acquire()
                     .await
@@ -709,9 +684,9 @@ impl Publication {
             .execute(&mut **tx)
             .await?;
         self.transaction.commit().await?;
-        if let Some(mut windows) = windows {
+        if let Some(windows) = windows {
             // A cache: without it the next run reads the daily rows.
-            match (&mut windows.0).await {
+            match windows.await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::warn!(
                     error = format!("{error:#}"),
