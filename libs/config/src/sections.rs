@@ -418,6 +418,12 @@ section! {
         /// The codec of the window updates it publishes (one of [`COMPRESSION_CODECS`]);
         /// `kafka.compression` applies to every other producer.
         pub updates_compression: String,
+        /// Most customers whose state an instance keeps a copy of, so that a batch
+        /// reads from Redis only the states of customers it has not seen lately (0:
+        /// none; every batch then reads every customer's state). A copy takes about as
+        /// much memory as the state in Redis (roughly 50 bytes an event in the window)
+        /// and is dropped once unused for the retention.
+        pub cached_customers: u64,
     }
 }
 

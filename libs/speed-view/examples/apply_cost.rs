@@ -1,19 +1,23 @@
 //! What applying costs Redis, per event: the speed layer's workload without Kafka.
 //!
 //! `cargo run --release -p fraud-speed-view --example apply_cost [customers] [rounds]
-//! [batch] [runs per call]` against the local Redis (`deploy/dev up --servers-only`;
-//! `FRAUD_REDIS__URL` overrides): `rounds` times, one event for each of `customers`
-//! customers, applied in pipelines of `batch` customers (the speed layer's batches hold
-//! about 4,000) with `runs per call` customers per script call (1: a call per customer,
-//! as before the script took many), so the states grow to `rounds` events as in
-//! `deploy/dev bench speed`. Prints the wall time
-//! and the Redis CPU (`INFO commandstats`, every command) per event, then deletes its
-//! keys. Redis is shared: run it on a quiet machine, and read it as a comparison.
+//! [batch] [runs per call] [copies]` against the local Redis (`deploy/dev up
+//! --servers-only`; `FRAUD_REDIS__URL` overrides): `rounds` times, one event for each of
+//! `customers` customers, applied in batches of `batch` customers (the speed layer's
+//! batches hold about 4,000) with `runs per call` customers per write call, by a writer
+//! that keeps copies of the states it wrote (`copies` 1, the default, as the speed layer
+//! does) or reads every state (0), so the states grow to `rounds` events as in
+//! `deploy/dev bench speed`. Prints the wall time and the Redis CPU (`INFO
+//! commandstats`, every command) per event, then deletes its keys. Redis is shared: run
+//! it on a quiet machine, and read it as a comparison.
 
 use std::collections::BTreeMap;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Instant;
 
-use fraud_speed_view::{ApplyScript, Generation, Record, Tuning, WINDOW_MS, customer_key, digest};
+use fraud_speed_view::{Generation, Record, StateWriter, Tuning, WINDOW_MS, customer_key, digest};
 use redis::AsyncCommands;
 
 const TUNING: Tuning = Tuning {
@@ -55,6 +59,7 @@ async fn main() {
         .next()
         .and_then(Result::ok)
         .unwrap_or(fraud_speed_view::apply::RUNS_PER_CALL);
+    let copies = args.next().and_then(Result::ok).unwrap_or(1) != 0;
     let url = std::env::var("FRAUD_REDIS__URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let client = redis::Client::open(url).expect("a Redis URL");
     let mut connection = client
@@ -65,7 +70,10 @@ async fn main() {
     let keys: Vec<String> = (0..customers)
         .map(|c| customer_key(&prefix, &format!("customer-{c}")))
         .collect();
-    let script = ApplyScript::with_runs_per_call(runs_per_call);
+    let mut script = StateWriter::with_runs_per_call(runs_per_call);
+    if copies {
+        script = script.with_copies(customers, std::time::Duration::from_secs(3_600));
+    }
     let generation = Generation::random();
     let start_ts: i64 = 1_735_689_600_000;
     let mut offset = 0i64;
@@ -114,11 +122,13 @@ async fn main() {
     }
     let per_event = |name: &str| total_usec.get(name).copied().unwrap_or(0) as f64 / events as f64;
     println!(
-        "{runs_per_call} runs per call; all {events} events, per event: {:.2} µs wall; Redis \
-         CPU {:.2} µs in scripts (of which GET {:.2}, SET {:.2})",
+        "{runs_per_call} runs per call, copies {copies}; all {events} events, per event: \
+         {:.2} µs wall; Redis CPU {:.2} µs reading (GET), {:.2} µs in write scripts (of \
+         which GETRANGE {:.2}, SET {:.2})",
         total_wall * 1e6 / events as f64,
-        per_event("evalsha"),
         per_event("get"),
+        per_event("evalsha"),
+        per_event("getrange"),
         per_event("set"),
     );
     for chunk in keys.chunks(1_000) {

@@ -1,13 +1,66 @@
-//! The writer's side: the script that applies runs of customers' records, many
-//! customers in one script call, and how a batch's calls go to Redis in one pipeline.
+//! The writer's side: runs of customers' records applied to their states in Redis,
+//! exactly once in effect, many customers in one round trip.
+//!
+//! # Read, apply, write if unchanged
+//! [`StateWriter::apply`] takes a batch's runs (one customer's records each, in offset
+//! order) in three steps:
+//! 1. the states it holds no copy of are read, a `GET` per key, in one pipeline;
+//! 2. every run is applied in memory ([`crate::run`]: every decision is made there);
+//! 3. every new state is written by `store.lua` only if its key still holds the header
+//!    of the state the run was applied to, with its TTL; many customers a script call,
+//!    the calls in one pipeline.
+//!
+//! A key that holds something else by then (another instance wrote it: a zombie that
+//! has not noticed it lost the partition, or the partition's new owner; or it expired,
+//! or Redis lost it) is read again and its run applied again to what it holds, where the
+//! records already applied are replays: a compare-and-set on the customer's last offset,
+//! so the read, the apply and the write act as one step, and an instance can never
+//! overwrite effects it has not seen.
+//!
+//! The header is enough to compare: it holds the generation, the last offset, the clock,
+//! the oldest event time and the counts of events and hours. Within a generation the
+//! records up to the last offset decide the events inside the retention and the hours;
+//! two writers may differ only in when they trimmed and in which hours they dropped
+//! before T_b, and both show in the counts.
+//!
+//! # The writer's copies
+//! A writer made [`StateWriter::with_copies`] keeps the states it wrote (up to a number
+//! of customers, each for an idle time after its last use), so step 1 reads only
+//! customers it has not seen lately. A stale copy costs a second round trip, never a
+//! wrong state: the write compares it with Redis. The speed layer owns its partitions'
+//! customers, so its copies are almost always current, and Redis does for a customer
+//! what any key-value store does: a `GETRANGE` of 43 bytes and a `SET`.
+//!
+//! Earlier speed layers applied the runs inside Redis, in a Lua script that read,
+//! decided and wrote; Redis spent 6–12 µs a customer on it (most of it making and
+//! hashing Lua strings of the whole state three times), the busiest part of the
+//! machine. See README, Benchmarks, Speed layer.
+//!
+//! # Keys and Redis Cluster
+//! Reads are single-key `GET`s, cluster-friendly as they are. The write script's first
+//! line, `#!lua flags=allow-cross-slot-keys`, lets one call write keys of many slots;
+//! every key is declared (`KEYS`). On a standalone Redis, the only kind the platform
+//! connects to today, the flag has no effect and any keys may share a call. On a cluster
+//! the keys of one call must live on one node: a cluster writer would group each
+//! batch's writes by node (slot of the `{customerId}` hash tag → node, from the
+//! cluster's slot map, refreshed on `MOVED`) and send each node its calls. A call that
+//! fails (a `MOVED` in the middle of a slot migration) fails the batch, which is
+//! retried: the writes that went through are then found as they are and the records
+//! they applied are replays.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use foldhash::fast::RandomState;
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 
 use crate::meta::Generation;
-use crate::state::{CustomerState, DecodeError};
+use crate::run::{self, Applied};
+use crate::state::{CustomerState, DecodeError, HEADER_LEN};
 
-/// One Kafka record of a customer, ready for the script.
+/// One Kafka record of a customer, as the rules need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
     pub offset: i64,
@@ -15,20 +68,6 @@ pub struct Record {
     pub amount: i64,
     pub vendor: [u8; 8],
     pub transaction: [u8; 8],
-}
-
-impl Record {
-    /// The size of a packed record.
-    const PACKED_LEN: usize = 40;
-
-    /// The record as the script reads it ([`Record::PACKED_LEN`] bytes).
-    fn pack_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.offset.to_le_bytes());
-        out.extend_from_slice(&self.ts.to_le_bytes());
-        out.extend_from_slice(&self.amount.to_le_bytes());
-        out.extend_from_slice(&self.vendor);
-        out.extend_from_slice(&self.transaction);
-    }
 }
 
 /// The speed layer's retention and expiry, in ms.
@@ -43,7 +82,7 @@ pub struct Tuning {
     pub increments_ttl_ms: i64,
 }
 
-/// What the script decided for one record of a run.
+/// What was decided for one record of a run ([`crate::run`] says how).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordOutcome {
     /// Applied. `vendor_seen_before`: the customer had used the record's vendor before
@@ -65,30 +104,6 @@ pub enum RecordOutcome {
     ReplayedHeld { vendor_seen_before: bool },
 }
 
-impl RecordOutcome {
-    /// The script's byte for it.
-    fn from_byte(byte: u8) -> Option<RecordOutcome> {
-        Some(match byte {
-            b'n' => RecordOutcome::Applied {
-                vendor_seen_before: false,
-            },
-            b's' => RecordOutcome::Applied {
-                vendor_seen_before: true,
-            },
-            b'l' => RecordOutcome::Late,
-            b'd' => RecordOutcome::Duplicate,
-            b'r' => RecordOutcome::Replayed,
-            b'S' => RecordOutcome::ReplayedHeld {
-                vendor_seen_before: true,
-            },
-            b'N' => RecordOutcome::ReplayedHeld {
-                vendor_seen_before: false,
-            },
-            _ => return None,
-        })
-    }
-}
-
 /// What applying one run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutcome {
@@ -107,79 +122,91 @@ pub struct ApplyOutcome {
     pub replayed: u64,
 }
 
-/// Applying failed.
+/// Applying failed; no run of the batch was written, or a retry finds the ones that were
+/// as they are.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
-    #[error("unexpected reply from the apply script: {0}")]
+    #[error("unexpected reply from Redis: {0}")]
     Reply(String),
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
+    #[error("{key}: {error}")]
+    Decode { key: String, error: DecodeError },
+    #[error("{key}: {error}")]
+    Overflow { key: String, error: run::Overflow },
+    #[error("{keys} customers' states kept changing while being written ({attempts} attempts)")]
+    Contended { keys: usize, attempts: usize },
 }
 
-/// The apply script (`apply.lua`).
-///
-/// One script call applies the runs of many customers: the call itself (looking the
-/// script up, setting up its arguments, resetting its environment) costs Redis about as
-/// much as the `GET` and the `SET` of a customer, so a call per customer spent most of
-/// Redis' time on calls. Calls take [`ApplyScript::runs_per_call`] runs each, so that
-/// one call does not hold Redis (single-threaded: every other client waits meanwhile)
-/// for long, and the calls of a batch go in one pipeline.
-///
-/// # Keys and Redis Cluster
-/// The script's first line, `#!lua flags=allow-cross-slot-keys`, lets one call touch
-/// keys of many slots; every key is declared (`KEYS`). On a standalone Redis, the only
-/// kind the platform connects to today, the flag has no effect and any keys may share
-/// a call. On a cluster the flag lets the script's own commands reach keys of several
-/// slots of the node it runs on, but the keys a call declares must still hash to one
-/// slot, and a key of another node is an error. A cluster writer would therefore group
-/// each batch's runs by node (slot of the `{customerId}` hash tag → node, from the
-/// cluster's slot map, refreshed on `MOVED`), declare one key per call for routing and
-/// pass the others as arguments, and send each node its calls; or, keeping the script
-/// as it is, make one call per slot (16,384 slots: with 100,000 customers that is
-/// close to a call per customer again). A failed call writes nothing (the script
-/// computes every state before it writes one), so a `MOVED` or `ASK` in the middle of
-/// a slot migration fails that call whole and the batch is retried.
-pub struct ApplyScript {
+/// Writes the speed layer's customer states (the module header says how).
+pub struct StateWriter {
     script: Script,
     runs_per_call: usize,
+    copies: Option<Mutex<Copies>>,
 }
 
-/// Runs per script call unless [`ApplyScript::with_runs_per_call`] says otherwise. At
-/// about 9 µs of Redis time a customer, a call holds Redis for about 5 ms, and the
-/// call's own cost (measured at about 1.6 µs a customer with a call per customer) is
-/// spread over 500 customers.
+/// Customers per write call unless [`StateWriter::with_runs_per_call`] says otherwise: a
+/// call holds Redis (single-threaded: every other client waits meanwhile) for well under
+/// a millisecond, and the call's own cost is spread over many customers.
 pub const RUNS_PER_CALL: usize = 500;
 
-impl Default for ApplyScript {
+/// How many times a batch reads, applies and writes the customers whose keys changed
+/// under it before it gives up (and is retried as a whole later). Only another writer
+/// of the same customers makes a key change twice in a row.
+const ATTEMPTS: usize = 8;
+
+impl Default for StateWriter {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl ApplyScript {
+impl StateWriter {
+    /// A writer that keeps no copies: every batch reads its customers' states.
     pub fn new() -> Self {
         Self::with_runs_per_call(RUNS_PER_CALL)
     }
 
-    /// At most `runs_per_call` runs (at least 1) in one script call.
+    /// At most `runs_per_call` customers (at least 1) written by one script call.
     pub fn with_runs_per_call(runs_per_call: usize) -> Self {
         Self {
-            script: Script::new(include_str!("apply.lua")),
+            script: Script::new(include_str!("store.lua")),
             runs_per_call: runs_per_call.max(1),
+            copies: None,
         }
     }
 
-    /// Most runs applied by one script call.
+    /// Keeps a copy of the state of up to `customers` customers it wrote (0: none), each
+    /// until it has not been used for `idle`.
+    pub fn with_copies(mut self, customers: usize, idle: Duration) -> Self {
+        self.copies = (customers > 0).then(|| {
+            Mutex::new(Copies {
+                entries: HashMap::default(),
+                capacity: customers,
+                idle,
+                swept: Instant::now(),
+            })
+        });
+        self
+    }
+
+    /// Most customers written by one script call.
     pub fn runs_per_call(&self) -> usize {
         self.runs_per_call
     }
 
-    /// Applies each `(key, records)` run, [`ApplyScript::runs_per_call`] runs per script
-    /// call, the calls in one pipeline; outcomes in the same order, each with one
-    /// [`RecordOutcome`] per record. A key may come more than once: its later run starts
-    /// from the state the earlier one left. Safe to repeat: replays change nothing.
+    /// Drops every copy (when Redis lost its data, or partitions moved).
+    pub fn forget_copies(&self) {
+        if let Some(copies) = &self.copies {
+            copies.lock().expect("copies lock").entries.clear();
+        }
+    }
+
+    /// Applies each `(key, records)` run to its customer's state in Redis; outcomes in
+    /// the same order, each with one [`RecordOutcome`] per record. A key may come more
+    /// than once: its later run starts from the state the earlier one left. Safe to
+    /// repeat: replays change nothing. On an error nothing was written, except by
+    /// write calls that went through before a failed one; a retry finds those.
     pub async fn apply<C: ConnectionLike + Send + Sync>(
         &self,
         connection: &mut C,
@@ -188,38 +215,145 @@ impl ApplyScript {
         tuning: Tuning,
         runs: &[(String, Vec<Record>)],
     ) -> Result<Vec<ApplyOutcome>, ApplyError> {
-        if runs.is_empty() {
-            return Ok(Vec::new());
+        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; runs.len()];
+        let mut bases = self.take_copies(runs);
+        let mut pending: Vec<usize> = (0..runs.len()).collect();
+        for _ in 0..ATTEMPTS {
+            self.read_missing(connection, runs, &pending, &mut bases)
+                .await?;
+            // Apply every pending run to the state its customer's last run left.
+            let mut writes = Vec::with_capacity(pending.len());
+            for &index in &pending {
+                let (key, records) = &runs[index];
+                let base = bases.remove(key.as_str()).unwrap_or_default();
+                let applied = run::apply_run(base.state, generation, watermark, tuning, records)
+                    .map_err(|error| ApplyError::Overflow {
+                        key: key.clone(),
+                        error,
+                    })?;
+                let bytes = applied.state.encode();
+                bases.insert(
+                    key,
+                    Base {
+                        state: Some(applied.state.clone()),
+                        header: bytes[..HEADER_LEN].to_vec(),
+                    },
+                );
+                writes.push(Write {
+                    index,
+                    expected: base.header,
+                    bytes,
+                    applied,
+                });
+            }
+            let written = self.write(connection, runs, &writes).await?;
+            let mut changed = Vec::new();
+            for (write, written) in writes.into_iter().zip(written) {
+                if written {
+                    outcomes[write.index] = Some(outcome(write.applied));
+                } else {
+                    changed.push(write.index);
+                }
+            }
+            // Those keys are read again: every later run of such a key failed too (it
+            // expected the state of the one that did not go through).
+            for &index in &changed {
+                bases.remove(runs[index].0.as_str());
+            }
+            pending = changed;
+            if pending.is_empty() {
+                self.keep_copies(bases);
+                return Ok(outcomes
+                    .into_iter()
+                    .map(|outcome| outcome.expect("every run written"))
+                    .collect());
+            }
+        }
+        Err(ApplyError::Contended {
+            keys: pending.len(),
+            attempts: ATTEMPTS,
+        })
+    }
+
+    /// Reads the states of the pending runs' keys that `bases` has no state for.
+    async fn read_missing<'a, C: ConnectionLike + Send + Sync>(
+        &self,
+        connection: &mut C,
+        runs: &'a [(String, Vec<Record>)],
+        pending: &[usize],
+        bases: &mut Bases<'a>,
+    ) -> Result<(), ApplyError> {
+        let mut missing: Vec<&str> = Vec::new();
+        for &index in pending {
+            let key = runs[index].0.as_str();
+            if !bases.contains_key(key) {
+                bases.insert(key, Base::default());
+                missing.push(key);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
         }
         let mut pipeline = redis::pipe();
-        let watermark = watermark.map(|w| w.to_string()).unwrap_or_default();
-        let calls = runs.chunks(self.runs_per_call);
+        for key in &missing {
+            pipeline.get(key);
+        }
+        let stored: Vec<Option<Vec<u8>>> = pipeline.query_async(connection).await?;
+        if stored.len() != missing.len() {
+            return Err(ApplyError::Reply(format!(
+                "{} replies to {} reads",
+                stored.len(),
+                missing.len()
+            )));
+        }
+        for (key, bytes) in missing.into_iter().zip(stored) {
+            let Some(bytes) = bytes else { continue };
+            let state = CustomerState::decode(&bytes).map_err(|error| ApplyError::Decode {
+                key: key.to_owned(),
+                error,
+            })?;
+            let header = bytes[..HEADER_LEN.min(bytes.len())].to_vec();
+            bases.insert(
+                key,
+                Base {
+                    state: Some(state),
+                    header,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes each state whose key still holds the header it was applied to; whether it
+    /// was written, in `writes`' order.
+    async fn write<C: ConnectionLike + Send + Sync>(
+        &self,
+        connection: &mut C,
+        runs: &[(String, Vec<Record>)],
+        writes: &[Write],
+    ) -> Result<Vec<bool>, ApplyError> {
+        let mut pipeline = redis::pipe();
+        let calls = writes.chunks(self.runs_per_call);
         for call in calls.clone() {
             let command = pipeline
                 .cmd("EVALSHA")
                 .arg(self.script.get_hash())
                 .arg(call.len());
-            for (key, _) in call {
-                command.arg(key);
+            for write in call {
+                command.arg(&runs[write.index].0);
             }
-            command
-                .arg(generation.as_bytes())
-                .arg(tuning.retention_ms)
-                .arg(&watermark)
-                .arg(tuning.idle_ttl_ms)
-                .arg(tuning.increments_ttl_ms);
-            for (_, records) in call {
-                let mut packed = Vec::with_capacity(records.len() * Record::PACKED_LEN);
-                for record in records {
-                    record.pack_into(&mut packed);
-                }
-                command.arg(packed);
+            for write in call {
+                command
+                    .arg(&write.expected)
+                    .arg(&write.bytes)
+                    .arg(write.applied.ttl_ms);
             }
         }
         let replies: Vec<Value> = match pipeline.query_async(connection).await {
             Ok(replies) => replies,
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                // Redis restarted (or flushed its scripts): load it and send again.
+                // Redis restarted (or flushed its scripts): load it and send again. No
+                // call ran: a script missing for one is missing for all.
                 self.script.prepare_invoke().load_async(connection).await?;
                 pipeline.query_async(connection).await?
             }
@@ -232,57 +366,107 @@ impl ApplyScript {
                 calls.len()
             )));
         }
-        let mut outcomes = Vec::with_capacity(runs.len());
+        let mut written = Vec::with_capacity(writes.len());
         for (reply, call) in replies.into_iter().zip(calls) {
-            let Value::Array(items) = reply else {
+            let Value::BulkString(flags) = reply else {
                 return Err(ApplyError::Reply(format!("{reply:?}")));
             };
-            if items.len() != 2 * call.len() {
+            if flags.len() != call.len() {
                 return Err(ApplyError::Reply(format!(
-                    "{} items for {} runs",
-                    items.len(),
+                    "{} flags for {} writes",
+                    flags.len(),
                     call.len()
                 )));
             }
-            let mut items = items.into_iter();
-            for (_, records) in call {
-                let (Some(state), Some(verdicts)) = (items.next(), items.next()) else {
-                    unreachable!("two items per run, counted above");
-                };
-                outcomes.push(outcome(state, verdicts, records.len())?);
+            written.extend(flags.iter().map(|&flag| flag == b'1'));
+        }
+        Ok(written)
+    }
+
+    /// Takes the copies of the runs' customers (they come back once written).
+    fn take_copies<'a>(&self, runs: &'a [(String, Vec<Record>)]) -> Bases<'a> {
+        let mut bases = Bases::with_capacity_and_hasher(runs.len(), RandomState::default());
+        let Some(copies) = &self.copies else {
+            return bases;
+        };
+        let mut copies = copies.lock().expect("copies lock");
+        let idle = copies.idle;
+        for (key, _) in runs {
+            if let Some(copy) = copies.entries.remove(key.as_str())
+                && copy.used.elapsed() < idle
+            {
+                bases.insert(key.as_str(), copy.base);
             }
         }
-        Ok(outcomes)
+        bases
+    }
+
+    /// Keeps the states just written as copies.
+    fn keep_copies(&self, bases: Bases<'_>) {
+        let Some(copies) = &self.copies else {
+            return;
+        };
+        let mut copies = copies.lock().expect("copies lock");
+        let now = Instant::now();
+        if now.duration_since(copies.swept) >= copies.idle / 4 {
+            let idle = copies.idle;
+            copies
+                .entries
+                .retain(|_, copy| now.duration_since(copy.used) < idle);
+            copies.swept = now;
+        }
+        for (key, base) in bases {
+            if base.state.is_some() && copies.entries.len() < copies.capacity {
+                copies
+                    .entries
+                    .insert(key.to_owned(), Copy { base, used: now });
+            }
+        }
     }
 }
 
-/// One run's part of a reply: its state, and one byte per record.
-fn outcome(state: Value, verdicts: Value, records: usize) -> Result<ApplyOutcome, ApplyError> {
-    let Value::BulkString(state) = state else {
-        return Err(ApplyError::Reply(format!("state {state:?}")));
-    };
-    // An empty Lua string may come back as an empty bulk string or as nil.
-    let verdicts = match verdicts {
-        Value::BulkString(bytes) => bytes,
-        Value::Nil => Vec::new(),
-        other => return Err(ApplyError::Reply(format!("outcomes {other:?}"))),
-    };
-    if verdicts.len() != records {
-        return Err(ApplyError::Reply(format!(
-            "{} outcomes for {records} records",
-            verdicts.len()
-        )));
-    }
-    let per_record = verdicts
-        .iter()
-        .map(|&byte| RecordOutcome::from_byte(byte))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| ApplyError::Reply(format!("outcomes {verdicts:?}")))?;
+/// A customer's state as stored (`None`: no key), with the stored header (empty: no
+/// key), which a write compares.
+#[derive(Default)]
+struct Base {
+    state: Option<CustomerState>,
+    header: Vec<u8>,
+}
+
+/// A copy of a customer's state, as the writer last wrote it.
+struct Copy {
+    base: Base,
+    used: Instant,
+}
+
+/// The base of each customer of a batch, by key.
+type Bases<'a> = HashMap<&'a str, Base, RandomState>;
+
+struct Copies {
+    entries: HashMap<String, Copy, RandomState>,
+    capacity: usize,
+    idle: Duration,
+    swept: Instant,
+}
+
+/// A run applied, to be written if its key still holds `expected`.
+struct Write {
+    /// The run's place in the batch.
+    index: usize,
+    expected: Vec<u8>,
+    bytes: Vec<u8>,
+    applied: Applied,
+}
+
+fn outcome(applied: Applied) -> ApplyOutcome {
     let tally = |wanted: fn(&RecordOutcome) -> bool| {
-        per_record.iter().filter(|record| wanted(record)).count() as u64
+        applied
+            .records
+            .iter()
+            .filter(|record| wanted(record))
+            .count() as u64
     };
-    Ok(ApplyOutcome {
-        state: CustomerState::decode(&state)?,
+    ApplyOutcome {
         applied: tally(|record| matches!(record, RecordOutcome::Applied { .. })),
         late: tally(|record| *record == RecordOutcome::Late),
         duplicates: tally(|record| *record == RecordOutcome::Duplicate),
@@ -292,6 +476,7 @@ fn outcome(state: Value, verdicts: Value, records: usize) -> Result<ApplyOutcome
                 RecordOutcome::Replayed | RecordOutcome::ReplayedHeld { .. }
             )
         }),
-        records: per_record,
-    })
+        state: applied.state,
+        records: applied.records,
+    }
 }

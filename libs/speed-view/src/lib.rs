@@ -10,26 +10,19 @@
 //! T_b on. The braces are a Redis Cluster hash tag: everything about a customer lives
 //! in one slot.
 //!
-//! # Many customers in one script call
-//! [`apply`]'s script applies the runs of many customers in one call (500 by default),
-//! and a batch's calls go in one pipeline. A call per customer spent most of Redis' time
-//! on calls and on what every call allocates; measured with the `apply_cost` example (20
-//! events a customer, one new event each, batches of 4,000, busy machine): 12.4 µs of
-//! Redis CPU an event with a call per customer, 9.9 µs with 500 customers a call. Within
-//! a call the cost is the customer's `GET` and `SET` and what Lua allocates: the script
-//! appends new events to the stored ones without decoding them, searches them where
-//! they lie in the stored value, trims the ones past the retention in bulk, and makes
-//! the new state with one concatenation, so its cost does not grow with the events held.
-//! The script's flag `allow-cross-slot-keys` lets a call hold keys of many slots: any
-//! keys on a standalone Redis (the only kind the platform connects to today); on a
-//! cluster, keys of one node only, grouped by the caller
-//! ([`apply::ApplyScript`] says how).
+//! # Applied in the writer, written with a compare-and-set
+//! [`run`] holds the rules: a customer's run of records applied to its state, in
+//! memory. [`apply::StateWriter`] reads the states it has no copy of, applies the runs
+//! and writes each new state only if its key still holds the state it was applied to
+//! (`store.lua`, many customers a call, the calls of a batch in one pipeline), so Redis
+//! spends on a customer about what a `GETRANGE` and a `SET` cost.
 //!
 //! # Invariants
 //! - **Exactly once in effect.** A customer's records all come from one Kafka partition,
 //!   in offset order. A record is applied only if its offset is greater than the stored
-//!   last offset, in the same script that changes the state, so replays (after a crash,
-//!   a rebalance, or from a zombie instance that lost the partition) change nothing.
+//!   last offset, and the state that says so is replaced only if it is still the one
+//!   stored (a compare-and-set), so replays (after a crash, a rebalance, or from a
+//!   zombie instance that lost the partition) change nothing.
 //!   A second record of the same `transactionId` is applied once: every event that can
 //!   still be in a window is kept with its transaction digest, and an older duplicate is
 //!   late anyway. (Adding partitions to the topic moves customers between partitions and
@@ -59,15 +52,16 @@
 //!   retention), [`apply::Tuning::increments_ttl`] when it does (until a batch run covers
 //!   those hours).
 //!
-//! Money is integer minor units; Lua computes with doubles, exact below 2^53 minor
-//! units, and the script fails rather than round beyond that.
+//! Money is integer minor units; a sum that reaches 2^53 minor units (beyond what a
+//! double, and so a JSON reader, holds exactly) fails the batch rather than round.
 
 pub mod apply;
 pub mod meta;
+pub mod run;
 pub mod state;
 pub mod update;
 
-pub use apply::{ApplyOutcome, ApplyScript, Record, RecordOutcome, Tuning};
+pub use apply::{ApplyOutcome, Record, RecordOutcome, StateWriter, Tuning};
 pub use meta::{Generation, PartitionStatus, SpeedMeta};
 pub use state::{CustomerState, HourIncrement, WindowAggregates, WindowEvent};
 pub use update::{AppliedEvent, EventWindow, WindowUpdate};

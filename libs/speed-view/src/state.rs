@@ -1,6 +1,6 @@
 //! A customer's state as stored, and the aggregates read from it.
 //!
-//! Layout `W3` (little-endian, written by `apply.lua`):
+//! Layout `W3` (little-endian, written by [`CustomerState::encode`]):
 //!
 //! | part | fields |
 //! |---|---|
@@ -8,16 +8,18 @@
 //! | m hours (40 bytes each, ascending) | hour start ms (i64), sum (i64), count (i64), edge sum (i64), edge count (i64) |
 //! | n events (33 bytes each, in the order applied) | event time ms (i64), amount minor (i64), vendor digest (8), transaction digest (8), vendor used before (1: `s` yes, `n` no, `?` unknown) |
 //!
-//! The last byte of an event is the script's answer, when it applied the event, to
+//! The last byte of an event is the answer, when the event was applied, to
 //! whether the customer had used its vendor before ([`crate::update::AppliedEvent`]),
 //! kept so that a replay of the record after a crash is answered the same. Layout `W2`
 //! (speed layers before it) is the same without that byte: it is still read, its events'
-//! byte taken as unknown, and the script rewrites a `W2` state as `W3` the first time it
+//! byte taken as unknown, and the writer rewrites a `W2` state as `W3` the first time it
 //! writes it. Readers must be able to read `W3` before a speed layer writes it.
 //!
-//! The events come last so that the script appends to them without decoding them. They
-//! hold every applied event with `ts > clock - retention`, and may still hold older ones
-//! (up to a quarter of the retention older) until the script trims them in bulk: such an
+//! The header comes first and says what the rest holds (offset, clock, counts), so a
+//! writer checks with `GETRANGE` of the header alone that a key still holds the state it
+//! computed from ([`crate::apply`]). The events hold every applied event with
+//! `ts > clock - retention`, and may still hold older ones (up to a quarter of the
+//! retention older) until the writer trims them in bulk: such an
 //! event is outside every window a reader may ask for and never counts twice in a total
 //! (see [`CustomerState::total_between`]).
 
@@ -28,7 +30,8 @@ use crate::{HOUR_MS, WINDOW_MS};
 
 const MAGIC: &[u8; 2] = b"W3";
 const LEGACY_MAGIC: &[u8; 2] = b"W2";
-const HEADER_LEN: usize = 43;
+/// The header's length: what a writer compares before it replaces a state.
+pub(crate) const HEADER_LEN: usize = 43;
 const EVENT_LEN: usize = 33;
 const LEGACY_EVENT_LEN: usize = 32;
 const HOUR_LEN: usize = 40;
@@ -174,6 +177,45 @@ impl CustomerState {
             events,
             hours,
         })
+    }
+
+    /// The state in layout `W3`, as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            HEADER_LEN + self.hours.len() * HOUR_LEN + self.events.len() * EVENT_LEN,
+        );
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(self.generation.as_bytes());
+        out.extend_from_slice(&self.last_offset.to_le_bytes());
+        out.extend_from_slice(&self.clock.unwrap_or(0).to_le_bytes());
+        out.push(u8::from(self.clock.is_some()));
+        let oldest = self.events.iter().map(|event| event.ts).min();
+        out.extend_from_slice(&oldest.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&(self.events.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.hours.len() as u32).to_le_bytes());
+        for hour in &self.hours {
+            for field in [
+                hour.hour,
+                hour.sum,
+                hour.count,
+                hour.edge_sum,
+                hour.edge_count,
+            ] {
+                out.extend_from_slice(&field.to_le_bytes());
+            }
+        }
+        for event in &self.events {
+            out.extend_from_slice(&event.ts.to_le_bytes());
+            out.extend_from_slice(&event.amount.to_le_bytes());
+            out.extend_from_slice(&event.vendor);
+            out.extend_from_slice(&event.transaction);
+            out.push(match event.vendor_seen_before {
+                Some(true) => b's',
+                Some(false) => b'n',
+                None => b'?',
+            });
+        }
+        out
     }
 
     /// The aggregates of `W(c, t)`: the events with `t - 30 min < ts <= t`.

@@ -19,7 +19,7 @@
 //!  "sourcePartition":3,"sourceOffset":19,"generation":"00000000000000aa"}
 //! ```
 //!
-//! `events` lists every record of the customer's run in the batch that the apply script
+//! `events` lists every record of the customer's run in the batch that the writer
 //! applied, in offset order, and every replayed record whose event an earlier delivery
 //! applied and the state still holds inside the retention
 //! ([`crate::RecordOutcome::ReplayedHeld`]), with the answers of that first delivery:
@@ -146,11 +146,11 @@ pub struct AppliedEvent {
     /// of its first delivery. Before the
     /// customer's first applied event (no clock) it is false. The answer depends only
     /// on the customer's records in offset order: not on how they were batched, nor on
-    /// when the script trimmed old events. Vendors used before the retention are the
+    /// when the writer trimmed old events. Vendors used before the retention are the
     /// batch layer's (`batch_vendors`).
     pub vendor_seen_before: bool,
     /// The aggregates of `W(c, ts)` (`ts - 30 min < e.ts <= ts`) at this event's instant,
-    /// as the speed layer knows them after the batch: over the state the apply script
+    /// as the speed layer knows them after the batch: over the state the writer
     /// returned ([`crate::CustomerState::window_at`]), that is over every event applied
     /// to the customer up to the end of the batch, this one included. When events arrive
     /// out of order, that includes records later in the batch (larger offsets) whose

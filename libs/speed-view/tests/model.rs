@@ -1,4 +1,4 @@
-//! The speed view against real Redis: the apply script and the Rust reading of its
+//! The speed view against real Redis: the state writer and the Rust reading of its
 //! state checked against a naive model over random streams, and the documented edges
 //! (window boundary, watermark and its edge, generations, expiry, the meta key).
 
@@ -6,8 +6,8 @@ mod support;
 
 use fraud_speed_view::meta::{Progress, meta_key};
 use fraud_speed_view::{
-    ApplyScript, CustomerState, Generation, HOUR_MS, HourIncrement, PartitionStatus, Record,
-    RecordOutcome, SpeedMeta, WINDOW_MS, WindowAggregates, WindowEvent, customer_key,
+    CustomerState, Generation, HOUR_MS, HourIncrement, PartitionStatus, Record, RecordOutcome,
+    SpeedMeta, StateWriter, WINDOW_MS, WindowAggregates, WindowEvent, customer_key,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -17,7 +17,7 @@ use redis::aio::ConnectionManager;
 use support::*;
 
 // ---------------------------------------------------------------------------------------
-// The script against the naive model.
+// The writer against the naive model.
 // ---------------------------------------------------------------------------------------
 
 /// How a record's event time is drawn.
@@ -164,7 +164,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn the_script_agrees_with_the_naive_model(scenario in scenario()) {
+    fn the_writer_agrees_with_the_naive_model(scenario in scenario()) {
         runtime().block_on(check_scenario(scenario))?;
     }
 }
@@ -195,7 +195,7 @@ fn check_state(
     prop_assert_eq!(state.last_offset, model.last_offset.unwrap_or(-1));
     prop_assert_eq!(state.clock, model.clock);
     // Every event inside the retention, and past it at most applied events not trimmed
-    // yet (the script trims in bulk, a quarter of the retention late at the most).
+    // yet (the writer trims in bulk, a quarter of the retention late at the most).
     let floor = model
         .clock
         .map_or(i64::MIN, |clock| clock - model.retention);
@@ -339,7 +339,15 @@ async fn drive(
     prefix: &str,
     scenario: &Scenario,
 ) -> Result<(), TestCaseError> {
-    let script = ApplyScript::new();
+    // Half the scenarios with a writer that keeps copies of the states it wrote, and
+    // now and then a batch written by another writer (as a zombie or a partition's new
+    // owner would), which leaves those copies stale.
+    let writer = if scenario.seed.is_multiple_of(2) {
+        StateWriter::new().with_copies(1_000, std::time::Duration::from_secs(3_600))
+    } else {
+        StateWriter::new()
+    };
+    let other = StateWriter::new();
     let generation = Generation::random();
     let streams = scenario.streams();
     let n = scenario.customers;
@@ -379,7 +387,7 @@ async fn drive(
                 sent[c] = until;
                 stream[from..until].to_vec()
             } else if sent[c] < stream.len() {
-                // Now and then a long run, as a hot customer's batch: the script
+                // Now and then a long run, as a hot customer's batch: the writer
                 // indexes the held events for runs of 32 records or more.
                 let length = if rng.below(4) == 0 {
                     32 + rng.below(24)
@@ -396,7 +404,8 @@ async fn drive(
             runs.push((keys[c].clone(), run));
             owners.push(c);
         }
-        let outcomes = script
+        let this = if rng.below(5) == 0 { &other } else { &writer };
+        let outcomes = this
             .apply(connection, generation, watermark, TUNING, &runs)
             .await
             .map_err(|error| TestCaseError::fail(format!("apply failed: {error}")))?;
@@ -444,7 +453,7 @@ async fn drive(
         runs.push((keys[c].clone(), streams[c][from..until].to_vec()));
         owners.push(c);
     }
-    let outcomes = script
+    let outcomes = writer
         .apply(connection, generation, watermark, TUNING, &runs)
         .await
         .map_err(|error| TestCaseError::fail(format!("replay failed: {error}")))?;
@@ -484,7 +493,7 @@ async fn drive(
         last_state[c] = Some(outcome.state);
     }
 
-    // What is stored is what the script returned, and it expires by itself.
+    // What is stored is what the writer returned, and it expires by itself.
     for c in 0..n {
         let stored: Option<Vec<u8>> = connection.get(&keys[c]).await.map_err(fail)?;
         let Some(stored) = stored else {
@@ -529,7 +538,7 @@ async fn apply(
     key: &str,
     records: Vec<Record>,
 ) -> fraud_speed_view::ApplyOutcome {
-    let mut outcomes = ApplyScript::new()
+    let mut outcomes = StateWriter::new()
         .apply(
             connection,
             generation,
@@ -974,7 +983,7 @@ async fn sums_beyond_2_pow_53_fail_and_change_nothing() {
     assert_eq!(first.state.hours[0].sum, half);
     let before: Vec<u8> = connection.get(&key).await.expect("GET");
 
-    let result = ApplyScript::new()
+    let result = StateWriter::new()
         .apply(
             &mut connection,
             generation,
@@ -994,7 +1003,7 @@ async fn sums_beyond_2_pow_53_fail_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn the_script_is_loaded_when_redis_does_not_have_it() {
+async fn the_write_script_is_loaded_when_redis_does_not_have_it() {
     // A private server: flushing scripts must not disturb anyone else.
     let mut server = fraud_testkit::PrivateRedis::new();
     server.start();
@@ -1003,7 +1012,7 @@ async fn the_script_is_loaded_when_redis_does_not_have_it() {
         .get_connection_manager()
         .await
         .expect("connect to the private redis");
-    let script = ApplyScript::new();
+    let script = StateWriter::new();
     let generation = Generation::random();
     let key = customer_key("noscript:", "c");
     for (offset, flush) in [(1, false), (2, true)] {
@@ -1237,7 +1246,7 @@ async fn a_state_in_an_unknown_encoding_is_an_error_and_left_alone() {
     let mut garbage = b"W9".to_vec();
     garbage.resize(43, 0);
     let _: () = connection.set(&key, &garbage).await.expect("SET");
-    let result = ApplyScript::new()
+    let result = StateWriter::new()
         .apply(
             &mut connection,
             Generation::random(),
@@ -1727,7 +1736,7 @@ async fn one_call_keeps_its_customers_apart() {
         (&split, 3),
         (&whole, 1),
     ] {
-        let script = ApplyScript::with_runs_per_call(runs_per_call);
+        let script = StateWriter::with_runs_per_call(runs_per_call);
         let prefix = TestPrefix::new("speed-view-two-customers");
         let keys = [customer_key(&prefix, "a"), customer_key(&prefix, "b")];
         let generation = Generation::random();
@@ -1816,8 +1825,8 @@ async fn one_call_keeps_its_customers_apart() {
     }
 }
 
-/// A call that fails for one of its customers writes nothing, for any of them: the
-/// script computes every state before it writes one.
+/// A batch that fails for one of its customers writes nothing, for any of them: every
+/// state is computed before one is written.
 #[tokio::test]
 async fn a_failed_call_writes_no_customer() {
     let mut connection = connect().await;
@@ -1835,7 +1844,7 @@ async fn a_failed_call_writes_no_customer() {
     )
     .await;
     let before: Vec<u8> = connection.get(&overflowing).await.expect("GET");
-    let result = ApplyScript::new()
+    let result = StateWriter::new()
         .apply(
             &mut connection,
             generation,
@@ -1859,5 +1868,115 @@ async fn a_failed_call_writes_no_customer() {
     );
     let after: Vec<u8> = connection.get(&overflowing).await.expect("GET");
     assert_eq!(after, before);
+    assert_eq!(delete_prefix(&mut connection, &prefix).await, 1);
+}
+
+/// A writer's copy that another writer made stale (a zombie that lost the partition, or
+/// its new owner) is never written over: the write finds the key changed, reads it
+/// again, and the records the other writer applied meanwhile are replays. Likewise when
+/// the key is gone (expired, or Redis lost it).
+#[tokio::test]
+async fn a_stale_copy_is_read_again_before_it_is_written_over() {
+    let mut connection = connect().await;
+    let prefix = TestPrefix::new("speed-view-stale-copy");
+    let key = customer_key(&prefix, "c");
+    let generation = Generation::random();
+    let owner = StateWriter::new().with_copies(10, std::time::Duration::from_secs(3_600));
+    let other = StateWriter::new();
+    let records: Vec<Record> = (1..=6)
+        .map(|n| {
+            record(
+                n,
+                T0 + n * MINUTE_MS,
+                100 * n,
+                n as u8 % 2,
+                &format!("t{n}"),
+            )
+        })
+        .collect();
+    let run = |records: &[Record]| vec![(key.clone(), records.to_vec())];
+    let first = owner
+        .apply(
+            &mut connection,
+            generation,
+            None,
+            TUNING,
+            &run(&records[..3]),
+        )
+        .await
+        .expect("apply");
+    assert_eq!(first[0].applied, 3);
+    // Another writer applies records 4 and 5: the owner's copy still ends at 3.
+    let theirs = other
+        .apply(
+            &mut connection,
+            generation,
+            None,
+            TUNING,
+            &run(&records[3..5]),
+        )
+        .await
+        .expect("apply");
+    assert_eq!(theirs[0].applied, 2);
+    // The owner, from its copy, would take 4 and 5 for new and write them over, or
+    // take 6 alone and lose them; it reads the key again instead.
+    let ours = owner
+        .apply(
+            &mut connection,
+            generation,
+            None,
+            TUNING,
+            &run(&records[3..]),
+        )
+        .await
+        .expect("apply");
+    assert_eq!(
+        ours[0].records,
+        vec![
+            RecordOutcome::ReplayedHeld {
+                vendor_seen_before: true
+            },
+            RecordOutcome::ReplayedHeld {
+                vendor_seen_before: true
+            },
+            RecordOutcome::Applied {
+                vendor_seen_before: true
+            },
+        ]
+    );
+    let stored: Vec<u8> = connection.get(&key).await.expect("GET");
+    let state = CustomerState::decode(&stored).expect("decode");
+    assert_eq!(state, ours[0].state);
+    assert_eq!(state.last_offset, 6);
+    assert_eq!(state.events.len(), 6, "every event held once: {state:?}");
+    assert_eq!(
+        state.events.iter().map(|event| event.amount).sum::<i64>(),
+        2_100
+    );
+
+    // The key is gone: the owner's copy says offset 6, Redis holds nothing.
+    let _: () = connection.del(&key).await.expect("DEL");
+    let again = owner
+        .apply(
+            &mut connection,
+            generation,
+            None,
+            TUNING,
+            &run(&[record(7, T0 + 7 * MINUTE_MS, 700, 0, "t7")]),
+        )
+        .await
+        .expect("apply");
+    let stored: Vec<u8> = connection.get(&key).await.expect("GET");
+    let state = CustomerState::decode(&stored).expect("decode");
+    assert_eq!(state, again[0].state);
+    assert_eq!(
+        state
+            .events
+            .iter()
+            .map(|event| event.amount)
+            .collect::<Vec<_>>(),
+        vec![700],
+        "the state starts over from what Redis holds"
+    );
     assert_eq!(delete_prefix(&mut connection, &prefix).await, 1);
 }

@@ -3,11 +3,12 @@
 //!
 //! One or more instances form the consumer group `speed.group` and split the topic's
 //! partitions. Each instance polls batches of records on a thread of its own
-//! ([`pipeline`]), applies the customers' runs of records with script calls that each
-//! take many customers, in one Redis pipeline (the encoding and its invariants live in
-//! [`fraud_speed_view`], shared with the serving API), publishes one window update per touched customer (its window and the events
-//! the batch applied) to `kafka.window_updates_topic`, and only then commits the
-//! offsets.
+//! ([`pipeline`]), applies each customer's run of records to its state and writes the
+//! new states to Redis with a compare-and-set, a batch in one or two round trips (the
+//! rules, the encoding and their invariants live in [`fraud_speed_view`], shared with
+//! the serving API), publishes one window update per touched customer (its window and
+//! the events the batch applied) to `kafka.window_updates_topic`, and only then commits
+//! the offsets.
 //!
 //! When Redis loses its data the meta key goes with it; the instance that notices
 //! starts a new generation and every instance rebuilds its partitions from Kafka, by

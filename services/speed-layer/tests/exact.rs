@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Model, SpeedTest, assert_exact, event};
 use fraud_speed_view::{
-    ApplyScript, Record, RecordOutcome, Tuning, WindowUpdate, customer_key, digest,
+    Record, RecordOutcome, StateWriter, Tuning, WindowUpdate, customer_key, digest,
 };
 use fraud_testkit::wait_until;
 use proptest::prelude::*;
@@ -440,7 +440,7 @@ async fn the_trace_context_of_a_transaction_travels_to_its_window_update() {
 /// window updates and committed: the restarted instance replays it, applies nothing
 /// again, and its update lists the batch's events with the answers of the lost
 /// delivery, so rules about single events still judge them. The crashed instance's
-/// effect is the apply script run directly, in the current generation, as the pipeline
+/// effect is the state writer run directly, in the current generation, as the pipeline
 /// runs it.
 #[tokio::test]
 async fn a_batch_whose_updates_were_lost_in_a_crash_is_listed_when_replayed() {
@@ -505,7 +505,7 @@ async fn a_batch_whose_updates_were_lost_in_a_crash_is_listed_when_replayed() {
         .expect("a redis handle");
     let mut redis = handle.connection().await.expect("redis");
     let key = customer_key(&settings.redis.key_prefix, customer);
-    let lost = ApplyScript::new()
+    let lost = StateWriter::new()
         .apply(&mut redis, generation, None, tuning, &[(key, records)])
         .await
         .expect("apply")

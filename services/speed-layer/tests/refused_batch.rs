@@ -1,7 +1,7 @@
 //! A batch Redis refuses holds back every batch behind it: were a later batch applied
 //! first, a customer's later records would reach Redis before its earlier ones, and the
-//! script's offset fence would then skip the earlier ones as replayed. Here the first
-//! batch holds a customer whose state the script cannot read, so every try of it fails;
+//! offset fence would then skip the earlier ones as replayed. Here the first batch
+//! holds a customer whose state the writer cannot read, so every try of it fails;
 //! nothing behind it may be applied meanwhile, and once the state is readable again
 //! everything is, exactly. (Checked against a pipeline that let later batches go on
 //! after a failure: this test failed.)
@@ -28,7 +28,7 @@ async fn a_refused_batch_is_applied_before_every_batch_behind_it() {
     let run = fraud_testkit::unique_name("tx");
     let now = fraud_domain::EventTime::now().as_millis();
 
-    // A state Redis' script cannot read fails every call that holds its customer: the
+    // A state the writer cannot read fails every batch that holds its customer: the
     // first batch, which also holds records of every other customer.
     let poisoned = customer_key(&test.settings.redis.key_prefix, "poisoned");
     let mut redis = redis::Client::open(test.settings.redis.url.expose().to_owned())

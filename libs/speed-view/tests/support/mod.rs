@@ -1,5 +1,5 @@
 //! Shared by the speed view's tests: the Redis connection, key clean-up, record
-//! builders and the naive model the script is checked against.
+//! builders and the naive model the writer is checked against.
 
 #![allow(dead_code)]
 

@@ -298,7 +298,7 @@ mod tests {
         }
     }
 
-    /// A state as the apply script leaves it after applying `events` (none trimmed).
+    /// A state as the speed layer's writer leaves it after applying `events` (none trimmed).
     fn state(events: Vec<WindowEvent>) -> CustomerState {
         let mut hours: Vec<HourIncrement> = Vec::new();
         for e in &events {

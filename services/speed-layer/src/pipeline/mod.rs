@@ -3,18 +3,20 @@
 //! # Order of effects
 //! For every batch: (1) check that the meta key still names this instance's generation
 //! (else Redis lost its data: start or join a new generation and rebuild, discarding the
-//! batch); (2) apply every customer's run, many customers to a script call
-//! ([`fraud_speed_view::ApplyScript`]), the calls in one pipeline;
+//! batch); (2) apply every customer's run to its state and write the new states, each
+//! only if its key still holds the state it was applied to
+//! ([`fraud_speed_view::StateWriter`]: the states it has no copy of are read first, the
+//! writes go in one pipeline);
 //! (3) publish one window update per touched customer (several for a hot customer's
 //! long run, each listing a part of its events) and wait for the brokers: its
-//! window, and every record of the customer's run the script applied, in offset order,
+//! window, and every record of the customer's run that was applied, in offset order,
 //! each with whether the customer had used its vendor before and with the window at its
 //! own instant, `W(c, ts)` over the state after the batch ([`fraud_speed_view::update`]);
 //! (4) commit the batch's offsets. A crash anywhere
-//! replays from the last commit: the script's offset fence makes the replay change
+//! replays from the last commit: the offset fence makes the replay change
 //! nothing, and the updates are published again (at least once; a consumer keeps the one
 //! with the largest source offset). A replayed record is not applied again, but when the
-//! state still holds its event, the script answers as it did on the first delivery
+//! state still holds its event, it is answered as on the first delivery
 //! (kept with the event), and the update lists it again: after a crash between (2) and
 //! (3) the replayed batch's updates list the lost ones' events again, each with the
 //! answers of its first delivery and its window over the state as it is then.
@@ -82,7 +84,17 @@ struct Config {
     max_batch_wait: Duration,
     /// The updates producer's codec (`speed.updates_compression`).
     updates_compression: String,
+    /// Customers whose state the writer keeps a copy of (`speed.cached_customers`).
+    cached_customers: usize,
     timeout: Duration,
+}
+
+impl Config {
+    /// How long the writer keeps an unused copy: after the retention nothing of the
+    /// state matters to a window any more, and the key may have expired.
+    fn copy_idle(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.tuning.retention_ms).unwrap_or(0))
+    }
 }
 
 impl Pipeline {
@@ -111,6 +123,8 @@ impl Pipeline {
             max_batch_records: usize::try_from(speed.max_batch_records)?.max(1),
             max_batch_wait: Duration::from_millis(speed.max_batch_wait_ms),
             updates_compression: speed.updates_compression.clone(),
+            cached_customers: usize::try_from(speed.cached_customers)
+                .context("speed.cached_customers is too large")?,
             timeout: settings.service.probe_timeout().max(Duration::from_secs(5)),
         };
         Ok(Self {

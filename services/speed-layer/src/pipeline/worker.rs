@@ -10,7 +10,7 @@ use fraud_redis::RedisHandle;
 use fraud_speed_view::meta::{PartitionStatus, Progress, SpeedMeta};
 use fraud_speed_view::update::{MAX_EVENTS_PER_UPDATE, UPDATE_SCHEMA_VERSION};
 use fraud_speed_view::{
-    AppliedEvent, ApplyOutcome, ApplyScript, Generation, RecordOutcome, WindowUpdate, customer_key,
+    AppliedEvent, ApplyOutcome, Generation, RecordOutcome, StateWriter, WindowUpdate, customer_key,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -85,7 +85,9 @@ pub(super) fn run(
         "speed layer pipeline started"
     );
     let mut worker = Worker {
-        script: Arc::new(ApplyScript::new()),
+        writer: Arc::new(
+            StateWriter::new().with_copies(config.cached_customers, config.copy_idle()),
+        ),
         config,
         consumer,
         producer,
@@ -107,7 +109,7 @@ pub(super) fn run(
 
 struct Worker {
     config: Config,
-    script: Arc<ApplyScript>,
+    writer: Arc<StateWriter>,
     consumer: BaseConsumer<PositioningContext>,
     producer: FutureProducer,
     runtime: Arc<Runtime>,
@@ -140,7 +142,7 @@ enum Applying {
 /// What applying one batch to Redis needs, owned, so that it runs while the pipeline
 /// thread polls the next batch.
 struct Applier {
-    script: Arc<ApplyScript>,
+    writer: Arc<StateWriter>,
     redis: Arc<RedisHandle>,
     positioner: Arc<Positioner>,
     tuning: fraud_speed_view::Tuning,
@@ -167,7 +169,7 @@ impl Applier {
             return Err(NotApplied::GenerationLost);
         }
         let outcomes = self
-            .script
+            .writer
             .apply(
                 &mut connection,
                 generation,
@@ -333,7 +335,7 @@ impl Worker {
 
     fn applier(&self, batch: &Batch) -> Applier {
         Applier {
-            script: Arc::clone(&self.script),
+            writer: Arc::clone(&self.writer),
             redis: Arc::clone(&self.redis),
             positioner: Arc::clone(&self.positioner),
             tuning: self.config.tuning,
@@ -453,7 +455,7 @@ impl Worker {
             .filter_map(|(run, outcome)| {
                 let state = &outcome.state;
                 let as_of = state.clock?;
-                // The script's outcome per record says which were applied (now, or by a
+                // The outcome per record says which were applied (now, or by a
                 // delivery before a crash, still held), and whether the customer had used
                 // each one's vendor before it (see `AppliedEvent::vendor_seen_before`).
                 let applied: Vec<_> = run
@@ -619,6 +621,8 @@ impl Worker {
 
     /// Starts or joins a new generation and rebuilds every assigned partition.
     fn rebuild_all(&mut self) -> anyhow::Result<()> {
+        // Copies of the lost generation would only fail their writes.
+        self.writer.forget_copies();
         let partitions: Vec<i32> = self.assigned.keys().copied().collect();
         self.pause_partitions(&partitions)?;
         for &partition in &partitions {
