@@ -215,6 +215,9 @@ impl StateWriter {
         tuning: Tuning,
         runs: &[(String, Vec<Record>)],
     ) -> Result<Vec<ApplyOutcome>, ApplyError> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; runs.len()];
         let mut bases = self.take_copies(runs);
         let mut pending: Vec<usize> = (0..runs.len()).collect();
