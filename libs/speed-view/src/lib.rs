@@ -15,7 +15,8 @@
 //! memory. [`apply::StateWriter`] reads the states it has no copy of, applies the runs
 //! and writes each new state only if its key still holds the state it was applied to
 //! (`store.lua`, many customers a call, the calls of a batch in one pipeline), so Redis
-//! spends on a customer about what a `GETRANGE` and a `SET` cost.
+//! no longer decodes, searches or rebuilds states: for a customer it runs a `GETRANGE`
+//! of the header and a `SET`.
 //!
 //! # Invariants
 //! - **Exactly once in effect.** A customer's records all come from one Kafka partition,
