@@ -420,9 +420,9 @@ section! {
         pub updates_compression: String,
         /// Most customers whose state an instance keeps a copy of, so that a batch
         /// reads from Redis only the states of customers it has not seen lately (0:
-        /// none; every batch then reads every customer's state). A copy takes about as
-        /// much memory as the state in Redis (roughly 50 bytes an event in the window)
-        /// and is dropped once unused for the retention.
+        /// none; every batch then reads every customer's state). A copy of a customer
+        /// with 20 events in its window takes about 1 KB (40 bytes an event, plus the
+        /// key and the bookkeeping), and is dropped once unused for the retention.
         pub cached_customers: u64,
     }
 }
