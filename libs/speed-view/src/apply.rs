@@ -42,12 +42,14 @@
 //! line, `#!lua flags=allow-cross-slot-keys`, lets one call write keys of many slots;
 //! every key is declared (`KEYS`). On a standalone Redis, the only kind the platform
 //! connects to today, the flag has no effect and any keys may share a call. On a cluster
-//! the keys of one call must live on one node: a cluster writer would group each
-//! batch's writes by node (slot of the `{customerId}` hash tag → node, from the
-//! cluster's slot map, refreshed on `MOVED`) and send each node its calls. A call that
-//! fails (a `MOVED` in the middle of a slot migration) fails the batch, which is
-//! retried: the writes that went through are then found as they are and the records
-//! they applied are replays.
+//! the flag lets the script's own commands reach keys of several slots of the node it
+//! runs on, but the keys a call declares must still hash to one slot, and a key of
+//! another node is an error. A cluster writer would therefore group each batch's writes
+//! by node (slot of the `{customerId}` hash tag → node, from the cluster's slot map,
+//! refreshed on `MOVED`), declare one key per call for routing and pass the others as
+//! arguments, and send each node its calls. A call that fails (a `MOVED` in the middle
+//! of a slot migration) fails the batch, which is retried: the writes that went through
+//! are then found as they are and the records they applied are replays.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
