@@ -12,13 +12,14 @@
 //! it on a quiet machine, and read it as a comparison.
 
 use std::collections::BTreeMap;
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Instant;
 
 use fraud_speed_view::{Generation, Record, StateWriter, Tuning, WINDOW_MS, customer_key, digest};
 use redis::AsyncCommands;
+
+/// The speed layer's allocator, so the client side costs what it costs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TUNING: Tuning = Tuning {
     retention_ms: WINDOW_MS + 5 * 60 * 1000,
@@ -70,9 +71,9 @@ async fn main() {
     let keys: Vec<String> = (0..customers)
         .map(|c| customer_key(&prefix, &format!("customer-{c}")))
         .collect();
-    let mut script = StateWriter::with_runs_per_call(runs_per_call);
+    let mut writer = StateWriter::with_runs_per_call(runs_per_call);
     if copies {
-        script = script.with_copies(customers, std::time::Duration::from_secs(3_600));
+        writer = writer.with_copies(customers, std::time::Duration::from_secs(3_600));
     }
     let generation = Generation::random();
     let start_ts: i64 = 1_735_689_600_000;
@@ -99,7 +100,7 @@ async fn main() {
         let usec_before = redis_usec(&mut connection).await;
         let started = Instant::now();
         for chunk in runs.chunks(batch) {
-            let outcomes = script
+            let outcomes = writer
                 .apply(&mut connection, generation, None, TUNING, chunk)
                 .await
                 .expect("apply");

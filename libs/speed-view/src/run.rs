@@ -32,7 +32,7 @@ use crate::state::{CustomerState, HourIncrement, WindowEvent};
 
 /// A sum that reaches 2^53 minor units: the state cannot hold it exactly for every
 /// reader (JSON numbers, doubles), so the run fails rather than round.
-pub(crate) const EXACT: i64 = 1 << 53;
+const EXACT: i64 = 1 << 53;
 
 /// From this many records a run indexes the transactions and vendors of the events it
 /// consults, instead of scanning them for each record: a hot customer (a bot, a card

@@ -538,7 +538,27 @@ async fn apply(
     key: &str,
     records: Vec<Record>,
 ) -> fraud_speed_view::ApplyOutcome {
-    let mut outcomes = StateWriter::new()
+    apply_by(
+        &StateWriter::new(),
+        connection,
+        generation,
+        watermark,
+        key,
+        records,
+    )
+    .await
+}
+
+/// [`apply`] by `writer`.
+async fn apply_by(
+    writer: &StateWriter,
+    connection: &mut ConnectionManager,
+    generation: Generation,
+    watermark: Option<i64>,
+    key: &str,
+    records: Vec<Record>,
+) -> fraud_speed_view::ApplyOutcome {
+    let mut outcomes = writer
         .apply(
             connection,
             generation,
@@ -1894,44 +1914,40 @@ async fn a_stale_copy_is_read_again_before_it_is_written_over() {
             )
         })
         .collect();
-    let run = |records: &[Record]| vec![(key.clone(), records.to_vec())];
-    let first = owner
-        .apply(
-            &mut connection,
-            generation,
-            None,
-            TUNING,
-            &run(&records[..3]),
-        )
-        .await
-        .expect("apply");
-    assert_eq!(first[0].applied, 3);
+    let first = apply_by(
+        &owner,
+        &mut connection,
+        generation,
+        None,
+        &key,
+        records[..3].to_vec(),
+    )
+    .await;
+    assert_eq!(first.applied, 3);
     // Another writer applies records 4 and 5: the owner's copy still ends at 3.
-    let theirs = other
-        .apply(
-            &mut connection,
-            generation,
-            None,
-            TUNING,
-            &run(&records[3..5]),
-        )
-        .await
-        .expect("apply");
-    assert_eq!(theirs[0].applied, 2);
+    let theirs = apply_by(
+        &other,
+        &mut connection,
+        generation,
+        None,
+        &key,
+        records[3..5].to_vec(),
+    )
+    .await;
+    assert_eq!(theirs.applied, 2);
     // The owner, from its copy, would take 4 and 5 for new and write them over, or
     // take 6 alone and lose them; it reads the key again instead.
-    let ours = owner
-        .apply(
-            &mut connection,
-            generation,
-            None,
-            TUNING,
-            &run(&records[3..]),
-        )
-        .await
-        .expect("apply");
+    let ours = apply_by(
+        &owner,
+        &mut connection,
+        generation,
+        None,
+        &key,
+        records[3..].to_vec(),
+    )
+    .await;
     assert_eq!(
-        ours[0].records,
+        ours.records,
         vec![
             RecordOutcome::ReplayedHeld {
                 vendor_seen_before: true
@@ -1946,7 +1962,7 @@ async fn a_stale_copy_is_read_again_before_it_is_written_over() {
     );
     let stored: Vec<u8> = connection.get(&key).await.expect("GET");
     let state = CustomerState::decode(&stored).expect("decode");
-    assert_eq!(state, ours[0].state);
+    assert_eq!(state, ours.state);
     assert_eq!(state.last_offset, 6);
     assert_eq!(state.events.len(), 6, "every event held once: {state:?}");
     assert_eq!(
@@ -1956,19 +1972,18 @@ async fn a_stale_copy_is_read_again_before_it_is_written_over() {
 
     // The key is gone: the owner's copy says offset 6, Redis holds nothing.
     let _: () = connection.del(&key).await.expect("DEL");
-    let again = owner
-        .apply(
-            &mut connection,
-            generation,
-            None,
-            TUNING,
-            &run(&[record(7, T0 + 7 * MINUTE_MS, 700, 0, "t7")]),
-        )
-        .await
-        .expect("apply");
+    let again = apply_by(
+        &owner,
+        &mut connection,
+        generation,
+        None,
+        &key,
+        vec![record(7, T0 + 7 * MINUTE_MS, 700, 0, "t7")],
+    )
+    .await;
     let stored: Vec<u8> = connection.get(&key).await.expect("GET");
     let state = CustomerState::decode(&stored).expect("decode");
-    assert_eq!(state, again[0].state);
+    assert_eq!(state, again.state);
     assert_eq!(
         state
             .events
